@@ -1,0 +1,17 @@
+"""Errors that reach the user as one line and an exit status."""
+
+
+class FactorArchiveError(Exception):
+    """A failure while doing the work (I/O error, full disk): exit status 1."""
+
+    exit_code = 1
+
+
+class BadInput(FactorArchiveError):
+    """The user's input is wrong (parset, paths, archive contents): exit status 2."""
+
+    exit_code = 2
+
+
+class UnsafeArchive(BadInput):
+    """An archive asks for something we refuse to do (escape the output, run code)."""
