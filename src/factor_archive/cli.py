@@ -1,0 +1,200 @@
+"""Command-line layer: argument parsing, messages and exit codes only."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import FactorArchiveError
+from .progress import human
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def _guard(prog: str, func: Callable[[], int]) -> int:
+    """One line on stderr and a status, never a traceback, for the errors users can meet."""
+    try:
+        return func() or 0
+    except FactorArchiveError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to complete the work", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or exc)
+        print(f"{prog}: error: {where}{what}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# -- archive ------------------------------------------------------------------------------------
+
+def _archive_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("parset", help="the Factor parset of the run")
+    p.add_argument("output", help="archive to write (directory, .tar file, '-' for a tar on stdout, "
+                                  "zarr store or s3:// URL)")
+    p.add_argument("-d", "--directions", default="",
+                   help='comma-separated directions whose calibrated data to export, or "all"')
+    p.add_argument("-r", "--resumable", action="store_true",
+                   help="make an archive suitable for resuming (chunks, state, sky models, solutions, mapfiles)")
+    p.add_argument("-c", "--clobber", action="store_true", help="overwrite an existing archive")
+    p.add_argument("--format", choices=("dir", "tar", "zarr"), default=None,
+                   help="archive form (default: tar for '-' or *.tar, zarr for *.zarr, *.zarr.zip and "
+                        "s3://, dir otherwise)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("--dry-run", action="store_true", help="print what would be archived and stop")
+
+
+def _guess_form(output: str) -> str:
+    low = output.lower()
+    if output == "-" or low.endswith(".tar"):
+        return "tar"
+    if low.endswith((".zarr", ".zarr.zip")) or "://" in output:
+        return "zarr"
+    return "dir"
+
+
+def _run_archive(args: argparse.Namespace) -> int:
+    from .archive import describe_plan, plan_archive, write_archive
+    from .plan import Options
+
+    dirs = [d.strip() for d in args.directions.split(",") if d.strip()]
+    form = args.format or _guess_form(args.output)
+    plan = plan_archive(args.parset, Options(resumable=args.resumable, directions=dirs, form=form))
+    out = sys.stderr if args.output == "-" else sys.stdout
+    if args.dry_run:
+        for line in describe_plan(plan):
+            print(line, file=out)
+        return 0
+    manifest = write_archive(plan, args.output, clobber=args.clobber, quiet=args.quiet)
+    if not args.quiet:
+        total = sum(m.size for m in manifest.members)
+        print(f"archived {len(manifest.members)} members ({human(total)}) from {plan.run.working_dir} "
+              f"to {args.output} [{form}]", file=out)
+        if manifest.missing:
+            print(f"{len(manifest.missing)} referenced item(s) were missing; see 'missing' in the manifest",
+                  file=out)
+    return 0
+
+
+# -- unarchive ----------------------------------------------------------------------------------
+
+def _unarchive_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archive", help="archive made with -r (directory, tar, '-' for a tar on stdin, zarr)")
+    p.add_argument("output", help="new working directory for the restored run")
+    p.add_argument("-s", "--symlink", action="store_true",
+                   help="symlink the subtracted-data chunks to the archive's copies instead of copying them")
+    p.add_argument("-c", "--clobber", action="store_true", help="overwrite files in the output directory")
+    p.add_argument("--store", default=None,
+                   help="with -s and a tar or zarr archive: where the chunks are materialised once "
+                        "(default: beside the archive)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def _run_unarchive(args: argparse.Namespace) -> int:
+    from .restore.unarchive import unarchive
+
+    manifest = unarchive(args.archive, args.output, symlink=args.symlink, clobber=args.clobber,
+                         quiet=args.quiet, store=args.store)
+    if not args.quiet:
+        name = manifest.run.get("parset_name", "factor.parset")
+        print(f"restored {len(manifest.members)} members into {args.output}; resume with "
+              f"runfactor {args.output.rstrip('/')}/{name}")
+    return 0
+
+
+# -- ls / verify / sample ------------------------------------------------------------------------
+
+def _run_ls(args: argparse.Namespace) -> int:
+    from .containers.detect import open_reader
+
+    reader = open_reader(args.archive)
+    try:
+        m = reader.manifest
+        print(f"# {reader.form} archive of {m.run.get('working_dir')} made {m.created} "
+              f"by factor-archive {m.tool_version} (resumable: {bool(m.options.get('resumable'))})")
+        for member in m.members:
+            print(f"{member.category:17} {member.direction or '-':12} {member.kind:5} "
+                  f"{member.size:>14}  {member.path}")
+        for miss in m.missing:
+            print(f"missing: {miss.source} ({miss.reason})")
+    finally:
+        reader.close()
+    return 0
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .containers.detect import open_reader
+    from .progress import Reporter
+
+    reader = open_reader(args.archive)
+    try:
+        total = sum(m.size for m in reader.manifest.members)
+        reporter = Reporter(total, "verifying", quiet=args.quiet)
+        try:
+            problems = reader.verify(reporter)
+        finally:
+            reporter.close()
+    finally:
+        reader.close()
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{args.archive}: {len(problems)} problem(s) found", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{args.archive}: all {len(reader.manifest.members)} members verified")
+    return 0
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from .sample import write_sample_run
+
+    parset = write_sample_run(args.directory)
+    print(f"sample Factor run written; parset: {parset}")
+    return 0
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+def archivefactor_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="archivefactor", description="Archive a Factor run.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _archive_arguments(p)
+    args = p.parse_args(argv)
+    return _guard("archivefactor", lambda: _run_archive(args))
+
+
+def unarchivefactor_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="unarchivefactor", description="Restore a resumable Factor archive.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _unarchive_arguments(p)
+    args = p.parse_args(argv)
+    return _guard("unarchivefactor", lambda: _run_unarchive(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="factor-archive", description="Archive and restore Factor runs.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _archive_arguments(sub.add_parser("archive", help="archive a run (as archivefactor)"))
+    _unarchive_arguments(sub.add_parser("unarchive", help="restore a run (as unarchivefactor)"))
+    ls = sub.add_parser("ls", help="list the members of an archive")
+    ls.add_argument("archive")
+    verify = sub.add_parser("verify", help="recompute every checksum of an archive")
+    verify.add_argument("archive")
+    verify.add_argument("-q", "--quiet", action="store_true")
+    sample = sub.add_parser("sample", help="write a small realistic Factor run to try the tool on")
+    sample.add_argument("directory")
+    args = p.parse_args(argv)
+    run = {"archive": _run_archive, "unarchive": _run_unarchive, "ls": _run_ls,
+           "verify": _run_verify, "sample": _run_sample}[args.command]
+    return _guard("factor-archive", lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The plain directory form: the archive is a directory tree laid out like the member paths.
+
+An interrupted archive can be completed by running the same command again: a journal records each
+member once its data is written, and a member is kept on the rerun when the file on disk still has
+the checksum the journal recorded. The manifest is written last, so a directory without it is
+never mistaken for a complete archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from ..errors import BadInput, FactorArchiveError
+from ..manifest import (CHECKSUMS_NAME, MANIFEST_NAME, FileEntry, Manifest, Member, checksums_text,
+                        safe_relpath, tree_digest)
+from .base import (Progress, copy_stream, fill_file_member, finish_table_member, fsync_dir, hash_file,
+                   io_error, stat_entry, sync_filesystem, walk_table, write_atomic)
+
+JOURNAL_NAME = ".factor-archive-journal.jsonl"
+STAGING_NAME = ".factor-archive-staging"
+
+
+def copy_file(src: Path, dst: Path, progress: Progress) -> tuple[str, int]:
+    """Copy with hashing; mode and mtime follow the source, like ``cp -a``."""
+    st = stat_entry(src)
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            sha, size = copy_stream(fin, fout, progress)
+        os.chmod(dst, st.st_mode & 0o7777)
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except OSError as exc:
+        raise io_error(exc.filename or dst, exc) from None
+    return sha, size
+
+
+def copy_table(src_root: Path, dst_root: Path, progress: Progress) -> tuple[list[FileEntry], list[str]]:
+    files, dirs = walk_table(src_root)
+    try:
+        dst_root.mkdir(parents=True, exist_ok=True)
+        for d in dirs:
+            (dst_root / d).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise io_error(dst_root, exc) from None
+    entries = []
+    for rel, src in files:
+        sha, size = copy_file(src, dst_root / rel, progress)
+        st = os.stat(src)
+        entries.append(FileEntry(path=rel, size=size, mode=st.st_mode & 0o7777, mtime=st.st_mtime, sha256=sha))
+    for d in reversed(dirs):
+        _copy_dir_times(src_root / d, dst_root / d)
+    _copy_dir_times(src_root, dst_root)
+    return entries, dirs
+
+
+def _copy_dir_times(src: Path, dst: Path) -> None:
+    st = os.stat(src)
+    os.chmod(dst, st.st_mode & 0o7777)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+class DirectoryWriter:
+    form = "dir"
+    parallel = True  # members are independent files: two can be copied at once
+
+    def __init__(self, root: str | os.PathLike, *, clobber: bool = False):
+        self.root = Path(os.path.abspath(root))
+        self.clobber = clobber
+        self.journal: dict[str, dict] = {}
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInput(f"{self.root}: exists and is not a directory")
+        manifest = self.root / MANIFEST_NAME
+        if manifest.exists():
+            if not clobber:
+                raise BadInput(f"{self.root}: already holds a complete archive; use -c to overwrite it")
+            manifest.unlink()  # from now on it no longer looks complete
+            (self.root / CHECKSUMS_NAME).unlink(missing_ok=True)
+        elif self.root.is_dir() and any(self.root.iterdir()) and not (self.root / JOURNAL_NAME).exists() \
+                and not clobber:
+            raise BadInput(f"{self.root}: directory is not empty and holds no archive; use -c or another name")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise io_error(self.root, exc) from None
+        self._load_journal()
+        self._journal_file = open(self.root / JOURNAL_NAME, "a", encoding="utf-8")
+
+    def _load_journal(self) -> None:
+        path = self.root / JOURNAL_NAME
+        if not path.exists():
+            return
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                self.journal[entry["member"]["path"]] = entry
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from an interrupted run
+
+    def staging_dir(self) -> Path:
+        path = self.root / STAGING_NAME
+        path.mkdir(exist_ok=True)
+        return path
+
+    def _reusable(self, member: Member, source: Path, dest: Path) -> Member | None:
+        """The member from the journal if the earlier run's copy is intact and the source unchanged."""
+        entry = self.journal.get(member.path)
+        if entry is None or not dest.exists():
+            return None
+        if entry.get("source_size") != _source_size(source) or entry.get("source_mtime") != _mtime(source):
+            return None
+        return self._intact(entry, dest)
+
+    def already_written(self, member: Member) -> Member | None:
+        """For generated members (calibrated data): the earlier run's copy, if intact."""
+        entry = self.journal.get(member.path)
+        dest = self.root / safe_relpath(member.path)
+        return self._intact(entry, dest) if entry is not None and dest.exists() else None
+
+    @staticmethod
+    def _intact(entry: dict, dest: Path) -> Member | None:
+        done = Member(**{**entry["member"], "files": [FileEntry(**f) for f in entry["member"]["files"]]})
+        if done.kind == "table":
+            for f in done.files:
+                if not (dest / f.path).is_file() or hash_file(dest / f.path)[0] != f.sha256:
+                    return None
+        elif hash_file(dest)[0] != done.sha256:
+            return None
+        return done
+
+    def write(self, member: Member, source: Path, progress: Progress, *, move: bool = False) -> Member:
+        dest = self.root / safe_relpath(member.path)
+        kept = self._reusable(member, source, dest)
+        if kept is not None:
+            progress(kept.size)
+            return kept
+        if dest.exists() or dest.is_symlink():
+            if not self.clobber and member.path not in self.journal:
+                raise BadInput(f"{dest}: exists; use -c to overwrite")
+            _remove(dest)
+        partial = dest.with_name(f".{dest.name}.partial")
+        if partial.exists() or partial.is_symlink():
+            _remove(partial)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise io_error(dest.parent, exc) from None
+        source_size, source_mtime = _source_size(source), _mtime(source)
+        if member.kind == "table":
+            if move:
+                os.rename(source, partial)
+                files, dirs = walk_table(partial)
+                entries = []
+                for rel, path in files:
+                    sha, size = hash_file(path, progress)
+                    st = os.stat(path)
+                    entries.append(FileEntry(path=rel, size=size, mode=st.st_mode & 0o7777,
+                                             mtime=st.st_mtime, sha256=sha))
+            else:
+                entries, dirs = copy_table(source, partial, progress)
+            finish_table_member(member, entries, dirs)
+        else:
+            sha, size = copy_file(source, partial, progress)
+            fill_file_member(member, stat_entry(source), sha, size)
+        os.rename(partial, dest)
+        self._journal_file.write(json.dumps({
+            "member": _member_dict(member), "source_size": source_size, "source_mtime": source_mtime,
+        }) + "\n")
+        self._journal_file.flush()
+        return member
+
+    def close(self, manifest: Manifest) -> None:
+        manifest.container = self.form
+        shutil.rmtree(self.root / STAGING_NAME, ignore_errors=True)
+        try:
+            sync_filesystem(self.root)  # the data is durable before the manifest says it is there
+            write_atomic(self.root / CHECKSUMS_NAME, checksums_text(manifest).encode("utf-8"))
+            write_atomic(self.root / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+        except OSError as exc:
+            raise io_error(self.root / MANIFEST_NAME, exc) from None
+        self._journal_file.close()
+        (self.root / JOURNAL_NAME).unlink(missing_ok=True)
+        fsync_dir(self.root)
+
+    def abort(self) -> None:
+        # Keep what was written and the journal: a rerun completes the archive.
+        try:
+            self._journal_file.close()
+        except OSError:
+            pass
+        shutil.rmtree(self.root / STAGING_NAME, ignore_errors=True)
+
+
+def _source_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(os.stat(p).st_size for _rel, p in walk_table(path)[0])
+    return path.stat().st_size
+
+
+def _mtime(path: Path) -> float:
+    if path.is_dir():
+        return max([os.stat(p).st_mtime for _rel, p in walk_table(path)[0]] + [path.stat().st_mtime])
+    return path.stat().st_mtime
+
+
+def _member_dict(member: Member) -> dict:
+    from dataclasses import asdict
+    return asdict(member)
+
+
+class DirectoryReader:
+    form = "dir"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(os.path.abspath(root))
+        path = self.root / MANIFEST_NAME
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise BadInput(f"{self.root}: not a complete archive (no {MANIFEST_NAME})") from None
+        self.manifest = Manifest.from_json(text, str(path))
+
+    def _src(self, member: Member) -> Path:
+        return self.root / safe_relpath(member.path, str(self.root))
+
+    def local_path(self, member: Member) -> Path | None:
+        return self._src(member)
+
+    def extract(self, members: list[Member], dest_for: Callable[[Member], Path | None],
+                progress: Progress) -> None:
+        for member in members:
+            dest = dest_for(member)
+            if dest is None:
+                continue
+            src = self._src(member)
+            partial = dest.with_name(f".{dest.name}.partial")
+            if partial.exists():
+                _remove(partial)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if member.kind == "table":
+                if not src.is_dir():
+                    raise FactorArchiveError(f"{src}: member missing from the archive")
+                entries, _dirs = copy_table(src, partial, progress)
+                got = {e.path: e.sha256 for e in entries}
+                for f in member.files:
+                    if got.get(f.path) != f.sha256:
+                        _remove(partial)
+                        raise FactorArchiveError(f"{src / f.path}: checksum mismatch or missing "
+                                                 f"(archive damaged)")
+                extra = set(got) - {f.path for f in member.files}
+                if extra:
+                    _remove(partial)
+                    raise BadInput(f"{src}: holds files the manifest does not list: {sorted(extra)[0]}")
+            else:
+                if not src.is_file():
+                    raise FactorArchiveError(f"{src}: member missing from the archive")
+                sha, _ = copy_file(src, partial, progress)
+                if sha != member.sha256:
+                    partial.unlink()
+                    raise FactorArchiveError(f"{src}: checksum mismatch (archive damaged)")
+            if dest.exists() or dest.is_symlink():
+                _remove(dest)
+            os.rename(partial, dest)
+
+    def verify(self, progress: Progress) -> list[str]:
+        problems = []
+        for member in self.manifest.members:
+            src = self._src(member)
+            if member.kind == "table":
+                for f in member.files:
+                    p = src / f.path
+                    if not p.is_file():
+                        problems.append(f"{member.path}/{f.path}: missing")
+                    elif hash_file(p, progress)[0] != f.sha256:
+                        problems.append(f"{member.path}/{f.path}: checksum differs")
+                if tree_digest(member.files) != member.sha256:
+                    problems.append(f"{member.path}: table digest differs from its file list")
+            elif member.kind == "file":
+                if not src.is_file():
+                    problems.append(f"{member.path}: missing")
+                elif hash_file(src, progress)[0] != member.sha256:
+                    problems.append(f"{member.path}: checksum differs")
+        return problems
+
+    def close(self) -> None:
+        pass

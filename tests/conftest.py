@@ -1,0 +1,78 @@
+"""Shared fixtures: a sample Factor run built once per session, and helpers to compare trees."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from factor_archive.sample import write_sample_run
+
+
+@pytest.fixture
+def sample_run(tmp_path) -> Path:
+    """A fresh sample run below a path with spaces and non-ASCII characters; returns its parset."""
+    return write_sample_run(tmp_path / "site ø" / "run with spaces")
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry below root: kind, size, mtime and content hash (links: their target)."""
+    snap = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            st = os.lstat(p)
+            if p.is_symlink():
+                snap[rel] = ("link", os.readlink(p))
+            elif p.is_file():
+                snap[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            else:
+                snap[rel] = ("dir", st.st_mtime_ns, st.st_mode)
+    return snap
+
+
+def assert_tables_equal(a: Path, b: Path) -> None:
+    """Column by column, keyword by keyword, subtable by subtable."""
+    from casacore import tables as ct
+
+    ta, tb = ct.table(str(a), ack=False), ct.table(str(b), ack=False)
+    try:
+        assert ta.nrows() == tb.nrows(), (a, b)
+        assert sorted(ta.colnames()) == sorted(tb.colnames()), (a, b)
+        assert _plain(ta.getkeywords()) == _plain(tb.getkeywords()), a
+        for col in ta.colnames():
+            assert _plain(ta.getcolkeywords(col)) == _plain(tb.getcolkeywords(col)), (a, col)
+            if ta.nrows() == 0:
+                continue
+            if ta.isvarcol(col):
+                va, vb = ta.getvarcol(col), tb.getvarcol(col)
+                assert va.keys() == vb.keys()
+                for k in va:
+                    np.testing.assert_array_equal(va[k], vb[k])
+            else:
+                ca, cb = ta.getcol(col), tb.getcol(col)
+                if isinstance(ca, np.ndarray):
+                    assert ca.dtype == cb.dtype and ca.tobytes() == cb.tobytes(), (a, col)
+                else:
+                    assert ca == cb, (a, col)
+        for name, value in ta.getkeywords().items():
+            if isinstance(value, str) and value.startswith("Table: "):
+                assert_tables_equal(Path(value[7:]), b / Path(value[7:]).name)
+    finally:
+        ta.close()
+        tb.close()
+
+
+def _plain(rec):
+    """Keywords with subtable references reduced to the subtable name (paths differ by design)."""
+    if isinstance(rec, dict):
+        return {k: _plain(v) for k, v in rec.items()}
+    if isinstance(rec, str) and rec.startswith("Table: "):
+        return "Table: " + Path(rec[7:]).name
+    if isinstance(rec, np.ndarray):
+        return rec.tolist()
+    return rec
