@@ -1,0 +1,193 @@
+"""LOFAR ``DataMap`` mapfiles, read and rewritten without ``eval``.
+
+LOFAR reads these with ``eval(f.read())``; archives come from strangers, so we only ever parse
+them (``ast``) and rewrite path literals in place, leaving every other character as it was.
+
+Values are Python 2 byte strings as written by ``repr``; non-ASCII bytes appear as ``\\xNN``
+escapes and are seen here as latin-1 characters, as in :mod:`factor_archive.run.state`.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import BadInput
+
+__all__ = ["MapfileError", "MapEntry", "parse_mapfile", "rewrite_mapfile"]
+
+
+class MapfileError(BadInput, ValueError):
+    """The text is not a mapfile we can read safely."""
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    host: str
+    file: str
+    skip: bool
+
+    @property
+    def is_multi(self) -> bool:
+        """Factor's compressed entry ``'[a,b,c]'`` (MultiDataProduct)."""
+        return _is_multi(self.file)
+
+    @property
+    def paths(self) -> list[str]:
+        """The element strings: ``['a', 'b', 'c']`` for ``'[a,b,c]'``, else ``[file]``."""
+        return _split(self.file)
+
+
+def _is_multi(file: str) -> bool:
+    return len(file) >= 2 and file[0] == "[" and file[-1] == "]"
+
+
+def _split(file: str) -> list[str]:
+    if _is_multi(file):
+        inner = file[1:-1]
+        return inner.split(",") if inner else []
+    return [file]
+
+
+def _literal(node: ast.AST):
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise MapfileError(f"not a plain literal at line {getattr(node, 'lineno', '?')}") from None
+
+
+def _entries(text: str) -> list[tuple[MapEntry, ast.AST | None]]:
+    """Parse and check the structure; return each entry with the AST node of its file value."""
+    if not isinstance(text, str):
+        raise TypeError("mapfile text must be str")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        raise MapfileError("not a mapfile (not a Python literal)") from None
+    body = tree.body
+    if not isinstance(body, ast.List):
+        raise MapfileError("not a mapfile (not a list)")
+    out = []
+    for i, item in enumerate(body.elts):
+        where = f"entry {i}"
+        if isinstance(item, ast.Dict):
+            fields: dict[str, ast.AST] = {}
+            for k, v in zip(item.keys, item.values):
+                key = _literal(k) if k is not None else None
+                if key not in ("host", "file", "skip") or key in fields:
+                    raise MapfileError(f"{where}: unexpected key {key!r}")
+                fields[key] = v
+            if "host" not in fields or "file" not in fields:
+                raise MapfileError(f"{where}: needs 'host' and 'file'")
+            host_node, file_node = fields["host"], fields["file"]
+            skip_node = fields.get("skip")
+        elif isinstance(item, (ast.Tuple, ast.List)) and len(item.elts) in (2, 3):
+            host_node, file_node = item.elts[0], item.elts[1]  # legacy (host, file[, skip])
+            skip_node = item.elts[2] if len(item.elts) == 3 else None
+        else:
+            raise MapfileError(f"{where}: not a dict or (host, file) pair")
+        host = _literal(host_node)
+        file = _literal(file_node)
+        skip = True if skip_node is None else _literal(skip_node)
+        if not isinstance(host, str):
+            raise MapfileError(f"{where}: host is not a string")
+        if type(skip) is int and skip in (0, 1):
+            skip = bool(skip)
+        if type(skip) is not bool:
+            raise MapfileError(f"{where}: skip is not a bool")
+        if isinstance(file, str):
+            out.append((MapEntry(host, file, skip), file_node))
+        elif type(file) in (int, float):  # pad-size maps carry numbers, never paths
+            out.append((MapEntry(host, str(file), skip), None))
+        else:
+            raise MapfileError(f"{where}: file is not a string")
+    return out
+
+
+def parse_mapfile(text: str) -> list[MapEntry]:
+    """Read a mapfile safely (LOFAR itself uses ``eval``)."""
+    return [entry for entry, _ in _entries(text)]
+
+
+def _py2_literal(value: str, quote: str, unicode_ok: bool) -> str:
+    """A literal Python 2 evaluates back to ``value`` (``repr`` style, preferring ``quote``)."""
+    if quote in value and ('"' if quote == "'" else "'") not in value:
+        quote = '"' if quote == "'" else "'"
+    out = [quote]
+    for ch in value:
+        c = ord(ch)
+        if ch == quote or ch == "\\":
+            out.append("\\" + ch)
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif c < 0x20 or 0x7F <= c <= 0xFF:
+            out.append("\\x%02x" % c)
+        elif c > 0xFF:
+            if not unicode_ok:
+                raise ValueError(f"{value!r} does not fit a Python 2 byte string")
+            out.append("\\u%04x" % c if c <= 0xFFFF else "\\U%08x" % c)
+        else:
+            out.append(ch)
+    out.append(quote)
+    return "".join(out)
+
+
+def rewrite_mapfile(text: str, fn: Callable[[str], str | None]) -> tuple[str, int]:
+    """Rewrite path elements of ``file`` values in place; everything else stays byte-identical.
+
+    ``fn`` is called on each element (each of ``a``, ``b``, ``c`` for ``'[a,b,c]'``) and returns
+    a replacement or None. Returns the new text and the number of elements changed.
+    """
+    entries = _entries(text)
+    raw = text.encode("utf-8")  # ast column offsets count UTF-8 bytes
+    line_starts = [0]
+    for i, b in enumerate(raw):
+        if b == 0x0A:
+            line_starts.append(i + 1)
+
+    edits: list[tuple[int, int, bytes]] = []
+    changed = 0
+    for entry, node in entries:
+        if node is None:
+            continue
+        elems = entry.paths
+        new_elems = []
+        for elem in elems:
+            new = fn(elem) if elem else None
+            if new is None or new == elem:
+                new_elems.append(elem)
+                continue
+            if not isinstance(new, str):
+                raise TypeError(f"replacement for {elem!r} must be str, got {type(new).__name__}")
+            if entry.is_multi and ("," in new or new.startswith("[") or new.endswith("]")):
+                raise ValueError(f"{new!r} cannot be an element of a compressed '[a,b]' entry")
+            new_elems.append(new)
+            changed += 1
+        if new_elems == elems:
+            continue
+        value = "[" + ",".join(new_elems) + "]" if entry.is_multi else new_elems[0]
+        start = line_starts[node.lineno - 1] + node.col_offset
+        end = line_starts[node.end_lineno - 1] + node.end_col_offset
+        source = raw[start:end].decode("utf-8")
+        prefix = ""
+        while source[len(prefix)] not in "'\"":
+            prefix += source[len(prefix)]
+        unicode_ok = "u" in prefix.lower()
+        literal = ("u" if unicode_ok else "") + _py2_literal(value, source[len(prefix)], unicode_ok)
+        edits.append((start, end, literal.encode("utf-8")))
+
+    if not edits:
+        return text, 0
+    out, last = [], 0
+    for start, end, new in edits:
+        out += (raw[last:start], new)
+        last = end
+    out.append(raw[last:])
+    new_text = b"".join(out).decode("utf-8")
+    _entries(new_text)  # our own output must still parse
+    return new_text, changed
