@@ -326,3 +326,16 @@ def test_full_disk_is_one_line(sample_run, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no space left on device" in err
     assert not (tmp_path / "a" / "manifest.json").exists()
+
+
+def test_manifest_follows_its_published_schema(sample_run, tmp_path):
+    import jsonschema
+
+    out = tmp_path / "a"
+    assert archivefactor_main(["-q", "-r", "-d", "facet1", str(sample_run), str(out)]) == 0
+    schema = json.loads((Path(__file__).parents[1] / "formats/manifest.schema.json").read_text())
+    jsonschema.validate(manifest_of(out), schema)
+    bad = manifest_of(out)
+    bad["members"][0]["path"] = "../evil"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
