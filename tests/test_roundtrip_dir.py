@@ -339,3 +339,18 @@ def test_manifest_follows_its_published_schema(sample_run, tmp_path):
     bad["members"][0]["path"] = "../evil"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_version_and_help_are_available(capsys):
+    from factor_archive import __version__
+
+    for entry in (archivefactor_main, unarchivefactor_main, main):
+        with pytest.raises(SystemExit) as exit_info:
+            entry(["--version"])
+        assert exit_info.value.code == 0
+        assert __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        archivefactor_main(["-h"])
+    help_text = capsys.readouterr().out
+    for option in ("--directions", "--resumable", "--clobber", "--format", "--dry-run"):
+        assert option in help_text
