@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import BadInput
 from .manifest import Member, Missing
 from .ms.concat import group_by_time
-from .run.model import FactorRun, is_table
+from .run.model import FactorRun, is_table, unique
 
 
 @dataclass
@@ -227,14 +227,6 @@ def make_plan(run: FactorRun, options: Options) -> ArchivePlan:
         planner.per_direction()
     planner.calibrated_data()
     missing = [Missing(source=p, category="referenced", reason=why, direction=d)
-               for p, why, d in _dedupe(run.missing)]
+               for p, why, d in unique(run.missing)]
     return ArchivePlan(run=run, options=options, items=planner.items, missing=missing)
 
-
-def _dedupe(items):
-    seen, out = set(), []
-    for item in items:
-        if item not in seen:
-            seen.add(item)
-            out.append(item)
-    return out

@@ -147,7 +147,7 @@ class FactorRun:
         for mapfile in self._state_mapfile(direction, "sourcedb_new_facet_sources",
                                            ("make_sourcedb_new_facet_sources.mapfile",)):
             paths += self.mapfile_paths(mapfile, direction)
-        return _unique(paths)
+        return unique(paths)
 
     def instrument_tables(self, direction: str) -> list[Path]:
         paths: list[Path] = []
@@ -155,7 +155,7 @@ class FactorRun:
             names = SOLUTION_MAPFILES if key == "dir_dep_h5parm_mapfile" else ()
             for mapfile in self._state_mapfile(direction, key, names):
                 paths += self.mapfile_paths(mapfile, direction)
-        return _unique(paths)
+        return unique(paths)
 
     def calibrated_inputs(self, direction: str) -> list[Path]:
         """The direction's ``*.prepare_imaging_data`` MSs (Factor's image_data_mapfile)."""
@@ -208,16 +208,12 @@ class FactorRun:
         regions = self.working_dir / "regions"
         if regions.is_dir():
             files += sorted(p for p in regions.iterdir() if p.is_file())
-        return _unique(files)
+        return unique(files)
 
 
-def _unique(paths: list[Path]) -> list[Path]:
-    seen, out = set(), []
-    for p in paths:
-        if p not in seen:
-            seen.add(p)
-            out.append(p)
-    return out
+def unique(items: list) -> list:
+    """Drop repeats, keeping first-seen order."""
+    return list(dict.fromkeys(items))
 
 
 def read_pickle(path: Path) -> dict:
