@@ -72,6 +72,18 @@ def test_resumable_round_trip_restores_every_item_with_paths_moved(sample_run, t
     assert archivefactor_main(["-q", "-r", "-d", "facet1", str(sample_run), str(archive)]) == 0
     manifest = manifest_of(archive)
     assert manifest["options"]["resumable"] is True
+    by_path = {m["path"]: m for m in manifest["members"]}
+    # Solutions: v2 h5parm of a selfcal direction, v1 parmdb table of a peeled outlier.
+    assert by_path["instrument_tables/facet1/combined_solutions.h5"]["kind"] == "file"
+    assert by_path["instrument_tables/facet3/L123456_SB000_uv.dppp.pre-cal_chunk0.merge_selfcal_parmdbs"]["kind"] == "table"
+    assert "sky_models/facet3/L123456_SB000_uv.dppp.pre-cal_chunk0.make_sourcedb_new_facet_sources" in by_path
+    # Mapfiles of every operation of a direction, the mosaic's included.
+    assert {"pipeline_state/facet1/facetselfcal/input_files_single.mapfile",
+            "pipeline_state/facet1/facetsub/input_files_single.mapfile",
+            "pipeline_state/facet1/facetimage/final_image.mapfile",
+            "pipeline_state/target/facetimage_c15.0r0.0t45.0u160.0/final_image.mapfile",
+            "pipeline_state/field/fieldmosaic/pb_image.mapfile",
+            "pipeline_state/facet3/outlierpeel/merge_selfcal_parmdbs.mapfile"} <= set(by_path)
     assert unarchivefactor_main(["-q", str(archive), str(restored)]) == 0
 
     # Every restored member equals its source: tables column by column, files byte for byte.
@@ -100,6 +112,8 @@ def test_resumable_round_trip_restores_every_item_with_paths_moved(sample_run, t
     facet1 = read_pickle(restored / "state/facet1_save.pkl")
     assert facet1["region_selfcal"] == f'["{restored}/regions/calimages_ds9.reg"]'
     assert Path(facet1["facet_image_mapfile"]["facetimage"]).exists()
+    # A path into the Factor installation is not part of the run and stays as it was.
+    assert read_pickle(restored / "state/facet3_save.pkl")["peel_skymodel"] == "/opt/factor/skymodels/3C295.skymodel"
     band = read_pickle(restored / "state/Band_120.21MHz_save.pkl")
     # The dir-independent sky model lived outside the run: it moved to the restored chunks dir.
     assert band["skymodel_dirindep"] == str(restored / "chunks/Band_120.21MHz/L123456_SB000_uv.dppp.pre-cal.merge")

@@ -168,7 +168,8 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
         "# name position mscale_selfcal_do mscale_facet_do cal_imsize solint_p solint_a dynamic_range "
         "region_selfcal region_facet peel_skymodel outlier_source cal_size_deg cal_flux_mjy\n"
         "facet1  14h38m29.584,+33d57m37.82 True  True    0  1   0  LD empty empty empty False 0.02 1300\n"
-        "facet2  14h41m01.884,+35d30m31.52 False False   0  1   0  LD empty empty empty False 0.02 900\n")
+        "facet2  14h41m01.884,+35d30m31.52 False False   0  1   0  LD empty empty empty False 0.02 900\n"
+        "facet3  14h50m12.001,+36d01m10.00 empty empty   0  1   0  HD empty empty empty True 0.05 5000\n")
     (root / "factor.parset").write_text(
         "[global]\n"
         f"dir_working = {wd}\n"
@@ -277,6 +278,8 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
                 _calibrated_data(od, md, next(seed) * 100)
         _pickle(wd / "state" / f"{d}_save.pkl", state, protocol=0 if d != "facet2" else 2)
 
+    _outlier_peel(wd, res, chunk_files, next(seed))
+
     # Field mosaic ------------------------------------------------------------------------------
     field = {"name": "field", "working_dir": str(wd), "save_file": str(wd / "state" / "field_save.pkl"),
              "facet_image_filenames": [], "started_operations": [], "completed_operations": [],
@@ -300,6 +303,61 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
         field["completed_operations"].append(op)
     _pickle(wd / "state" / "field_save.pkl", field, protocol=2)
     return root / "factor.parset"
+
+
+def _outlier_peel(wd: Path, res: Path, chunk_files: list[str], seed: int) -> None:
+    """facet3: an outlier peeled with v1-style parmdb solutions (a casacore table), never imaged."""
+    od = res / "outlierpeel" / "facet3"
+    md = od / "mapfiles"
+    md.mkdir(parents=True)
+    parmdb = od / f"{root_name('SB000')}_chunk0.merge_selfcal_parmdbs"
+    write_parmdb(parmdb, seed)
+    (od / f"{root_name('SB000')}_chunk0_tec_channel0.png").write_bytes(png_bytes(seed))
+    (od / f"{root_name('SB000')}_chunk0_phase_channel0.png").write_bytes(png_bytes(seed + 1))
+    sdb = od / f"{root_name('SB000')}_chunk0.make_sourcedb_new_facet_sources"
+    sdb.write_bytes(b"sourcedb blob facet3" * 40)
+    _mapfile(md / "merge_selfcal_parmdbs.mapfile", [str(parmdb)])
+    _mapfile(md / "make_sourcedb_new_facet_sources.mapfile", [str(sdb)])
+    _mapfile(md / "input_files_single.mapfile", chunk_files)
+    _pickle(wd / "state" / "facet3_save.pkl", {
+        "name": "facet3", "working_dir": str(wd), "save_file": str(wd / "state" / "facet3_save.pkl"),
+        "is_outlier": True, "peel_calibrator": True, "region_selfcal": "[]",
+        "peel_skymodel": "/opt/factor/skymodels/3C295.skymodel",   # inside the Factor install: stays
+        "started_operations": ["outlierpeel"], "completed_operations": ["outlierpeel"],
+        "dir_dep_parmdb_mapfile": str(md / "merge_selfcal_parmdbs.mapfile"),
+        "sourcedb_new_facet_sources": str(md / "make_sourcedb_new_facet_sources.mapfile"),
+        "facet_image_mapfile": {}, "cleanup_mapfiles": [],
+    }, protocol=0)
+
+
+def write_parmdb(path: Path, seed: int) -> None:
+    """A small table shaped like a LOFAR parmdb: values with NAMES and DEFAULTVALUES subtables."""
+    from casacore import tables as ct
+
+    rng = np.random.default_rng(seed)
+    main = ct.table(str(path), ct.maketabdesc([
+        ct.makescacoldesc("NAMEID", 0), ct.makescacoldesc("STARTX", 0.0), ct.makescacoldesc("ENDX", 0.0),
+        ct.makearrcoldesc("VALUES", 0.0, 2)]), nrow=6, ack=False)
+    main.putcol("NAMEID", np.array([0, 1, 0, 1, 0, 1]))
+    main.putcol("STARTX", np.linspace(1.2e8, 1.25e8, 6))
+    main.putcol("ENDX", np.linspace(1.21e8, 1.26e8, 6))
+    for row in range(6):
+        main.putcell("VALUES", row, rng.normal(size=(1 + row % 2, 3)))   # variably shaped cells
+    names = ct.table(str(path / "NAMES"), ct.maketabdesc([
+        ct.makescacoldesc("NAME", ""), ct.makescacoldesc("FUNKLETTYPE", 0),
+        ct.makearrcoldesc("PERTURBATION", 0.0, 1)]), nrow=2, ack=False)
+    names.putcol("NAME", ["TEC:CS001HBA0:3C295", "TEC:CS002HBA0:3C295"])
+    names.putcol("FUNKLETTYPE", [0, 0])
+    names.putcol("PERTURBATION", np.full((2, 1), 1e-6))
+    names.close()
+    defaults = ct.table(str(path / "DEFAULTVALUES"), ct.maketabdesc([
+        ct.makescacoldesc("NAME", ""), ct.makearrcoldesc("VALUES", 0.0, 2)]), nrow=1, ack=False)
+    defaults.putcell("NAME", 0, "Gain:0:0:Ampl")
+    defaults.putcell("VALUES", 0, np.ones((1, 1)))
+    defaults.close()
+    main.putkeyword("NAMES", "Table: " + str(path / "NAMES"))
+    main.putkeyword("DEFAULTVALUES", "Table: " + str(path / "DEFAULTVALUES"))
+    main.close()
 
 
 def _calibrated_data(od: Path, md: Path, seed: int) -> None:
