@@ -35,16 +35,18 @@ def detect_form(location: str) -> str:
     raise BadInput(f"{path}: not a factor-archive archive (neither a directory, a tar nor a zarr zip)")
 
 
-def open_reader(location: str, **kwargs):
+def open_reader(location: str, *, staging: os.PathLike | None = None):
+    """A reader for the archive at ``location``; ``staging`` is scratch space on the output's disk
+    for forms that must spool (a tar read from a pipe)."""
     form = detect_form(location)
     if form == "dir":
         from .directory import DirectoryReader
         return DirectoryReader(location)
     if form == "tar":
         from .tar import TarReader
-        return TarReader(location)
+        return TarReader(location, staging=staging)
     from .zarr_store import ZarrReader
-    return ZarrReader(location, **kwargs)
+    return ZarrReader(location)
 
 
 def open_writer(form: str, location: str, *, clobber: bool):

@@ -48,6 +48,12 @@ def relocations(manifest: Manifest, new_wd: Path) -> dict[str, str]:
     return moves
 
 
+def _check_resumable(manifest: Manifest, archive: str) -> None:
+    if not manifest.options.get("resumable"):
+        raise BadInput(f"{archive}: a basic archive (made without -r) holds no chunks or state and "
+                       f"cannot be resumed; list it with 'factor-archive ls' instead")
+
+
 def _prepare_output(output: Path, clobber: bool) -> None:
     if output.exists() and not output.is_dir():
         raise BadInput(f"{output}: exists and is not a directory")
@@ -61,71 +67,107 @@ def _prepare_output(output: Path, clobber: bool) -> None:
 
 def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool = False,
               quiet: bool = False, store: str | None = None, log: Callable[[str], None] = print) -> Manifest:
-    reader = open_reader(archive)
+    new_wd = Path(os.path.abspath(output))
+    scratch = new_wd / SCRATCH
+    reader = open_reader(archive, staging=scratch)
     try:
-        manifest = reader.manifest
-        if not manifest.options.get("resumable"):
-            raise BadInput(f"{archive}: a basic archive (made without -r) holds no chunks or state and "
-                           f"cannot be resumed; list it with 'factor-archive ls' instead")
-        new_wd = Path(os.path.abspath(output))
+        if archive != "-":
+            _check_resumable(reader.manifest, archive)  # before anything is written
         _prepare_output(new_wd, clobber)
-        (new_wd / MARKER).write_text("restore in progress or interrupted\n")
-        scratch = new_wd / SCRATCH
         scratch.mkdir(exist_ok=True)
+        (new_wd / MARKER).write_text("restore in progress or interrupted\n")
+        manifest = reader.manifest  # a tar on a pipe is read (spooled to scratch) here
+        _check_resumable(manifest, archive)
         parset_member = _parset_member(manifest)
-
-        linked: dict[str, Path] = {}
-        if symlink:
-            linked = _link_chunks(reader, manifest, new_wd, store)
+        links = ChunkLinks(reader, archive, store) if symlink else None
+        if links is not None:
+            links.plan(manifest)
 
         def dest_for(member: Member) -> Path | None:
             if member is parset_member:
                 return scratch / "parset"
-            if member.restore_path is None or member.path in linked:
+            if links is not None and member.path in links.targets:
+                return links.pending.get(member.path)
+            if member.restore_path is None:
                 return None
             return new_wd / safe_relpath(member.restore_path, archive)
 
         todo = [m for m in manifest.members if dest_for(m) is not None]
+        for m in todo:
+            dest_for(m).parent.mkdir(parents=True, exist_ok=True)
         reporter = Reporter(sum(m.size for m in todo), "restoring", quiet=quiet)
         try:
-            for m in todo:
-                dest_for(m).parent.mkdir(parents=True, exist_ok=True)
             reader.extract(todo, dest_for, reporter)
         finally:
             reporter.close()
+        if links is not None:
+            links.finish(manifest, new_wd)
 
         _rewrite_paths(manifest, new_wd)
         if parset_member is not None:
             _write_parset(manifest, scratch / "parset", new_wd)
-        shutil.rmtree(scratch, ignore_errors=True)
         (new_wd / MARKER).unlink()
         return manifest
     finally:
         reader.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _link_chunks(reader, manifest: Manifest, new_wd: Path, store: str | None) -> dict[str, Path]:
-    """-s: chunk tables become symlinks to copies that already exist as plain files."""
-    linked = {}
-    materialise = getattr(reader, "materialise", None)
-    for m in manifest.members:
-        if m.category != "chunks" or m.kind != "table" or m.restore_path is None:
-            continue
-        target = reader.local_path(m)
-        if target is None and materialise is not None:
-            target = materialise(m, store)
-        if target is None:
-            continue  # this form cannot link: the chunk is copied instead
-        dest = new_wd / safe_relpath(m.restore_path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists() or dest.is_symlink():
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
+class ChunkLinks:
+    """-s: chunk tables become symlinks instead of copies.
+
+    A directory archive already holds each chunk as plain files: link to it. Other forms
+    materialise each chunk once into a store beside the archive (or ``--store``), keyed by the
+    member's checksum, so a second restore from the same archive reuses it without copying.
+    """
+
+    def __init__(self, reader, archive: str, store: str | None):
+        self.reader = reader
+        self.archive = archive
+        self.store_option = store
+        self.targets: dict[str, Path] = {}   # member path -> what the link points to
+        self.pending: dict[str, Path] = {}   # member path -> where extract writes it first
+
+    def store_dir(self) -> Path:
+        if self.store_option:
+            return Path(os.path.abspath(self.store_option))
+        if self.archive == "-" or "://" in self.archive:
+            raise BadInput(f"{self.archive}: -s with a stream or a URL needs --store DIR for the chunks")
+        return Path(os.path.abspath(self.archive.rstrip("/")) + ".store")
+
+    def plan(self, manifest: Manifest) -> None:
+        for m in manifest.members:
+            if m.category != "chunks" or m.kind != "table" or m.restore_path is None:
+                continue
+            local = self.reader.local_path(m)
+            if local is not None:
+                self.targets[m.path] = local
+                continue
+            final = self.store_dir() / m.sha256[:2] / m.sha256 / Path(m.path).name
+            self.targets[m.path] = final
+            if not (final.parent / ".complete").exists():
+                self.pending[m.path] = final.parent.with_name(f".partial-{m.sha256}") / final.name
+                if self.pending[m.path].parent.exists():
+                    shutil.rmtree(self.pending[m.path].parent)
+
+    def finish(self, manifest: Manifest, new_wd: Path) -> None:
+        for path, tmp in self.pending.items():
+            final_dir = self.targets[path].parent
+            (tmp.parent / ".complete").write_text("")
+            if final_dir.exists():
+                shutil.rmtree(tmp.parent)      # another restore finished it first
             else:
+                os.rename(tmp.parent, final_dir)
+        for m in manifest.members:
+            if m.path not in self.targets:
+                continue
+            dest = new_wd / safe_relpath(m.restore_path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_symlink() or dest.is_file():
                 dest.unlink()
-        os.symlink(target, dest)
-        linked[m.path] = target
-    return linked
+            elif dest.is_dir():
+                shutil.rmtree(dest)
+            os.symlink(self.targets[m.path], dest)
 
 
 def _rewrite_paths(manifest: Manifest, new_wd: Path) -> None:
