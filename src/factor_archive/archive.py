@@ -58,7 +58,7 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
             options={"resumable": plan.options.resumable, "directions": plan.options.directions,
                      "format": plan.options.form},
             members=members, missing=plan.missing,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            created=_creation_time(),
         )
         writer.close(manifest)
     except BaseException:
@@ -80,6 +80,7 @@ def _write_members(items: list[PlanItem], writer, progress) -> list[Member]:
             return done
         staged = writer.staging_dir() / Path(item.member.path).name
         concat_in_frequency(item.concat, staged)
+        _stamp_like_inputs(staged, [Path(s) for s in item.concat if s])
         kwargs = {"move": True} if getattr(writer, "form", "") == "dir" else {}
         member = writer.write(item.member, staged, progress, **kwargs)
         return member
@@ -88,3 +89,19 @@ def _write_members(items: list[PlanItem], writer, progress) -> list[Member]:
         with ThreadPoolExecutor(max_workers=2) as pool:
             return list(pool.map(one, items))
     return [one(item) for item in items]
+
+
+def _stamp_like_inputs(table: Path, inputs: list[Path]) -> None:
+    """Generated tables take the newest input's mtime, so the same run archives to the same bytes."""
+    newest = max(p.stat().st_mtime_ns for p in inputs)
+    for dirpath, _dirs, files in os.walk(table):
+        for name in files + [""]:
+            os.utime(os.path.join(dirpath, name) if name else dirpath, ns=(newest, newest))
+
+
+def _creation_time() -> str:
+    """Now, or SOURCE_DATE_EPOCH when set (reproducible archives)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch and epoch.isdigit()
+            else _dt.datetime.now(_dt.timezone.utc))
+    return when.isoformat(timespec="seconds")
