@@ -17,7 +17,7 @@ import pytest
 
 from factor_archive.containers import tar as tarmod
 from factor_archive.containers.tar import TarReader, TarWriter, looks_like_tar
-from factor_archive.errors import BadInput, FactorArchiveError, UnsafeArchive
+from factor_archive.errors import BadInput, UnsafeArchive
 from factor_archive.manifest import CHECKSUMS_NAME, MANIFEST_NAME, Manifest, Member
 
 SPACE_NAME = "field image ñ é.fits"      # a space and non-ASCII characters
@@ -378,7 +378,8 @@ def test_subprocess_pipeline_archive_to_stdout_restore_from_stdin(tmp_path, run)
         "ms = [w.write(Member(path=p, source=s, category=c, kind=k, size=0, mode=0,\n"
         "      mtime=0.0, sha256='', restore_path=p), Path(s), lambda n: None)\n"
         "      for p, s, k, c in json.loads(sys.argv[1])]\n"
-        f"w.close(Manifest(container='', run={{}}, options={{}}, members=ms, created={CREATED!r}))\n"
+        "w.close(Manifest(container='', run={}, options={}, members=ms,\n"
+        f"                created={CREATED!r}))\n"
     )
     reader_code = (
         "import sys\n"
@@ -766,3 +767,52 @@ def test_member_over_8_gib_round_trips_through_a_pipe(tmp_path, monkeypatch):
         assert reader.manifest.member("calibrated_data/huge.bin").size == size
     thread.join()
     assert not errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Story: restore again over an earlier restore (unarchive -c), archive generated data
+
+@pytest.mark.parametrize("seekable", [True, False], ids=["file", "pipe"])
+def test_restoring_over_an_earlier_restore_replaces_it(tmp_path, run, archive, seekable):
+    out, _, items = archive
+    dest = tmp_path / "restored"
+    (dest / "chunks/chunk0.ms").mkdir(parents=True)
+    (dest / "chunks/chunk0.ms/stale.f9").write_text("from an older restore")
+    (dest / "misc").mkdir()
+    (dest / "misc/factor.parset").write_text("old")
+    reader = open_either(out.read_bytes(), tmp_path, seekable)
+    reader.extract(None, to_dest(dest), nothing)
+    reader.close()
+    assert tree(dest) == source_tree(run, items)
+
+
+def test_a_staged_member_is_freed_once_it_is_in_the_archive(tmp_path, run):
+    out = tmp_path / "run.tar"
+    writer = TarWriter(str(out), clobber=False)
+    scratch = writer.staging_dir()
+    staged = scratch / "chunk0_concat.ms"
+    shutil.copytree(run / "chunks/chunk0.ms", staged)
+    member = Member(path="calibrated_data/chunk0_concat.ms", source=str(staged),
+                    category="calibrated_data", kind="table", size=0, mode=0, mtime=0.0,
+                    sha256="")
+    writer.write(member, staged, nothing)
+    assert not staged.exists()
+    writer.close(Manifest(container="", run={}, options={}, members=[member]))
+    assert not scratch.exists()
+    with TarReader(out) as reader:
+        assert reader.verify(nothing) == []
+
+
+@pytest.mark.parametrize("seekable", [True, False], ids=["file", "pipe"])
+def test_progress_counts_the_bytes_of_the_chosen_members(tmp_path, archive, seekable):
+    out, manifest, _ = archive
+    done: list[int] = []
+    reader = open_either(out.read_bytes(), tmp_path, seekable)
+    reader.extract(None, lambda m: tmp_path / "r" / m.path if m.kind == "table" else None,
+                   done.append)
+    reader.close()
+    assert sum(done) == manifest.member("chunks/chunk0.ms").size
+    checked: list[int] = []
+    with open_either(out.read_bytes(), tmp_path, seekable) as reader:
+        assert reader.verify(checked.append) == []
+    assert sum(checked) == sum(m.size for m in manifest.members)

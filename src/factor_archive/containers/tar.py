@@ -214,13 +214,10 @@ def parse_index(data: bytes) -> dict[str, tuple[int, int, str]] | None:
         return None
     index = {}
     for line in lines[1:]:
-        if not line.strip(" "):
-            continue
         parts = line.split(" ")
-        if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit() \
-                or len(parts[3]) != 64:
-            return None
-        index[parts[0]] = (int(parts[1]), int(parts[2]), parts[3])
+        if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit() and len(parts[3]) == 64:
+            index[parts[0]] = (int(parts[1]), int(parts[2]), parts[3])
+        # anything else: padding, or a line a later version added
     if MANIFEST_NAME not in index:
         return None
     return index
@@ -281,6 +278,9 @@ class TarWriter:
         if self._stream:
             self.path: Path | None = None
             self._partial: Path | None = None
+            if sys.stdout.isatty():
+                raise BadInput("refusing to write a tar archive to a terminal; redirect or pipe "
+                               "standard output")
             self._sink = _Sink(sys.stdout.buffer, "<stdout>")
             return
         self.path = Path(path)
@@ -321,6 +321,8 @@ class TarWriter:
         else:
             raise BadInput(f"{member.path}: unknown member kind {member.kind!r}")
         self._paths.add(path)
+        if self._staging is not None and self._staging in source.parents:
+            _remove(source)         # generated (calibrated data): scratch peaks at one member
         return member
 
     def staging_dir(self) -> Path:
@@ -682,6 +684,8 @@ class TarReader:
         self._own = False
         if isinstance(source, (str, os.PathLike)):
             if str(source) == "-":
+                if sys.stdin.isatty():
+                    raise BadInput("archive '-': standard input is a terminal, not a tar stream")
                 self._f: BinaryIO = sys.stdin.buffer
                 self.name = "<stdin>"
             else:
@@ -915,7 +919,7 @@ class TarReader:
             self._copy_checked(member.path, member.offset, member.size, member.sha256, tmp,
                                progress, repr(member.path))
             _set_meta(tmp, member.mode, member.mtime)
-            os.replace(tmp, dest)
+            _install(tmp, dest)
         except BaseException as exc:
             cleanup.undo()
             if isinstance(exc, OSError):
@@ -926,7 +930,6 @@ class TarReader:
         if tree_digest(member.files) != member.sha256:
             raise BadInput(f"{self.name}: manifest entry of {member.path!r} is inconsistent "
                            "(tree digest)")
-        _refuse_existing_dir(dest)
         cleanup = _Cleanup()
         try:
             cleanup.makedirs(dest.parent)
@@ -942,7 +945,7 @@ class TarReader:
                                    f"{member.path!r} (file {entry.path!r})")
                 _set_meta(target, entry.mode, entry.mtime)
             _set_meta(root, member.mode | 0o700, member.mtime)
-            os.replace(root, dest)
+            _install(root, dest)
             _set_meta(dest, member.mode, member.mtime)
         except BaseException as exc:
             cleanup.undo()
@@ -966,6 +969,7 @@ class TarReader:
         placed: dict[str, _Placed] = {}
         problems: list[str] = []
         self._hash_data = hash_data
+        self._count_skipped = not strict        # verify counts every byte, extract its own
         try:
             blobs, index = self._scan(scanner, dest_for, wanted, progress, placed, cleanup)
             manifest = self._check_pass(blobs, index)
@@ -1060,7 +1064,8 @@ class TarReader:
             if not self._hash_data:
                 scanner.skip_data(entry)
                 return None
-            return scanner.copy_data(entry, None, progress)
+            return scanner.copy_data(entry, None,
+                                     progress if self._count_skipped else _no_progress)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             out = open(target, "wb")
@@ -1092,8 +1097,6 @@ class TarReader:
         tmp = None
         if dest is not None:
             dest = Path(dest)
-            if is_dir:
-                _refuse_existing_dir(dest)
             cleanup.makedirs(dest.parent)
             tmp = cleanup.fresh(_partial_name(dest))
             if is_dir:
@@ -1182,11 +1185,11 @@ class TarReader:
                 if member.kind == "table":
                     for entry in member.files:
                         _set_meta(item.tmp / entry.path, entry.mode, entry.mtime)
-                    os.replace(item.tmp, item.dest)
+                    _install(item.tmp, item.dest)
                     _set_meta(item.dest, member.mode, member.mtime)
                 else:
                     _set_meta(item.tmp, member.mode, member.mtime)
-                    os.replace(item.tmp, item.dest)
+                    _install(item.tmp, item.dest)
             except OSError as exc:
                 raise io_error(item.dest, exc) from None
 
@@ -1215,28 +1218,29 @@ class TarReader:
             if dest is None or member.kind not in ("file", "table") or not src.exists():
                 continue
             dest = Path(dest)
-            if member.kind == "table":
-                _refuse_existing_dir(dest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _partial_name(dest)
             try:
-                os.replace(src, dest)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise io_error(dest, exc) from None
-                tmp = _partial_name(dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    os.replace(src, tmp)            # same file system: the usual case
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
                     if member.kind == "table":
                         shutil.copytree(src, tmp, copy_function=shutil.copy2)
                     else:
                         shutil.copy2(src, tmp)
-                    os.replace(tmp, dest)
-                except OSError as exc2:
-                    _remove(tmp)
-                    raise io_error(dest, exc2) from None
-                _remove(src)
+                    _remove(src)
+                _install(tmp, dest)
+            except OSError as exc:
+                _remove(tmp)
+                raise io_error(dest, exc) from None
             progress(member.size)
 
 
-def _refuse_existing_dir(dest: Path) -> None:
-    if dest.is_dir() and any(dest.iterdir()):
-        raise BadInput(f"{dest}: already exists")
+def _install(tmp: Path, dest: Path) -> None:
+    """Put a verified temp copy in place; whatever was at dest goes only now (like the
+    directory form, so ``unarchive -c`` behaves the same for every form)."""
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        _remove(dest)
+    os.replace(tmp, dest)
