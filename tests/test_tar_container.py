@@ -816,3 +816,16 @@ def test_progress_counts_the_bytes_of_the_chosen_members(tmp_path, archive, seek
     with open_either(out.read_bytes(), tmp_path, seekable) as reader:
         assert reader.verify(checked.append) == []
     assert sum(checked) == sum(m.size for m in manifest.members)
+
+
+def test_clashing_archive_paths_are_refused(tmp_path, run):
+    items = members_for(run)
+    writer = TarWriter(str(tmp_path / "run.tar"), clobber=False)
+    writer.write(*items[3], nothing)                              # chunks/chunk0.ms
+    for bad in ("chunks/chunk0.ms", "chunks/chunk0.ms/extra", "chunks", MANIFEST_NAME,
+                "misc/./x"):
+        member, source = members_for(run)[1]
+        member.path = bad
+        with pytest.raises(BadInput):
+            writer.write(member, source, nothing)
+    writer.abort()

@@ -274,6 +274,7 @@ class TarWriter:
         self._clobber = clobber
         self._staging: Path | None = None
         self._paths: set[str] = set()
+        self._parents: set[str] = set()       # every ancestor of a stored path
         self._done = False
         if self._stream:
             self.path: Path | None = None
@@ -303,9 +304,9 @@ class TarWriter:
         if self._done:
             raise FactorArchiveError("internal error: write() after close() or abort()")
         path = safe_relpath(member.path, "archive member")
+        ancestors = {path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1)}
         if path != member.path or path in (MANIFEST_NAME, CHECKSUMS_NAME, INDEX_NAME) \
-                or path in self._paths or any(path.startswith(p + "/") or p.startswith(path + "/")
-                                              for p in self._paths):
+                or path in self._paths or path in self._parents or ancestors & self._paths:
             raise BadInput(f"{member.path}: archive path clashes with another member or is "
                            "not in normal form")
         source = Path(source)
@@ -321,6 +322,7 @@ class TarWriter:
         else:
             raise BadInput(f"{member.path}: unknown member kind {member.kind!r}")
         self._paths.add(path)
+        self._parents |= ancestors
         if self._staging is not None and self._staging in source.parents:
             _remove(source)         # generated (calibrated data): scratch peaks at one member
         return member
