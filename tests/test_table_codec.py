@@ -1,0 +1,606 @@
+"""User stories: a Measurement Set (and odder casacore tables) go into a zarr store and come back
+bit for bit, open as an xarray Dataset, and refuse cleanly when they cannot be stored by column."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from casacore import tables as ct
+from factor_archive.ms import table_codec as tc
+from factor_archive.ms.table_codec import (CorruptTableData, RawTableRequired, decode_table,
+                                           encode_table, table_content_sha256)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+# --------------------------------------------------------------------------- table builders
+
+
+def _write_ms(path: Path, ntimes=12, nchan=8, nant=4) -> Path:
+    from factor_archive.ms.synth import write_ms
+
+    write_ms(path, start_time=4.87e9, ntimes=ntimes, interval=10.0,
+             chan_freqs=120e6 + np.arange(nchan) * 195312.5, chan_width=195312.5, nant=nant)
+    with ct.table(str(path), readonly=False, ack=False) as t:  # a NaN with a payload, a -0.0
+        d = t.getcell("DATA", 3)
+        d.view(np.uint32)[0, 0] = 0x7FC0BEEF
+        d.view(np.uint32)[1, 1] = 0x80000000
+        t.putcell("DATA", 3, d)
+    return path
+
+
+def _tiled_copy(src: Path, dst: Path, nchan: int) -> Path:
+    """The same MS with DP3-like tiled storage managers."""
+    dminfo = {
+        "*1": {"TYPE": "TiledColumnStMan", "NAME": "TiledDATA",
+               "SPEC": {"DEFAULTTILESHAPE": [4, nchan, 16]}, "COLUMNS": ["DATA"]},
+        "*2": {"TYPE": "TiledColumnStMan", "NAME": "TiledFlag",
+               "SPEC": {"DEFAULTTILESHAPE": [4, nchan, 32]}, "COLUMNS": ["FLAG"]},
+        "*3": {"TYPE": "IncrementalStMan", "NAME": "IncInterval", "SPEC": {"BUCKETSIZE": 2048},
+               "COLUMNS": ["INTERVAL", "EXPOSURE"]},
+    }
+    with ct.table(str(src), ack=False) as t:
+        desc = t.getdesc()
+        desc["_keywords_"] = {}
+        out = ct.table(str(dst), desc, nrow=t.nrows(), dminfo=dminfo, ack=False)
+        for col in t.colnames():
+            if col != "FLAG_CATEGORY":
+                out.putcol(col, t.getcol(col))
+        out.putinfo({**t.info(), "readme": t.info()["readme"].rstrip("\n")})
+        out.removecolkeyword("FLAG_CATEGORY", "CATEGORY")  # came in as Int[0], not String[0]
+        out.putcolkeyword("FLAG_CATEGORY", "CATEGORY", np.array([], dtype=str))
+        for name, value in t.getkeywords().items():
+            if isinstance(value, str) and value.startswith("Table: "):
+                shutil.copytree(src / name, dst / name)
+                out.putkeyword(name, "Table: " + str((dst / name).resolve()))
+            else:
+                out.putkeyword(name, np.float32(value) if name == "MS_VERSION" else value)
+        out.close()
+    return dst
+
+
+def _custom_table(path: Path, endian="little") -> Path:
+    """Variable shapes, undefined cells, string arrays, bools, odd types, typed nested keywords,
+    a referenced and an unreferenced subtable, TiledShapeStMan and IncrementalStMan."""
+    cds = [
+        ct.makescacoldesc("TIME", 0.0, keywords={"QuantumUnits": ["s"],
+                                                 "MEASINFO": {"type": "epoch", "Ref": "UTC"}}),
+        ct.makescacoldesc("FLAG_ROW", False),
+        ct.makescacoldesc("NAME", ""),
+        ct.makescacoldesc("U8", 0, valuetype="uchar"),
+        ct.makescacoldesc("I16", 0, valuetype="short"),
+        ct.makescacoldesc("U32", 0, valuetype="uint"),
+        ct.makescacoldesc("I64", 0, valuetype="int64"),
+        ct.makescacoldesc("F32", 0.0, valuetype="float"),
+        ct.makescacoldesc("C64", 0j, valuetype="complex"),
+        ct.makearrcoldesc("VAR", 0.0, ndim=-1, comment="any ndim, some cells undefined"),
+        ct.makearrcoldesc("VAR2", 0j, ndim=2, valuetype="dcomplex"),
+        ct.makearrcoldesc("TSM", 0.0, ndim=2, valuetype="float"),
+        ct.makearrcoldesc("SFIX", "", shape=[3, 2], options=4),
+        ct.makearrcoldesc("SVAR", "", ndim=1),
+        ct.makearrcoldesc("BARR", False, shape=[5], options=4),
+        ct.makearrcoldesc("DIR", 0.0, shape=[2], options=4,
+                          keywords={"QuantumUnits": ["rad", "rad"],
+                                    "MEASINFO": {"type": "direction", "Ref": "J2000"}}),
+        ct.makearrcoldesc("EMPTY", 0, ndim=1, comment="never written"),
+        ct.makescacoldesc("INC", 0.0),
+    ]
+    dminfo = {
+        "*1": {"TYPE": "TiledShapeStMan", "NAME": "TiledTSM", "SPEC": {"DEFAULTTILESHAPE": [3, 4, 8]},
+               "COLUMNS": ["TSM"]},
+        "*2": {"TYPE": "IncrementalStMan", "NAME": "Inc", "SPEC": {"BUCKETSIZE": 1024},
+               "COLUMNS": ["INC"]},
+        "*3": {"TYPE": "StandardStMan", "NAME": "SSM", "SPEC": {"BUCKETSIZE": 4096},
+               "COLUMNS": [c["name"] for c in cds if c["name"] not in ("TSM", "INC")]},
+    }
+    n = 23
+    rng = np.random.default_rng(7)
+    t = ct.table(str(path), ct.maketabdesc(cds), nrow=n, dminfo=dminfo, ack=False, endian=endian)
+    try:
+        t.putinfo({"type": "Custom", "subType": "test", "readme": "line one\nline two\n"})
+        t.putcol("TIME", 4.87e9 + np.arange(n) * 0.5)
+        t.putcol("FLAG_ROW", rng.random(n) < 0.3)
+        t.putcol("NAME", [f"name-{i}-é" if i % 4 else "" for i in range(n)])
+        t.putcol("U8", np.arange(n, dtype=np.uint8) * 11)
+        t.putcol("I16", -np.arange(n, dtype=np.int16))
+        t.putcol("U32", np.arange(n, dtype=np.uint32) + 4_000_000_000)
+        t.putcol("I64", np.arange(n, dtype=np.int64) << 40)
+        f32 = rng.standard_normal(n).astype(np.float32)
+        f32.view(np.uint32)[2] = 0x7FA00001  # signalling NaN with a payload
+        t.putcol("F32", f32)
+        t.putcol("C64", (rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(np.complex64))
+        for r in range(n):
+            if r % 3:
+                shape = [(4,), (2, 3), (1, 2, 2)][r % 3 - 1] if r % 5 else (0,)
+                t.putcell("VAR", r, rng.standard_normal(shape))
+            if r % 4 != 1:
+                t.putcell("VAR2", r, (rng.standard_normal((r % 3 + 1, 2)) * (1 + 1j)))
+            t.putcell("TSM", r, rng.standard_normal((r % 2 + 2, 3)).astype(np.float32))
+            if r % 2:
+                t.putcell("SVAR", r, np.array([f"s{r}"] * (r % 3 + 1)))
+        t.putcol("SFIX", np.array([[[f"{r}{a}{b}" for b in "xy"] for a in "abc"] for r in range(n)]))
+        t.putcol("BARR", rng.random((n, 5)) < 0.5)
+        t.putcol("DIR", rng.standard_normal((n, 2)))
+        t.putcol("INC", np.repeat([1.0, 2.0, 3.0], [10, 10, 3]))
+
+        sub = ct.table(str(path / "SUBT"), ct.maketabdesc([
+            ct.makescacoldesc("ID", 0), ct.makearrcoldesc("VALS", 0.0, ndim=-1)]), nrow=3, ack=False)
+        sub.putcol("ID", np.arange(3, dtype=np.int32))
+        sub.putcell("VALS", 1, np.arange(5.0))
+        sub.putkeyword("WHAT", np.float32(2.5))
+        sub.close()
+        # An unreferenced table inside the directory (like an old MS/instrument parmdb).
+        extra = ct.table(str(path / "instrument"), ct.maketabdesc([ct.makescacoldesc("V", 0.0)]),
+                         nrow=2, ack=False)
+        extra.putcol("V", [1.5, -2.5])
+        extra.close()
+
+        subref = "Table: " + str((path / "SUBT").resolve())
+        t.putkeyword("MS_VERSION", np.float32(2.0))
+        t.putkeyword("SUBT", subref)
+        t.putkeyword("I32", np.int32(-5))
+        t.putkeyword("I16K", np.int16(7))
+        t.putkeyword("U32K", np.uint32(9))
+        t.putkeyword("I64K", 2**40)
+        t.putkeyword("DBL", 0.1)
+        t.putkeyword("NAN", float("nan"))
+        t.putkeyword("CPLX", np.complex64(1 - 2j))
+        t.putkeyword("DCPLX", 3 + 4j)
+        t.putkeyword("FLAG", True)
+        t.putkeyword("TEXT", "multi\nline: Int 3")
+        t.putkeyword("SARR2", np.array([["a", "b", "c"], ["d", "e", "f"]]))
+        t.putkeyword("SARR1", np.array(["x"]))
+        t.putkeyword("SEMPTY", np.array([], dtype=str))
+        t.putkeyword("IARR", np.arange(6, dtype=np.int32).reshape(2, 3))
+        t.putkeyword("BARRK", np.array([True, False]))
+        t.putkeyword("CARR", np.array([1 + 1j, np.nan], dtype=np.complex64))
+        t.putkeyword("NEST", {"level1": {"level2": {"ref": subref, "f": np.float32(0.5)},
+                                         "units": ["Jy", "beam"]},
+                              "empty": {}, "n": np.int32(3)})
+        t.putcolkeyword("VAR", "CUSTOM", {"k": np.int16(1), "table": subref})
+    finally:
+        t.close()
+    return path
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _show(path: Path) -> str:
+    """casacore's own listing of description, storage and typed keywords, paths removed."""
+    with ct.table(str(path), ack=False) as t:
+        text = ct.taql("show table $1 tabkey colkey", tables=[t])[0]
+    text = text.replace(str(Path(path).resolve()), "<T>").replace(str(path), "<T>")
+    return "\n".join(text.split("\n")[3:])  # drop the title lines with the name
+
+
+def _norm_kw(v, base: str):
+    if isinstance(v, dict):
+        return {k: _norm_kw(x, base) for k, x in v.items()}
+    if isinstance(v, str):
+        return v.replace(base, "<T>")
+    if isinstance(v, np.ndarray):
+        return (v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, float):
+        return np.float64(v).tobytes()
+    if isinstance(v, complex):
+        return np.complex128(v).tobytes()
+    if isinstance(v, list):
+        return [_norm_kw(x, base) for x in v]
+    return v
+
+
+def _cell_bytes(v):
+    if isinstance(v, np.ndarray):
+        return ("a", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, dict):
+        return ("s", tuple(v["shape"]), tuple(v["array"]))
+    if isinstance(v, list):
+        return ("l", tuple(v))
+    if isinstance(v, float):
+        return ("f", np.float64(v).tobytes())
+    if isinstance(v, complex):
+        return ("c", np.complex128(v).tobytes())
+    return ("v", type(v).__name__, v)
+
+
+def _dm_summary(dminfo: dict) -> list:
+    out = []
+    for k in sorted(dminfo, key=lambda k: int(k[1:])):
+        dm = dminfo[k]
+        spec = dm["SPEC"]
+        cubes = spec.get("HYPERCUBES", {})
+        out.append((dm["TYPE"], dm["NAME"], sorted(dm["COLUMNS"]),
+                    tuple(np.asarray(spec.get("DEFAULTTILESHAPE", [])).tolist()),
+                    [tuple(np.asarray(cubes[c]["TileShape"]).tolist()) for c in sorted(cubes)],
+                    spec.get("BUCKETSIZE")))
+    return out
+
+
+def assert_tables_equal(a: Path, b: Path) -> None:
+    ta, tb = ct.table(str(a), ack=False), ct.table(str(b), ack=False)
+    try:
+        assert tb.colnames() == ta.colnames()
+        assert tb.nrows() == ta.nrows()
+        assert tb.info() == ta.info()
+        assert tb.endianformat() == ta.endianformat()
+        base_a, base_b = str(Path(a).resolve()), str(Path(b).resolve())
+        assert _norm_kw(tb.getdesc(), base_b) == _norm_kw(ta.getdesc(), base_a)
+        assert _norm_kw(tb.getkeywords(), base_b) == _norm_kw(ta.getkeywords(), base_a)
+        assert _dm_summary(tb.getdminfo()) == _dm_summary(ta.getdminfo())
+        for col in ta.colnames():
+            assert _norm_kw(tb.getcolkeywords(col), base_b) == _norm_kw(ta.getcolkeywords(col), base_a)
+            assert tb.coldatatype(col) == ta.coldatatype(col)
+            for r in range(ta.nrows()):
+                d = ta.iscelldefined(col, r)
+                assert tb.iscelldefined(col, r) == d, (col, r)
+                if d:
+                    assert _cell_bytes(tb.getcell(col, r)) == _cell_bytes(ta.getcell(col, r)), (col, r)
+        subs_a = sorted(p.name for p in Path(a).iterdir() if p.is_dir())
+        assert sorted(p.name for p in Path(b).iterdir() if p.is_dir()) == subs_a
+    finally:
+        ta.close()
+        tb.close()
+    assert _show(b) == _show(a)
+    for name in subs_a:
+        assert_tables_equal(Path(a) / name, Path(b) / name)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def ms(tmp_path_factory) -> Path:
+    return _write_ms(tmp_path_factory.mktemp("ms") / "band.ms")
+
+
+@pytest.fixture(scope="module")
+def tiled_ms(tmp_path_factory, ms) -> Path:
+    return _tiled_copy(ms, tmp_path_factory.mktemp("tiled") / "tiled.ms", nchan=8)
+
+
+@pytest.fixture(scope="module")
+def custom(tmp_path_factory) -> Path:
+    return _custom_table(tmp_path_factory.mktemp("custom") / "custom.tab", endian="big")
+
+
+def _local(tmp_path: Path, name="store.zarr"):
+    store = zarr.storage.LocalStore(str(tmp_path / name))
+    return store, zarr.open_group(store, mode="w")
+
+
+def _roundtrip(src: Path, tmp_path: Path, kind: str, **kw) -> tuple[dict, Path]:
+    if kind == "zip":
+        store = zarr.storage.ZipStore(str(tmp_path / "a.zip"), mode="w")
+    else:
+        store = zarr.storage.LocalStore(str(tmp_path / "a.zarr"))
+    root = zarr.open_group(store, mode="w")
+    info = encode_table(src, root.create_group("tables").create_group("T"), **kw)
+    store.close()
+    if kind == "zip":
+        store = zarr.storage.ZipStore(str(tmp_path / "a.zip"), mode="r")
+    else:
+        store = zarr.storage.LocalStore(str(tmp_path / "a.zarr"), read_only=True)
+    out = tmp_path / "restored" / src.name
+    out.parent.mkdir()
+    decode_table(zarr.open_group(store, mode="r", path="tables/T"), out)
+    store.close()
+    return info, out
+
+
+# --------------------------------------------------------------------------- stories
+
+
+@pytest.mark.parametrize("kind", ["local", "zip"])
+def test_measurement_set_comes_back_bit_for_bit(ms, tmp_path, kind):
+    info, out = _roundtrip(ms, tmp_path, kind)
+    assert_tables_equal(ms, out)
+    assert info["rows"] == 12 * 10 and "DATA" in info["columns"]
+    assert info["raw_fallback"] is False
+    assert set(info["subtables"]) >= {"ANTENNA", "SPECTRAL_WINDOW", "FEED"}
+    assert info["codecs"]["DATA"].startswith("blosc")
+    assert info["codecs"]["FLAG"] in ("blosc-bitshuffle-zstd", "packbits-zstd")
+    assert table_content_sha256(out) == table_content_sha256(ms) == info["content_sha256"]
+    assert not list(out.parent.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("kind", ["local", "zip"])
+def test_tiled_storage_managers_and_tile_shapes_are_recreated(tiled_ms, tmp_path, kind):
+    info, out = _roundtrip(tiled_ms, tmp_path, kind)
+    assert_tables_equal(tiled_ms, out)
+    with ct.table(str(out), ack=False) as t:
+        dm = {d["NAME"]: d for d in t.getdminfo().values()}
+    assert dm["TiledDATA"]["TYPE"] == "TiledColumnStMan"
+    assert list(dm["TiledDATA"]["SPEC"]["DEFAULTTILESHAPE"]) == [4, 8, 16]
+    assert list(dm["TiledFlag"]["SPEC"]["HYPERCUBES"]["*1"]["TileShape"]) == [4, 8, 32]
+    assert dm["IncInterval"]["TYPE"] == "IncrementalStMan"
+    assert table_content_sha256(out) == info["content_sha256"] == table_content_sha256(tiled_ms)
+
+
+@pytest.mark.parametrize("kind", ["local", "zip"])
+def test_odd_table_with_ragged_columns_and_typed_keywords(custom, tmp_path, kind):
+    info, out = _roundtrip(custom, tmp_path, kind)
+    assert_tables_equal(custom, out)
+    assert info["column_info"]["VAR"]["layout"] == "ragged"
+    assert info["column_info"]["EMPTY"]["layout"] == "ragged"
+    assert info["column_info"]["SFIX"]["layout"] == "fixed"
+    assert info["column_info"]["TSM"]["layout"] == "ragged"
+    assert set(info["subtables"]) == {"SUBT", "instrument"}
+    with ct.table(str(out), ack=False) as t:
+        assert t.endianformat() == "big"
+        kw = t.getkeywords()
+        assert kw["SUBT"] == "Table: " + str((out / "SUBT").resolve())
+        assert kw["NEST"]["level1"]["level2"]["ref"] == kw["SUBT"]
+        assert np.isnan(kw["NAN"])
+        assert t.getcolkeyword("TIME", "MEASINFO") == {"type": "epoch", "Ref": "UTC"}
+        assert list(t.getcolkeyword("DIR", "QuantumUnits")) == ["rad", "rad"]
+        assert ct.table(kw["SUBT"], ack=False).getcol("ID").tolist() == [0, 1, 2]
+    assert table_content_sha256(out) == info["content_sha256"]
+
+
+def test_group_layout_is_self_describing(custom, tmp_path):
+    store, root = _local(tmp_path)
+    g = root.create_group("T")
+    encode_table(custom, g)
+    st = g.attrs["casacore_table"]
+    assert st["format"] == "factor-archive/casacore-table" and st["version"] == 1
+    assert st["nrows"] == 23 and st["endian"] == "big"
+    cols = {c["name"]: c for c in st["columns"]}
+    assert cols["VAR"]["layout"] == "ragged" and cols["TIME"]["layout"] == "scalar"
+    assert cols["TIME"]["desc"]["valueType"] == "double"
+    kw = dict(st["keywords"]["fields"])
+    assert kw["MS_VERSION"] == {"type": "Float", "value": 2.0}
+    assert kw["SUBT"] == {"type": "Table", "value": "SUBT"}
+    assert kw["I16K"]["type"] == "Short" and kw["U32K"]["type"] == "uInt"
+    assert {s["name"]: s["referenced"] for s in st["subtables"]} == {"SUBT": True, "instrument": False}
+    rg = g["ragged/VAR"]
+    defined = rg["defined"][:]
+    assert defined.tolist() == [bool(r % 3) for r in range(23)]
+    assert rg["ndim"][:][defined].min() >= 1 and (rg["ndim"][:][~defined] == 0).all()
+    shapes = rg["shape"][:]
+    assert rg["values"].shape[0] == sum(int(np.prod(shapes[r, :rg["ndim"][r]])) for r in np.flatnonzero(defined))
+    assert g["subtables/SUBT"].attrs["casacore_table"]["nrows"] == 3
+    assert g["NAME"].dtype.kind in "TOU"  # zarr string
+    content = g.attrs["casacore_content"]
+    assert content["content_sha256"] == table_content_sha256(custom)
+    assert set(content["subtables"]) == {"SUBT", "instrument"}
+    assert json.loads(json.dumps(dict(g.attrs)))  # plain JSON
+
+
+def test_main_table_opens_in_xarray_with_named_dims(ms, tmp_path):
+    xr = pytest.importorskip("xarray")
+    store, root = _local(tmp_path)
+    encode_table(ms, root.create_group("ms"))
+    ds = xr.open_zarr(store, group="ms", consolidated=False, chunks=None)
+    assert ds["DATA"].dims == ("row", "chan", "corr")
+    assert ds["DATA"].dtype == np.complex64
+    assert ds["FLAG"].dims == ("row", "chan", "corr") and ds["FLAG"].dtype == bool
+    assert ds["WEIGHT_SPECTRUM"].dims == ("row", "chan", "corr")
+    assert ds["UVW"].dims == ("row", "uvw")
+    assert ds["WEIGHT"].dims == ("row", "corr")
+    assert ds["TIME"].dims == ("row",) and ds["ANTENNA1"].dims == ("row",)
+    assert ds.sizes["row"] == 120 and ds.sizes["chan"] == 8 and ds.sizes["corr"] == 4
+    with ct.table(str(ms), ack=False) as t:
+        assert ds["DATA"].values.tobytes() == t.getcol("DATA").tobytes()
+        assert ds["TIME"].values.tobytes() == t.getcol("TIME").tobytes()
+
+
+def test_big_columns_are_sharded_into_few_objects(ms, tmp_path):
+    store, root = _local(tmp_path)
+    g = root.create_group("ms")
+    encode_table(ms, g, row_block=40)
+    data = g["DATA"]
+    assert data.shards == (40, 8, 4) and data.chunks[0] <= 40
+    shard_files = list((tmp_path / "store.zarr" / "ms" / "DATA" / "c").rglob("*"))
+    assert len([p for p in shard_files if p.is_file()]) == 3  # 120 rows / 40
+    assert data.attrs["codec"] == g.attrs["casacore_table"]["columns"][
+        [c["name"] for c in g.attrs["casacore_table"]["columns"]].index("DATA")]["codec"]
+
+
+def test_tiny_row_blocks_give_identical_content(custom, ms, tmp_path):
+    for src in (custom, ms):
+        _, a = _roundtrip(src, tmp_path / f"{src.name}-default", "local")
+        info, b = _roundtrip(src, tmp_path / f"{src.name}-tiny", "local", row_block=3)
+        assert table_content_sha256(a) == table_content_sha256(b) == info["content_sha256"]
+        assert_tables_equal(a, b)
+
+
+def test_peak_memory_does_not_grow_with_table_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(tc, "SHARD_BYTES", 64 << 10)
+    monkeypatch.setattr(tc, "CHUNK_BYTES", 16 << 10)
+    peaks = []
+    for ntimes in (40, 160):
+        src = _write_ms(tmp_path / f"m{ntimes}.ms", ntimes=ntimes, nchan=32, nant=8)
+        store, root = _local(tmp_path, f"m{ntimes}.zarr")
+        g = root.create_group("T")
+        tracemalloc.start()
+        encode_table(src, g)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        tracemalloc.start()
+        decode_table(g, tmp_path / f"r{ntimes}.ms")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    data_small = 40 * 36 * 32 * 4 * 8
+    enc_small, dec_small, enc_big, dec_big = peaks
+    # 4x the rows (DATA 1.5 MB -> 5.9 MB): the peak stays within a few shards.
+    assert enc_big < enc_small + data_small / 2, peaks
+    assert dec_big < dec_small + data_small / 2, peaks
+
+
+def test_progress_counts_the_column_bytes(ms, tmp_path):
+    seen = []
+    store, root = _local(tmp_path)
+    info = encode_table(ms, root.create_group("T"), progress=seen.append)
+    total = sum(c["raw_bytes"] for c in info["column_info"].values())
+    total += sum(c["raw_bytes"] for s in info["subtables"].values() for c in s["column_info"].values())
+    assert sum(seen) == total and len(seen) > 10
+    back = []
+    decode_table(root["T"], tmp_path / "out.ms", progress=back.append)
+    assert sum(back) == total
+
+
+def test_content_checksum_is_about_content_not_files(ms, custom, tmp_path):
+    copy = tmp_path / "copy.ms"
+    shutil.copytree(ms, copy)
+    assert table_content_sha256(copy) == table_content_sha256(ms)
+    tiled = _tiled_copy(ms, tmp_path / "tiled.ms", nchan=8)  # other storage, same content
+    assert table_content_sha256(tiled) == table_content_sha256(ms)
+    with ct.table(str(copy), readonly=False, ack=False) as t:
+        d = t.getcell("DATA", 5)
+        d.view(np.uint32)[0, 0] ^= 1  # one bit
+        t.putcell("DATA", 5, d)
+    assert table_content_sha256(copy) != table_content_sha256(ms)
+    c2 = tmp_path / "custom2.tab"
+    shutil.copytree(custom, c2)
+    with ct.table(str(c2), readonly=False, ack=False) as t:
+        t.removekeyword("MS_VERSION")
+        t.putkeyword("MS_VERSION", 2.0)  # same value, Double instead of Float
+    assert table_content_sha256(c2) != table_content_sha256(custom)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _rename_data_manager(table: Path, old: bytes, new: bytes) -> None:
+    assert len(old) == len(new)
+    dat = table / "table.dat"
+    dat.write_bytes(dat.read_bytes().replace(old, new))
+
+
+def test_unknown_data_manager_means_raw_files(tiled_ms, tmp_path):
+    bad = tmp_path / "bad.ms"
+    shutil.copytree(tiled_ms, bad)
+    _rename_data_manager(bad, b"IncrementalStMan", b"NoSuchStManXYZAB")  # as if Dysco were missing
+    store, root = _local(tmp_path)
+    g = root.create_group("T")
+    with pytest.raises(RawTableRequired) as e:
+        encode_table(bad, g)
+    assert "nosuchstmanxyzab" in str(e.value).lower() and e.value.table == str(bad)
+    assert list(g.keys()) == [] and "casacore_table" not in g.attrs
+    with pytest.raises(RawTableRequired):
+        table_content_sha256(bad)
+
+
+def test_dysco_column_means_raw_files_even_when_readable(ms, tmp_path, monkeypatch):
+    real = ct.table.getdminfo
+
+    def dysco(self, columnname=None):
+        info = real(self, columnname)
+        for dm in info.values():
+            if "DATA" in dm["COLUMNS"]:
+                dm["TYPE"] = "DyscoStMan"
+        return info
+
+    monkeypatch.setattr(ct.table, "getdminfo", dysco)
+    store, root = _local(tmp_path)
+    g = root.create_group("T")
+    with pytest.raises(RawTableRequired, match="DyscoStMan"):
+        encode_table(ms, g)
+    assert list(g.keys()) == []
+
+
+def test_column_failing_midway_leaves_no_partial_table(ms, tmp_path, monkeypatch):
+    real = tc._read_uniform
+
+    def flaky(tb, col, start, n):
+        if col.name == "WEIGHT_SPECTRUM" and start > 0:
+            raise tc._ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: I/O error")
+        return real(tb, col, start, n)
+
+    monkeypatch.setattr(tc, "_read_uniform", flaky)
+    store, root = _local(tmp_path)
+    g = root.create_group("T")
+    with pytest.raises(RawTableRequired, match="WEIGHT_SPECTRUM"):
+        encode_table(ms, g, row_block=50)
+    assert list(g.keys()) == [] and "casacore_table" not in g.attrs
+
+
+def test_reference_tables_and_outside_subtables_are_raw(custom, tmp_path):
+    ref = tmp_path / "sel.tab"
+    with ct.table(str(custom), ack=False) as t:
+        t.query("I16 < -3", name=str(ref)).close()
+    store, root = _local(tmp_path)
+    with pytest.raises(RawTableRequired, match="not a plain table"):
+        encode_table(ref, root.create_group("A"))
+    outside = tmp_path / "outside.tab"
+    ct.table(str(outside), ct.maketabdesc([ct.makescacoldesc("X", 0)]), nrow=1, ack=False).close()
+    linked = tmp_path / "linked.tab"
+    ct.table(str(linked), ct.maketabdesc([ct.makescacoldesc("X", 0)]), nrow=1, ack=False).close()
+    with ct.table(str(linked), readonly=False, ack=False) as t:
+        t.putkeyword("OTHER", "Table: " + str(outside))
+    with pytest.raises(RawTableRequired, match="outside"):
+        encode_table(linked, root.create_group("B"))
+    stray = tmp_path / "stray.tab"
+    shutil.copytree(outside, stray)
+    (stray / "notes.txt").write_text("hello")
+    with pytest.raises(RawTableRequired, match="notes.txt"):
+        encode_table(stray, root.create_group("C"))
+
+
+def test_uchar_keyword_cannot_be_written_back_so_raw(tmp_path):
+    p = tmp_path / "u.tab"
+    ct.table(str(p), ct.maketabdesc([ct.makescacoldesc("X", 0)]), nrow=1, ack=False).close()
+    ct.taql(f"ALTER TABLE {p} SET KEYWORD K=3 AS UCHAR")
+    store, root = _local(tmp_path)
+    with pytest.raises(RawTableRequired, match="uChar"):
+        encode_table(p, root.create_group("T"))
+
+
+# --------------------------------------------------------------------------- damage
+
+
+def _encoded(ms, tmp_path, **kw):
+    store, root = _local(tmp_path)
+    g = root.create_group("T")
+    encode_table(ms, g, **kw)
+    return store, g
+
+
+def test_corrupted_chunk_names_column_and_rows(ms, tmp_path):
+    store, g = _encoded(ms, tmp_path, row_block=40)
+    shard = tmp_path / "store.zarr" / "T" / "DATA" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    for i in range(100, 140):
+        raw[i] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    out = tmp_path / "out.ms"
+    with pytest.raises(CorruptTableData) as e:
+        decode_table(zarr.open_group(store, mode="r", path="T"), out)
+    assert "column DATA" in str(e.value) and "rows 40-79" in str(e.value)
+    assert not out.exists() and not list(tmp_path.glob(".out.ms.partial*"))
+
+
+def test_missing_shard_names_column_and_rows(ms, tmp_path):
+    store, g = _encoded(ms, tmp_path, row_block=40)
+    (tmp_path / "store.zarr" / "T" / "FLAG" / "c" / "2" / "0" / "0").unlink()
+    with pytest.raises(CorruptTableData, match=r"column FLAG rows 80-119.*missing"):
+        decode_table(zarr.open_group(store, mode="r", path="T"), tmp_path / "out.ms")
+
+
+def test_silently_altered_values_fail_the_checksum(ms, tmp_path):
+    store, g = _encoded(ms, tmp_path)
+    g["ANTENNA1"][5] = 3  # a valid chunk with other content
+    with pytest.raises(CorruptTableData, match="ANTENNA1"):
+        decode_table(g, tmp_path / "out.ms")
+
+
+def test_decode_refuses_incomplete_group_and_existing_output(ms, tmp_path):
+    store, root = _local(tmp_path)
+    with pytest.raises(CorruptTableData, match="no complete casacore table"):
+        decode_table(root.create_group("empty"), tmp_path / "x.ms")
+    g = root.create_group("T")
+    encode_table(ms, g)
+    (tmp_path / "exists.ms").mkdir()
+    with pytest.raises(FileExistsError):
+        decode_table(g, tmp_path / "exists.ms")
