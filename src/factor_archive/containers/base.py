@@ -138,7 +138,10 @@ def walk_table(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
     """
     files: list[tuple[str, Path]] = []
     dirs: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    def unreadable(exc: OSError) -> None:
+        raise BadInput(f"{exc.filename}: cannot read ({exc.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, root)
         if rel_dir != ".":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..errors import BadInput
@@ -15,6 +16,14 @@ def detect_form(location: str) -> str:
     if "://" in location:
         return "zarr"
     path = Path(location)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BadInput(f"{path}: archive not found") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read archive ({exc.strerror})") from None
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return "tar"  # a pipe or a tape: only the tar form streams, and sniffing would eat bytes
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file():
             return "dir"

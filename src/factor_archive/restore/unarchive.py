@@ -71,7 +71,7 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
     scratch = new_wd / SCRATCH
     reader = open_reader(archive, staging=scratch)
     try:
-        if archive != "-":
+        if getattr(reader, "seekable", True):
             _check_resumable(reader.manifest, archive)  # before anything is written
         _prepare_output(new_wd, clobber)
         scratch.mkdir(exist_ok=True)
