@@ -122,3 +122,26 @@ def test_damaged_tar_fails_in_one_line_and_restores_nothing_complete(sample_run,
     assert not (tmp_path / "r" / "factor.parset").exists()
     if damage == "flip":
         assert main(["verify", "-q", str(archive)]) == 1
+
+
+def test_restore_from_a_named_pipe(sample_run, tmp_path):
+    """`unarchivefactor <(mbuffer ...) out`: a FIFO path is read as a stream, never sniffed."""
+    import threading
+
+    archive = tmp_path / "run.tar"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(archive)]) == 0
+    fifo = tmp_path / "tape"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as f:
+            f.write(archive.read_bytes())
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        assert unarchivefactor_main(["-q", str(fifo), str(tmp_path / "r")]) == 0
+    finally:
+        feeder.join(timeout=30)
+    assert (tmp_path / "r" / "factor.parset").is_file()
+    assert (tmp_path / "r/chunks/Band_122.16MHz/L123456_SB010_uv.dppp.pre-cal_chunk0.ms/table.dat").is_file()
