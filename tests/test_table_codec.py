@@ -94,6 +94,7 @@ def _custom_table(path: Path, endian="little") -> Path:
                                     "MEASINFO": {"type": "direction", "Ref": "J2000"}}),
         ct.makearrcoldesc("EMPTY", 0, ndim=1, comment="never written"),
         ct.makescacoldesc("INC", 0.0),
+        ct.makearrcoldesc("ZERO", 0.0, ndim=2, comment="every cell holds no values"),
     ]
     dminfo = {
         "*1": {"TYPE": "TiledShapeStMan", "NAME": "TiledTSM", "SPEC": {"DEFAULTTILESHAPE": [3, 4, 8]},
@@ -126,6 +127,7 @@ def _custom_table(path: Path, endian="little") -> Path:
             if r % 4 != 1:
                 t.putcell("VAR2", r, (rng.standard_normal((r % 3 + 1, 2)) * (1 + 1j)))
             t.putcell("TSM", r, rng.standard_normal((r % 2 + 2, 3)).astype(np.float32))
+            t.putcell("ZERO", r, np.zeros((0, 2)))
             if r % 2:
                 t.putcell("SVAR", r, np.array([f"s{r}"] * (r % 3 + 1)))
         t.putcol("SFIX", np.array([[[f"{r}{a}{b}" for b in "xy"] for a in "abc"] for r in range(n)]))
@@ -334,6 +336,7 @@ def test_odd_table_with_ragged_columns_and_typed_keywords(custom, tmp_path, kind
     assert info["column_info"]["VAR"]["layout"] == "ragged"
     assert info["column_info"]["EMPTY"]["layout"] == "ragged"
     assert info["column_info"]["SFIX"]["layout"] == "fixed"
+    assert info["column_info"]["ZERO"]["layout"] == "fixed"
     assert info["column_info"]["TSM"]["layout"] == "ragged"
     assert set(info["subtables"]) == {"SUBT", "instrument"}
     with ct.table(str(out), ack=False) as t:
@@ -415,27 +418,42 @@ def test_tiny_row_blocks_give_identical_content(custom, ms, tmp_path):
         assert_tables_equal(a, b)
 
 
+def _long_table(path: Path, nrows: int) -> Path:
+    cds = [ct.makescacoldesc("TIME", 0.0),
+           ct.makearrcoldesc("DATA", 0j, valuetype="complex", shape=[16, 4], options=4),
+           ct.makearrcoldesc("FLAG", False, shape=[16, 4], options=4),
+           ct.makearrcoldesc("VAR", 0.0, ndim=1)]
+    rng = np.random.default_rng(1)
+    with ct.table(str(path), ct.maketabdesc(cds), nrow=nrows, ack=False) as t:
+        t.putcol("TIME", np.arange(nrows) * 10.0)
+        t.putcol("DATA", rng.standard_normal((nrows, 16, 4)).astype(np.complex64))
+        t.putcol("FLAG", rng.random((nrows, 16, 4)) < 0.1)
+        for r in range(0, nrows, 2):
+            t.putcell("VAR", r, np.arange(r % 7 + 60.0))
+    return path
+
+
 def test_peak_memory_does_not_grow_with_table_size(tmp_path, monkeypatch):
     monkeypatch.setattr(tc, "SHARD_BYTES", 64 << 10)
     monkeypatch.setattr(tc, "CHUNK_BYTES", 16 << 10)
     peaks = []
-    for ntimes in (40, 160):
-        src = _write_ms(tmp_path / f"m{ntimes}.ms", ntimes=ntimes, nchan=32, nant=8)
-        store, root = _local(tmp_path, f"m{ntimes}.zarr")
+    for nrows in (2000, 8000):
+        src = _long_table(tmp_path / f"t{nrows}.tab", nrows)
+        store, root = _local(tmp_path, f"t{nrows}.zarr")
         g = root.create_group("T")
         tracemalloc.start()
-        encode_table(src, g)
+        encode_table(src, g, row_block=500)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         tracemalloc.start()
-        decode_table(g, tmp_path / f"r{ntimes}.ms")
+        decode_table(g, tmp_path / f"r{nrows}.tab")
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    data_small = 40 * 36 * 32 * 4 * 8
     enc_small, dec_small, enc_big, dec_big = peaks
-    # 4x the rows (DATA 1.5 MB -> 5.9 MB): the peak stays within a few shards.
-    assert enc_big < enc_small + data_small / 2, peaks
-    assert dec_big < dec_small + data_small / 2, peaks
+    small_bytes = 2000 * 16 * 4 * 9  # DATA + FLAG: 1.15 MB, then 4.6 MB
+    assert enc_big < enc_small + small_bytes / 4, peaks
+    assert dec_big < dec_small + small_bytes / 4, peaks
+    assert max(peaks) < 2 * small_bytes, peaks
 
 
 def test_progress_counts_the_column_bytes(ms, tmp_path):
