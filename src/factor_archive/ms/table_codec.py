@@ -92,6 +92,7 @@ import os
 import shutil
 import struct
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -295,6 +296,10 @@ def _parse_kw(lines, i, indent, expected: dict, path) -> tuple[dict, int]:
     return types, i
 
 
+def _node_name_ok(name: str) -> bool:
+    return bool(name) and "/" not in name and not name.startswith("__") and name not in (".", "..")
+
+
 class _Refs:
     """Turns 'Table: /abs/path' keyword values into subtable names relative to the table."""
 
@@ -305,8 +310,10 @@ class _Refs:
     def rel(self, value: str) -> str:
         target = os.path.realpath(value[len("Table: "):])
         rel = os.path.relpath(target, self.base)
-        if rel in (".", "") or rel.startswith("..") or os.sep in rel or "/" in rel:
+        if rel in (".", "") or rel.startswith(".."):
             raise RawTableRequired(self.base, f"keyword refers to a table outside it: {target}")
+        if os.sep in rel or not _node_name_ok(rel):
+            raise RawTableRequired(self.base, f"subtable {rel!r} is nested or has an awkward name")
         if rel not in self.names:
             self.names.append(rel)
         return rel
@@ -518,7 +525,7 @@ def _plan_open(tb, path: Path, row_block, trials) -> _Plan:
                                          f"columns {list(dm.get('COLUMNS', []))} is not supported")
     colnames = list(tb.colnames())
     for c in colnames:
-        if c in _RESERVED or not c or "/" in c or c.startswith("__") or c in (".", ".."):
+        if c in _RESERVED or not _node_name_ok(c):
             raise RawTableRequired(path, f"column name {c!r} cannot be a zarr node name")
     d = _describe(tb, path)
     desc, refs = d["raw_desc"], d["refs"]
@@ -528,7 +535,7 @@ def _plan_open(tb, path: Path, row_block, trials) -> _Plan:
         p = path / entry
         if entry.startswith("table.") and not p.is_dir():
             continue
-        if p.is_dir() and not p.is_symlink() and (p / "table.dat").is_file():
+        if p.is_dir() and not p.is_symlink() and (p / "table.dat").is_file() and _node_name_ok(entry):
             if entry not in referenced:
                 extra.append(entry)
             continue
@@ -597,13 +604,14 @@ def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block) -> None:
         except Exception as e:  # noqa: BLE001
             raise RawTableRequired(path, f"column {col.name}: cannot read cell shapes: {e}") from e
         undefined += int(n - defined.sum())
-        for s in set(shapes):
+        for s, count in Counter(shapes).items():
             if s is None:
                 continue
+            size = int(np.prod(s, dtype=np.int64))
             shapes_seen.add(s)
             max_ndim = max(max_ndim, len(s))
-            max_cell = max(max_cell, int(np.prod(s, dtype=np.int64)))
-        total += sum(int(np.prod(s, dtype=np.int64)) for s in shapes if s is not None)
+            max_cell = max(max_cell, size)
+            total += size * count
     if undefined == 0 and len(shapes_seen) == 1:
         col.layout = "fixed"
         col.cell_shape = next(iter(shapes_seen))
