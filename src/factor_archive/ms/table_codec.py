@@ -1089,7 +1089,9 @@ def encode_table(table_path: str | Path, group: zarr.Group, *, row_block: int | 
     """Write the table (and its subtables) into ``group``; return the manifest info.
 
     Raises RawTableRequired, before writing anything, when the table cannot be restored
-    exactly from columns; the caller then keeps the table's files as they are.
+    exactly from columns; the caller then keeps the table's files as they are. Every shard
+    and child is written once; only ``group``'s own zarr.json is rewritten, once, at the end
+    (its attributes), so in a ZipStore that one entry appears twice (the last one counts).
     """
     if row_block is not None and row_block < 1:
         raise ValueError("row_block must be at least 1")
