@@ -1,0 +1,1058 @@
+"""The zarr form: one zarr v3 store (a directory, a zip file or an object-store prefix).
+
+Casacore tables become zarr groups of columns (``ms.table_codec``), so a Measurement Set can be
+read with plain zarr or xarray; every other file is a compressed 1-D ``uint8`` array; the manifest
+is the array ``manifest.json`` at the root, written last. ``formats/zarr.md`` specifies the
+layout; this module is the only code that depends on it.
+
+A local directory or zip store is written under a hidden temporary name beside the output and
+renamed into place when complete, so an interrupted or failed archive never takes the output's
+name (and an archive being overwritten with ``-c`` stays intact until the new one is complete).
+An object store has no rename: there the manifest, written last, is what makes the store complete,
+and a failed archive removes what it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from ..errors import BadInput, FactorArchiveError
+from ..manifest import FileEntry, Manifest, Member, safe_relpath, tree_digest
+from .base import (Progress, finish_table_member, fsync_dir, io_error, stat_entry, sync_filesystem,
+                   walk_table)
+
+LAYOUT = "factor-archive/zarr"
+LAYOUT_VERSION = 1
+ATTR = "factor_archive"            # attribute key on the root and on every member node
+MEMBERS = "members"                # group holding one node per member
+MANIFEST_NODE = "manifest.json"    # uint8 array at the root: the manifest JSON, written last
+RAW_GROUP = "raw"                  # sub-group of a raw-stored table holding its files
+FILE_CHUNK = 1 << 20               # inner chunk of a file array (bytes)
+FILE_SHARD = 32 << 20              # shard (one stored object) of a file array (bytes)
+FILE_LEVEL = 3                     # zstd level of file arrays
+TABLE_CHECKSUM = "casacore-table-content-v1"
+STORE_SUFFIX = ".store"            # -s: chunk tables materialised beside the archive
+
+
+def _no_progress(_n: int) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Node names
+
+def node_component(name: str) -> str:
+    """One path component as a zarr node name.
+
+    Every ``%`` becomes ``%25``; then a name zarr reserves is escaped as well: ``zarr.json``
+    (it would clash with the parent's metadata document) becomes ``zarr%2Ejson`` and a leading
+    ``__`` becomes ``%5F_``. ``urllib.parse.unquote`` is the exact inverse.
+    """
+    out = name.replace("%", "%25")
+    if out == "zarr.json":
+        out = "zarr%2Ejson"
+    if out.startswith("__"):
+        out = "%5F" + out[1:]
+    return out
+
+
+def node_path(archive_path: str) -> str:
+    """The zarr path of the member stored at ``archive_path``: ``members/<archive path>``."""
+    return "/".join([MEMBERS] + [node_component(c) for c in archive_path.split("/")])
+
+
+def archive_path_of(node: str) -> str:
+    """Inverse of node_path."""
+    parts = node.split("/")
+    if parts[0] != MEMBERS or len(parts) < 2:
+        raise ValueError(f"{node!r} is not a member node")
+    return "/".join(unquote(p) for p in parts[1:])
+
+
+def _compressors(level: int = FILE_LEVEL):
+    from zarr import codecs as zc
+
+    return [zc.ZstdCodec(level=level), zc.Crc32cCodec()]
+
+
+def _file_layout(size: int) -> tuple[int, int]:
+    """(inner chunk, shard) lengths of a file array of ``size`` bytes."""
+    chunk = max(1, min(FILE_CHUNK, size))
+    shard = max(chunk, min(FILE_SHARD, -(-size // chunk) * chunk))
+    return chunk, shard
+
+
+# ---------------------------------------------------------------------------------------------
+# Locations: a directory, a zip file or a URL
+
+def s3_storage_options() -> dict:
+    """fsspec/s3fs options from the environment.
+
+    Credentials (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+    ``AWS_PROFILE``, ``~/.aws/...``) are found by botocore itself. The endpoint is
+    ``FACTOR_ARCHIVE_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``
+    (passed explicitly, so it works whatever botocore version is installed).
+    """
+    endpoint = (os.environ.get("FACTOR_ARCHIVE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL"))
+    options: dict = {"config_kwargs": {"max_pool_connections": 32}, "skip_instance_cache": True}
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
+class _Location:
+    """Where a store lives and how to open it."""
+
+    def __init__(self, location: str):
+        self.text = str(location)
+        if "://" in self.text:
+            self.kind = "url"
+            self.url = self.text.rstrip("/")
+            self.path = None
+            scheme = self.url.split("://", 1)[0].lower()
+            if not self.url.split("://", 1)[1].strip("/"):
+                raise BadInput(f"{self.text}: an object-store URL needs a bucket (s3://bucket/prefix)")
+            self.options = s3_storage_options() if scheme in ("s3", "s3a") else {}
+            return
+        self.path = Path(os.path.abspath(self.text))
+        self.url = None
+        if self.path.is_dir():
+            self.kind = "dir"
+        elif self.path.exists() or self.text.lower().endswith(".zip"):
+            self.kind = "zip"
+        else:
+            self.kind = "dir"
+
+    def open_url_store(self, *, read_only: bool):
+        from zarr.storage import FsspecStore
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return FsspecStore.from_url(self.url, storage_options=dict(self.options),
+                                            read_only=read_only)
+        except (ImportError, ValueError, OSError) as exc:
+            raise BadInput(f"{self.text}: cannot open object store ({exc})") from None
+
+
+def _sync(coro):
+    from zarr.core.sync import sync
+
+    return sync(coro)
+
+
+def _store_exists(store, key: str) -> bool:
+    return _sync(store.exists(key))
+
+
+def _url_error(loc: _Location, exc: Exception) -> FactorArchiveError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return FactorArchiveError(f"{loc.text}: access denied ({text}); check AWS_ACCESS_KEY_ID / "
+                                  f"AWS_SECRET_ACCESS_KEY")
+    if isinstance(exc, FileNotFoundError):
+        return BadInput(f"{loc.text}: not found ({text}); does the bucket exist?")
+    return FactorArchiveError(f"{loc.text}: {text}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Object stores: writing a fresh prefix without waiting for each request
+
+UPLOAD_TASKS = 32                  # objects in flight at once
+UPLOAD_BYTES = 128 << 20           # bytes in flight at once (one larger object may still go alone)
+KEEP_SMALL = 64 << 10              # objects up to this size are kept in memory for read-back
+
+
+def _under(key: str, prefix: str) -> bool:
+    """Whether ``key`` is listed under ``prefix``: a bare node path lists that node only.
+
+    zarr 3.1 asks ``list_prefix("<array path>")`` (no trailing ``/``) when counting stored shards,
+    and a store matching plain string prefixes then also returns the keys of a sibling whose name
+    starts the same (``DATA`` and ``DATA_DESC_ID``), which zarr cannot relativise.
+    """
+    if prefix == "" or prefix.endswith("/"):
+        return key.startswith(prefix)
+    return key == prefix or key.startswith(prefix + "/")
+
+
+def _zip_store(path: Path, mode: str):
+    """A ZipStore whose listing treats a bare node path as that node (see _under)."""
+    from zarr.storage import WrapperStore, ZipStore
+
+    class NodeListingZipStore(WrapperStore):
+        async def _listing(self, prefix: str):
+            async for key in self._store.list_prefix(prefix):
+                if _under(key, prefix):
+                    yield key
+
+        def list_prefix(self, prefix):
+            return self._listing(prefix)
+
+    return NodeListingZipStore(ZipStore(path, mode=mode))
+
+
+def _fresh_store_class():
+    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+    from zarr.storage import WrapperStore
+
+    class FreshPrefixStore(WrapperStore):
+        """Write-behind wrapper for a store known to start empty (an object-store prefix).
+
+        ``set`` queues the upload and returns; up to UPLOAD_TASKS objects and UPLOAD_BYTES bytes
+        are in flight. Because the prefix was empty when writing began, every read is answered
+        from what this writer put there: small objects (metadata) from memory, large ones from
+        memory while their upload runs and from the store after it. zarr's node creation checks
+        (several reads per array) therefore cost no round trip. ``flush`` waits for every upload
+        and raises the first failure; a failure also surfaces at the next ``set``.
+        """
+
+        def __init__(self, store):
+            super().__init__(store)
+            self._known: dict[str, bytes | None] = {}   # key -> bytes kept, or None (ask the store)
+            self._inflight: dict[str, object] = {}      # key -> (task, buffer)
+            self._bytes = 0
+            self._error: BaseException | None = None
+            self._cond = None
+
+        def _condition(self):
+            import asyncio
+
+            if self._cond is None:
+                self._cond = asyncio.Condition()
+            return self._cond
+
+        def _raise(self) -> None:
+            if self._error is not None:
+                raise self._error
+
+        async def set(self, key, value) -> None:
+            import asyncio
+
+            self._raise()
+            data = value.to_bytes()
+            cond = self._condition()
+            async with cond:
+                await cond.wait_for(lambda: (len(self._inflight) < UPLOAD_TASKS and (
+                    self._bytes + len(data) <= UPLOAD_BYTES or not self._inflight))
+                    and key not in self._inflight)
+                self._bytes += len(data)
+                self._known[key] = data
+                task = asyncio.ensure_future(self._upload(key, value, len(data)))
+                self._inflight[key] = task
+
+        async def _upload(self, key, value, size) -> None:
+            try:
+                await self._store.set(key, value)
+            except BaseException as exc:  # noqa: BLE001
+                if self._error is None:
+                    self._error = exc
+            finally:
+                cond = self._condition()
+                async with cond:
+                    self._bytes -= size
+                    self._inflight.pop(key, None)
+                    if size > KEEP_SMALL and key in self._known:
+                        self._known[key] = None
+                    cond.notify_all()
+
+        async def flush(self) -> None:
+            cond = self._condition()
+            async with cond:
+                await cond.wait_for(lambda: not self._inflight)
+            self._raise()
+
+        async def set_if_not_exists(self, key, value) -> None:
+            if key not in self._known:
+                await self.set(key, value)
+
+        async def _set_many(self, values) -> None:
+            for key, value in values:
+                await self.set(key, value)
+
+        async def exists(self, key) -> bool:
+            return key in self._known
+
+        async def get(self, key, prototype, byte_range=None):
+            if key not in self._known:
+                return None
+            data = self._known[key]
+            if data is None:
+                return await self._store.get(key, prototype, byte_range)
+            if byte_range is None:
+                part = data
+            elif isinstance(byte_range, RangeByteRequest):
+                part = data[byte_range.start:byte_range.end]
+            elif isinstance(byte_range, OffsetByteRequest):
+                part = data[byte_range.offset:]
+            elif isinstance(byte_range, SuffixByteRequest):
+                part = data[-byte_range.suffix:] if byte_range.suffix else b""
+            else:
+                raise TypeError(byte_range)
+            return prototype.buffer.from_bytes(part)
+
+        async def get_partial_values(self, prototype, key_ranges):
+            return [await self.get(k, prototype, r) for k, r in key_ranges]
+
+        async def delete(self, key) -> None:
+            cond = self._condition()
+            async with cond:
+                await cond.wait_for(lambda: key not in self._inflight)
+            if self._known.pop(key, 0) != 0:
+                await self._store.delete(key)
+
+        async def _listing(self, prefix: str):
+            for key in sorted(self._known):
+                if _under(key, prefix):
+                    yield key
+
+        def list(self):
+            return self._listing("")
+
+        def list_prefix(self, prefix):
+            return self._listing(prefix)
+
+        async def _dir(self, prefix: str):
+            prefix = prefix.rstrip("/")
+            start = f"{prefix}/" if prefix else ""
+            seen = set()
+            for key in sorted(self._known):
+                if key.startswith(start):
+                    head = key[len(start):].split("/", 1)[0]
+                    if head not in seen:
+                        seen.add(head)
+                        yield head
+
+        def list_dir(self, prefix):
+            return self._dir(prefix)
+
+        async def is_empty(self, prefix: str) -> bool:
+            return not any(k.startswith(prefix) for k in self._known)
+
+    return FreshPrefixStore
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer
+
+class ZarrWriter:
+    form = "zarr"
+
+    def __init__(self, location: str | os.PathLike, *, clobber: bool = False):
+        import zarr
+
+        self.loc = _Location(str(location))
+        self.clobber = clobber
+        self._staging: Path | None = None
+        self._groups: dict[str, object] = {}
+        self._closed = False
+        self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factor-archive-hash")
+        pid = os.getpid()
+        if self.loc.kind == "url":
+            self.base_store = self.loc.open_url_store(read_only=False)
+            self._prepare_url()
+            self.store = _fresh_store_class()(self.base_store)
+            self.tmp = None
+        else:
+            final = self.loc.path
+            if final.exists() or final.is_symlink():
+                if not clobber:
+                    raise BadInput(f"{final}: already exists; use -c to overwrite it")
+                if self.loc.kind == "dir" and (not final.is_dir() or final.is_symlink() or (
+                        any(final.iterdir()) and not (final / "zarr.json").is_file())):
+                    raise BadInput(f"{final}: exists and is not a zarr store; refusing to overwrite it")
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise io_error(final.parent, exc) from None
+            self.tmp = final.with_name(f".{final.name}.partial-{pid}")
+            _remove(self.tmp)
+            if self.loc.kind == "dir":
+                from zarr.storage import LocalStore
+                self.store = LocalStore(self.tmp)
+            else:
+                self.store = _zip_store(self.tmp, "w")
+        try:
+            self.root = zarr.create_group(self.store, attributes={ATTR: {
+                "layout": LAYOUT, "layout_version": LAYOUT_VERSION, "members": MEMBERS,
+                "manifest": MANIFEST_NODE}})
+            self._groups[MEMBERS] = self.root.create_group(MEMBERS)
+        except OSError as exc:
+            self.abort()
+            if self.loc.kind == "url":
+                raise _url_error(self.loc, exc) from None
+            raise io_error(self.tmp or self.loc.text, exc) from None
+
+    # -- object stores --------------------------------------------------------------------------
+    def _prepare_url(self) -> None:
+        fs, path = self.base_store.fs, self.base_store.path
+        try:
+            holds = _sync(fs._exists(path)) and bool(_sync(fs._find(path, maxdepth=None)))
+        except FileNotFoundError:
+            holds = False
+        except OSError as exc:
+            raise _url_error(self.loc, exc) from None
+        if not holds:
+            return
+        if not self.clobber:
+            raise BadInput(f"{self.loc.text}: already holds data; use -c to overwrite it")
+        try:
+            # The old manifest goes first: from then on the old store no longer looks complete.
+            if _store_exists(self.base_store, f"{MANIFEST_NODE}/zarr.json"):
+                _sync(fs._rm(f"{path}/{MANIFEST_NODE}", recursive=True))
+            _sync(fs._rm(path, recursive=True))
+            fs.invalidate_cache()
+        except OSError as exc:
+            raise _url_error(self.loc, exc) from None
+
+    # -- protocol -------------------------------------------------------------------------------
+    def staging_dir(self) -> Path:
+        if self._staging is None:
+            if self.loc.kind == "url":
+                self._staging = Path(tempfile.mkdtemp(prefix="factor-archive-staging-"))
+            else:
+                self._staging = self.loc.path.with_name(f".{self.loc.path.name}.staging-{os.getpid()}")
+                _remove(self._staging)
+                self._staging.mkdir(parents=True)
+        return self._staging
+
+    def write(self, member: Member, source: Path, progress: Progress = _no_progress) -> Member:
+        safe_relpath(member.path)
+        node = node_path(member.path)
+        parent_path, name = node.rsplit("/", 1)
+        try:
+            if member.kind == "link":
+                member.size, member.sha256 = 0, hashlib.sha256(b"").hexdigest()
+                return member
+            parent = self._group(parent_path)
+            if member.kind == "table":
+                self._write_table(member, Path(source), parent, name, node, progress)
+            else:
+                st = stat_entry(source)
+                sha, size = self._write_file(Path(source), parent, name, member.path, st, progress)
+                member.size, member.sha256 = size, sha
+                member.mode, member.mtime = stat.S_IMODE(st.st_mode), st.st_mtime
+                member.extra = {**member.extra, "zarr": _file_extra(node, size)}
+        except OSError as exc:
+            if self.loc.kind == "url" and exc.filename is None:
+                raise _url_error(self.loc, exc) from None
+            raise io_error(exc.filename or source, exc) from None
+        return member
+
+    def close(self, manifest: Manifest) -> None:
+        manifest.container = self.form
+        data = manifest.to_json().encode("utf-8")
+        try:
+            if self.loc.kind == "dir":
+                sync_filesystem(self.tmp)       # the data is durable before the manifest exists
+            elif self.loc.kind == "url":
+                _sync(self.store.flush())       # every object is stored before the manifest
+            _write_bytes_array(self.root, MANIFEST_NODE, data, {ATTR: {
+                "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}})
+            if self.loc.kind == "zip":
+                self.store.close()
+                with open(self.tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.tmp, self.loc.path)
+                fsync_dir(self.loc.path.parent)
+            elif self.loc.kind == "dir":
+                self.store.close()
+                sync_filesystem(self.tmp)
+                _swap_into_place(self.tmp, self.loc.path)
+            else:
+                _sync(self.store.flush())
+        except OSError as exc:
+            if self.loc.kind == "url":
+                raise _url_error(self.loc, exc) from None
+            raise io_error(exc.filename or self.loc.text, exc) from None
+        self._closed = True
+        self._cleanup()
+
+    def abort(self) -> None:
+        """Remove everything written: nothing is left that looks like an archive."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.loc.kind == "url":
+                fs, path = self.base_store.fs, self.base_store.path
+                try:
+                    try:
+                        _sync(self.store.flush())
+                    except BaseException:  # noqa: BLE001 - removing it anyway
+                        pass
+                    _sync(fs._rm(path, recursive=True))
+                except Exception:  # noqa: BLE001 - best effort: without a manifest it is incomplete
+                    pass
+            else:
+                try:
+                    self.store.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                _remove(self.tmp)
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        self._hash_pool.shutdown(wait=True)
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+    # -- members --------------------------------------------------------------------------------
+    def _group(self, path: str):
+        """The group at ``path`` (below the root), created once with its parents."""
+        group = self._groups.get(path)
+        if group is not None:
+            return group
+        parent_path, name = path.rsplit("/", 1)
+        group = self._group(parent_path).create_group(name)
+        self._groups[path] = group
+        return group
+
+    def _write_file(self, source: Path, parent, name: str, apath: str, st: os.stat_result,
+                    progress: Progress) -> tuple[str, int]:
+        """Stream ``source`` into a new uint8 array, shard by shard; return (sha256, size)."""
+        size = st.st_size
+        chunk, shard = _file_layout(size)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Duplicate name")
+            arr = parent.create_array(
+                name, shape=(size,), dtype="uint8", chunks=(chunk,), shards=(shard,),
+                compressors=_compressors(), fill_value=0, dimension_names=("byte",),
+                attributes={ATTR: {"path": apath, "kind": "file", "size": size}},
+                config={"write_empty_chunks": True})
+        digest = hashlib.sha256()
+        pos = 0
+        with open(source, "rb") as f:
+            while pos < size:
+                want = min(shard, size - pos)
+                block = _read_exact(f, want)
+                if len(block) < want:
+                    raise BadInput(f"{source}: shrank while being archived")
+                hashing = self._hash_pool.submit(digest.update, block)  # overlaps compression
+                try:
+                    arr[pos:pos + want] = np.frombuffer(block, dtype=np.uint8)
+                finally:
+                    hashing.result()
+                pos += want
+                progress(want)
+            if f.read(1):
+                raise BadInput(f"{source}: grew while being archived")
+        return digest.hexdigest(), size
+
+    def _write_table(self, member: Member, source: Path, parent, name: str, node: str,
+                     progress: Progress) -> None:
+        from ..ms.table_codec import RawTableRequired, encode_table
+
+        files, dirs = walk_table(source)
+        st = stat_entry(source)
+        group = parent.create_group(name, attributes={ATTR: {"path": member.path, "kind": "table"}})
+        try:
+            info = encode_table(source, group, progress=progress)
+        except RawTableRequired as exc:
+            self._write_raw_table(member, source, group, node, files, dirs, exc.reason, progress)
+            member.mode, member.mtime = stat.S_IMODE(st.st_mode), st.st_mtime
+            return
+        member.files, member.dirs = [], []
+        member.size = sum(os.stat(p).st_size for _rel, p in files)
+        member.sha256 = info["content_sha256"]
+        member.mode, member.mtime = stat.S_IMODE(st.st_mode), st.st_mtime
+        member.extra = {**member.extra, "zarr": {
+            "node": node, "stored": "columns", "checksum": TABLE_CHECKSUM, **info}}
+
+    def _write_raw_table(self, member: Member, source: Path, group, node: str,
+                         files: list[tuple[str, Path]], dirs: list[str], reason: str,
+                         progress: Progress) -> None:
+        """Keep the table's files byte for byte, each a uint8 array below ``<node>/raw``."""
+        raw_name = RAW_GROUP
+        existing = set(group.keys())
+        n = 1
+        while raw_name in existing:  # an encode that failed half-way in a zip cannot be deleted
+            n += 1
+            raw_name = f"{RAW_GROUP}{n}"
+        raw = group.create_group(raw_name, attributes={ATTR: {"raw_files_of": member.path}})
+        groups = {"": raw}
+
+        def group_for(rel_dir: str):
+            if rel_dir not in groups:
+                up, _sep, leaf = rel_dir.rpartition("/")
+                groups[rel_dir] = group_for(up).create_group(node_component(leaf))
+            return groups[rel_dir]
+
+        for d in dirs:
+            group_for(d)
+        entries = []
+        for rel, path in files:
+            up, _sep, leaf = rel.rpartition("/")
+            st = stat_entry(path)
+            sha, size = self._write_file(path, group_for(up), node_component(leaf),
+                                         f"{member.path}/{rel}", st, progress)
+            entries.append(FileEntry(path=rel, size=size, mode=stat.S_IMODE(st.st_mode),
+                                     mtime=st.st_mtime, sha256=sha))
+        finish_table_member(member, entries, dirs)
+        member.extra = {**member.extra, "zarr": {
+            "node": node, "stored": "raw-files", "raw_group": raw_name, "checksum": "tree-digest",
+            "raw_reason": reason}}
+
+
+def _file_extra(node: str, size: int) -> dict:
+    chunk, shard = _file_layout(size)
+    return {"node": node, "stored": "file", "checksum": "sha256", "chunk": chunk, "shard": shard,
+            "codecs": f"zstd-{FILE_LEVEL}+crc32c"}
+
+
+def _write_bytes_array(group, name: str, data: bytes, attrs: dict) -> None:
+    arr = group.create_array(name, shape=(len(data),), dtype="uint8", chunks=(max(1, len(data)),),
+                             compressors=_compressors(), fill_value=0, dimension_names=("byte",),
+                             attributes=attrs, config={"write_empty_chunks": True})
+    if data:
+        arr[:] = np.frombuffer(data, dtype=np.uint8)
+
+
+def _read_exact(f, n: int) -> bytes:
+    parts = []
+    got = 0
+    while got < n:
+        block = f.read(n - got)
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _remove(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished store to its name; an older store there is removed afterwards."""
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        _remove(old)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    _remove(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reader
+
+class ZarrReader:
+    form = "zarr"
+
+    def __init__(self, location: str | os.PathLike, **_kwargs):
+        import zarr
+
+        self.loc = _Location(str(location))
+        self.origin = self.loc.text
+        try:
+            if self.loc.kind == "url":
+                self.store = self.loc.open_url_store(read_only=True)
+            elif self.loc.kind == "dir":
+                from zarr.storage import LocalStore
+                if not (self.loc.path / "zarr.json").is_file():
+                    raise BadInput(f"{self.loc.path}: not a zarr store (no zarr.json)")
+                self.store = LocalStore(self.loc.path, read_only=True)
+            else:
+                if not self.loc.path.is_file():
+                    raise BadInput(f"{self.loc.path}: archive not found")
+                self.store = _zip_store(self.loc.path, "r")
+            try:
+                self.root = zarr.open_group(self.store, mode="r")
+            except FileNotFoundError:
+                raise BadInput(f"{self.origin}: not a zarr store (no zarr.json)") from None
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BadInput(f"{self.origin}: not a readable zarr v3 store ({exc})") from None
+            attrs = self.root.attrs.get(ATTR)
+            if not isinstance(attrs, dict) or attrs.get("layout") != LAYOUT:
+                raise BadInput(f"{self.origin}: a zarr store, but not a factor-archive archive")
+            if attrs.get("layout_version", 0) > LAYOUT_VERSION:
+                raise BadInput(f"{self.origin}: zarr layout version {attrs.get('layout_version')} is "
+                               f"newer than this tool understands ({LAYOUT_VERSION}); upgrade factor-archive")
+            self.manifest = Manifest.from_json(self._manifest_bytes(), f"{self.origin}/{MANIFEST_NODE}")
+        except OSError as exc:
+            self.close()
+            if self.loc.kind == "url":
+                raise _url_error(self.loc, exc) from None
+            raise BadInput(f"{self.origin}: cannot read ({exc.strerror or exc})") from None
+        except BaseException:
+            self.close()
+            raise
+        if self.manifest.container != "zarr":
+            self.close()
+            raise BadInput(f"{self.origin}: manifest says container {self.manifest.container!r}, not zarr")
+
+    def _manifest_bytes(self) -> bytes:
+        incomplete = f"{self.origin}: not a complete archive (no {MANIFEST_NODE}); an interrupted archive?"
+        if not _store_exists(self.store, f"{MANIFEST_NODE}/zarr.json"):
+            raise BadInput(incomplete)
+        try:
+            arr = self.root[MANIFEST_NODE]
+            meta = arr.attrs.get(ATTR) or {}
+            if arr.shape[0] and arr.nchunks_initialized != arr.nchunks:
+                raise BadInput(incomplete)
+            data = arr[:].tobytes()
+        except BadInput:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a torn manifest chunk fails its crc32c
+            raise BadInput(f"{self.origin}: manifest unreadable ({exc}); an interrupted archive?") from None
+        if meta.get("sha256") != hashlib.sha256(data).hexdigest():
+            raise BadInput(f"{self.origin}: manifest does not match its checksum (damaged archive)")
+        return data
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def _node(self, member: Member):
+        try:
+            return self.root[node_path(member.path)]
+        except KeyError:
+            raise FactorArchiveError(f"{self.origin}: {member.path}: member missing from the archive") from None
+
+    @staticmethod
+    def _stored(member: Member) -> str:
+        if member.kind == "link":
+            return "link"
+        if member.kind == "file":
+            return "file"
+        stored = (member.extra.get("zarr") or {}).get("stored")
+        if stored not in ("columns", "raw-files"):
+            raise BadInput(f"manifest: table member {member.path!r} does not say how it is stored")
+        return stored
+
+    def _raw_group(self, member: Member, group):
+        name = (member.extra.get("zarr") or {}).get("raw_group", RAW_GROUP)
+        if not isinstance(name, str) or "/" in name or not name or name.startswith("_"):
+            raise BadInput(f"manifest: member {member.path!r} has a bad raw_group")
+        try:
+            return group[name]
+        except KeyError:
+            raise FactorArchiveError(f"{self.origin}: {member.path}: raw table files missing") from None
+
+    @staticmethod
+    def _raw_file(raw, rel: str):
+        return raw["/".join(node_component(c) for c in rel.split("/"))]
+
+    # -- protocol -------------------------------------------------------------------------------
+    def local_path(self, member: Member) -> Path | None:
+        return None
+
+    def extract(self, members: list[Member], dest_for: Callable[[Member], Path | None],
+                progress: Progress = _no_progress) -> None:
+        for member in members:
+            dest = dest_for(member)
+            if dest is None:
+                continue
+            stored = self._stored(member)
+            if stored == "link":
+                continue
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if stored == "file":
+                    self._extract_file(member, dest, progress)
+                elif stored == "columns":
+                    self._extract_table(member, dest, progress)
+                else:
+                    self._extract_raw_table(member, dest, progress)
+            except OSError as exc:
+                if self.loc.kind == "url" and exc.filename is None:
+                    raise _url_error(self.loc, exc) from None
+                raise io_error(exc.filename or dest, exc) from None
+
+    def _extract_file(self, member: Member, dest: Path, progress: Progress) -> None:
+        arr = self._node(member)
+        partial = dest.with_name(f".{dest.name}.partial")
+        _remove(partial)
+        try:
+            with open(partial, "wb") as f:
+                sha = _copy_array(arr, f, member.path, progress)
+            if sha != member.sha256:
+                raise FactorArchiveError(f"{self.origin}: {member.path}: checksum mismatch (archive damaged)")
+            _set_meta(partial, member.mode, member.mtime)
+        except BaseException:
+            _remove(partial)
+            raise
+        _remove(dest)
+        os.rename(partial, dest)
+
+    def _extract_table(self, member: Member, dest: Path, progress: Progress) -> None:
+        from ..ms.table_codec import decode_table
+
+        group = self._node(member)
+        content = group.attrs.get("casacore_content") or {}
+        if content.get("content_sha256") != member.sha256:
+            raise FactorArchiveError(f"{self.origin}: {member.path}: table checksum in the store differs "
+                                     f"from the manifest (archive damaged)")
+        # A private directory keeps the table's own name, so errors name it as it is known.
+        work = dest.with_name(f".{dest.name}.partial")
+        _remove(work)
+        work.mkdir()
+        try:
+            try:
+                decode_table(group, work / dest.name, progress=progress)
+            except FactorArchiveError as exc:
+                raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
+            _set_meta(work / dest.name, member.mode, member.mtime)
+            _remove(dest)
+            os.rename(work / dest.name, dest)
+        finally:
+            _remove(work)
+
+    def _name_in_archive(self, member: Member, message: str) -> str:
+        base = posixpath.basename(member.path)
+        if message.startswith(base):
+            message = posixpath.dirname(member.path) + ("/" if "/" in member.path else "") + message
+        else:
+            message = f"{member.path}: {message}"
+        return f"{self.origin}: {message}"
+
+    def _extract_raw_table(self, member: Member, dest: Path, progress: Progress) -> None:
+        raw = self._raw_group(member, self._node(member))
+        partial = dest.with_name(f".{dest.name}.partial")
+        _remove(partial)
+        try:
+            partial.mkdir()
+            for d in member.dirs:
+                (partial / safe_relpath(d, self.origin)).mkdir(parents=True, exist_ok=True)
+            for entry in member.files:
+                target = partial / safe_relpath(entry.path, self.origin)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    arr = self._raw_file(raw, entry.path)
+                except KeyError:
+                    raise FactorArchiveError(f"{self.origin}: {member.path}/{entry.path}: missing "
+                                             f"from the archive") from None
+                with open(target, "wb") as f:
+                    sha = _copy_array(arr, f, f"{member.path}/{entry.path}", progress)
+                if sha != entry.sha256:
+                    raise FactorArchiveError(f"{self.origin}: {member.path}/{entry.path}: checksum "
+                                             f"mismatch (archive damaged)")
+                _set_meta(target, entry.mode, entry.mtime)
+            for d in sorted(member.dirs, reverse=True):
+                os.utime(partial / d, (member.mtime, member.mtime))
+            _set_meta(partial, member.mode, member.mtime)
+        except BaseException:
+            _remove(partial)
+            raise
+        _remove(dest)
+        os.rename(partial, dest)
+
+    def materialise(self, member: Member, store_dir: str | os.PathLike | None = None,
+                    progress: Progress = _no_progress) -> Path:
+        """-s: the table decoded once into ``<store>/<sha[:2]>/<sha>/<name>``; later calls reuse it.
+
+        ``store`` defaults to ``<archive>.store`` beside a local archive (the layout
+        ``restore.unarchive.ChunkLinks`` uses too); a ``.complete`` file marks a finished entry.
+        """
+        if store_dir:
+            base = Path(os.path.abspath(store_dir))
+        elif self.loc.kind == "url":
+            raise BadInput(f"{self.origin}: -s with an object store needs --store DIR for the chunks")
+        else:
+            base = Path(str(self.loc.path) + STORE_SUFFIX)
+        sha = member.sha256
+        if not sha or any(c not in "0123456789abcdef" for c in sha):
+            raise BadInput(f"manifest: member {member.path!r} has a bad checksum")
+        final_dir = base / sha[:2] / sha
+        name = posixpath.basename(safe_relpath(member.path, self.origin))
+        final = final_dir / name
+        if (final_dir / ".complete").is_file() and final.is_dir():
+            return final
+        tmp_dir = final_dir.with_name(f".partial-{sha}")
+        _remove(tmp_dir)
+        tmp_dir.mkdir(parents=True)
+        try:
+            self.extract([member], lambda _m: tmp_dir / name, progress)
+            (tmp_dir / ".complete").write_text("")
+            if (final_dir / ".complete").is_file() and final.is_dir():
+                _remove(tmp_dir)              # another restore finished it first
+            else:
+                _remove(final_dir)
+                os.rename(tmp_dir, final_dir)
+        except BaseException:
+            _remove(tmp_dir)
+            raise
+        return final
+
+    def verify(self, progress: Progress = _no_progress) -> list[str]:
+        problems: list[str] = []
+        for member in self.manifest.members:
+            try:
+                stored = self._stored(member)
+            except BadInput as exc:
+                problems.append(str(exc))
+                continue
+            if stored == "link":
+                continue
+            try:
+                node = self.root[node_path(member.path)]
+            except KeyError:
+                problems.append(f"{member.path}: missing")
+                continue
+            if stored == "file":
+                problems += _verify_file(node, member.path, member.sha256, progress)
+            elif stored == "columns":
+                content = node.attrs.get("casacore_content") or {}
+                if content.get("content_sha256") != member.sha256:
+                    problems.append(f"{member.path}: table checksum in the store differs from the manifest")
+                problems += _verify_table_group(node, member.path, progress)
+            else:
+                try:
+                    raw = self._raw_group(member, node)
+                except (BadInput, FactorArchiveError):
+                    problems.append(f"{member.path}: raw table files missing")
+                    continue
+                for entry in member.files:
+                    try:
+                        arr = self._raw_file(raw, entry.path)
+                    except KeyError:
+                        problems.append(f"{member.path}/{entry.path}: missing")
+                        continue
+                    problems += _verify_file(arr, f"{member.path}/{entry.path}", entry.sha256, progress)
+                if tree_digest(member.files) != member.sha256:
+                    problems.append(f"{member.path}: table digest differs from its file list")
+        return problems
+
+    def close(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading arrays shard by shard
+
+def _shard_len(arr) -> int:
+    return (arr.shards or arr.chunks)[0]
+
+
+def missing_shards(arr) -> list[tuple[int, int]]:
+    """Index ranges (first, last along axis 0) of shards absent from the store.
+
+    Every shard is written when archiving (``write_empty_chunks``), so an absent one is damage;
+    zarr itself would silently return fill values for it.
+    """
+    if arr.shape[0] == 0 or arr.nchunks_initialized == arr.nchunks:
+        return []
+    step = _shard_len(arr)
+    nd = len(arr.shape)
+    out = []
+    for i in range(-(-arr.shape[0] // step)):
+        key = arr.metadata.encode_chunk_key((i,) + (0,) * (nd - 1))
+        if not _store_exists(arr.store, f"{arr.path}/{key}" if arr.path else key):
+            out.append((i * step, min(arr.shape[0], (i + 1) * step) - 1))
+    return out
+
+
+def _blocks(arr) -> Iterator[tuple[int, int]]:
+    step = _shard_len(arr)
+    for start in range(0, arr.shape[0], step):
+        yield start, min(arr.shape[0], start + step)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _copy_array(arr, f, what: str, progress: Progress) -> str:
+    """Write a file array's bytes to ``f`` shard by shard; return their sha256."""
+    gone = missing_shards(arr)
+    if gone:
+        a, b = gone[0]
+        raise FactorArchiveError(f"{what}: bytes {a}-{b}: stored data is missing (archive damaged)")
+    digest = hashlib.sha256()
+    for start, stop in _blocks(arr):
+        try:
+            block = arr[start:stop]
+        except Exception as exc:  # noqa: BLE001 - crc32c mismatch, truncated shard, ...
+            raise FactorArchiveError(f"{what}: bytes {start}-{stop - 1}: stored data is damaged "
+                                     f"({_first_line(exc)})") from None
+        data = memoryview(np.ascontiguousarray(block, dtype=np.uint8)).cast("B")
+        digest.update(data)
+        f.write(data)
+        progress(len(data))
+    return digest.hexdigest()
+
+
+def _verify_file(arr, what: str, sha256: str, progress: Progress) -> list[str]:
+    try:
+        got = _copy_array(arr, _Null(), what, progress)
+    except FactorArchiveError as exc:
+        return [str(exc)]
+    return [] if got == sha256 else [f"{what}: checksum differs"]
+
+
+class _Null:
+    def write(self, _data) -> None:
+        pass
+
+
+def _describe_array(table: str, rel: str) -> tuple[str, str, str]:
+    """(table name, column, unit) of an array at ``rel`` below a table group (table_codec layout)."""
+    parts = rel.split("/")
+    while len(parts) > 2 and parts[0] == "subtables":
+        table = f"{table}/{parts[1]}"
+        parts = parts[2:]
+    if len(parts) == 3 and parts[0] == "ragged":
+        return table, parts[1], "values" if parts[2] == "values" else "rows"
+    return table, "/".join(parts), "rows"
+
+
+def _verify_table_group(group, apath: str, progress: Progress) -> list[str]:
+    """Read every shard of every array below a table group; name table, column and rows of damage."""
+    import zarr
+
+    problems = []
+    base = group.path
+    arrays = [a for _name, a in group.members(max_depth=None) if isinstance(a, zarr.Array)]
+    for arr in sorted(arrays, key=lambda a: a.path):
+        rel = arr.path[len(base) + 1:] if base else arr.path
+        table, column, unit = _describe_array(apath, rel)
+        where = f"{table}: column {column}" + ("" if unit == "rows" else f" ({rel.rsplit('/', 1)[-1]})")
+        gone = missing_shards(arr)
+        for a, b in gone:
+            problems.append(f"{where} {unit} {a}-{b}: stored data is missing")
+        if gone:
+            continue
+        itemsize = arr.dtype.itemsize if arr.dtype.kind != "O" and arr.dtype.kind != "T" else 32
+        row_items = int(np.prod(arr.shape[1:], dtype=np.int64)) if len(arr.shape) > 1 else 1
+        for start, stop in _blocks(arr):
+            try:
+                arr[start:stop]
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{where} {unit} {start}-{stop - 1}: stored data is damaged "
+                                f"({_first_line(exc)})")
+            progress((stop - start) * row_items * itemsize)
+    return problems
+
+
+def _set_meta(path: Path, mode: int, mtime: float) -> None:
+    try:
+        if mode:
+            os.chmod(path, mode & 0o7777)
+        os.utime(path, (mtime, mtime))
+    except OSError:
+        pass
