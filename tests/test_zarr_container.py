@@ -77,11 +77,23 @@ def restore_both(dir_archive: Path, zarr_archive: str, out: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Directory store
 
-def test_zarr_round_trip_restores_what_the_directory_form_restores(sample_run, tmp_path):
+def test_zarr_round_trip_restores_what_the_directory_form_restores(sample_run, tmp_path, monkeypatch):
+    from factor_archive.containers import zarr_store
     from factor_archive.ms.table_codec import table_content_sha256
 
+    real_write = zarr_store.ZarrWriter.write
+    staged_left = []
+
+    def write(self, member, source, progress):
+        done = real_write(self, member, source, progress)
+        if member.category == "calibrated_data":
+            staged_left.append(Path(source).exists())
+        return done
+
+    monkeypatch.setattr(zarr_store.ZarrWriter, "write", write)
     store = tmp_path / "run.zarr"
     assert archivefactor_main(["-q", "-r", "-d", "facet1", str(sample_run), str(store)]) == 0
+    assert staged_left == [False, False, False]   # generated chunks leave the staging dir once stored
     assert archivefactor_main(["-q", "-r", "-d", "facet1", str(sample_run), str(tmp_path / "dir")]) == 0
     assert (store / "zarr.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary left

@@ -20,6 +20,7 @@ import posixpath
 import shutil
 import stat
 import tempfile
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -173,7 +174,6 @@ def _url_error(loc: _Location, exc: Exception) -> FactorArchiveError:
 
 UPLOAD_TASKS = 32                  # objects in flight at once
 UPLOAD_BYTES = 128 << 20           # bytes in flight at once (one larger object may still go alone)
-KEEP_SMALL = 64 << 10              # objects up to this size are kept in memory for read-back
 
 
 def _under(key: str, prefix: str) -> bool:
@@ -213,9 +213,10 @@ def _fresh_store_class():
 
         ``set`` queues the upload and returns; up to UPLOAD_TASKS objects and UPLOAD_BYTES bytes
         are in flight. Because the prefix was empty when writing began, every read is answered
-        from what this writer put there: small objects (metadata) from memory, large ones from
-        memory while their upload runs and from the store after it. zarr's node creation checks
-        (several reads per array) therefore cost no round trip. ``flush`` waits for every upload
+        from what this writer put there: metadata documents (``zarr.json``, a few KiB each) from
+        memory, data objects from memory while their upload runs and from the store after it,
+        and a key never written does not exist. zarr's node creation checks (several reads per
+        array) therefore cost no round trip. ``flush`` waits for every upload
         and raises the first failure; a failure also surfaces at the next ``set``.
         """
 
@@ -264,8 +265,8 @@ def _fresh_store_class():
                 async with cond:
                     self._bytes -= size
                     self._inflight.pop(key, None)
-                    if size > KEEP_SMALL and key in self._known:
-                        self._known[key] = None
+                    if key in self._known and not key.endswith("zarr.json"):
+                        self._known[key] = None     # data: read back from the store if ever asked
                     cond.notify_all()
 
         async def flush(self) -> None:
@@ -349,6 +350,9 @@ def _fresh_store_class():
 
 class ZarrWriter:
     form = "zarr"
+    # Members are written one after another: zarr compresses on its own thread pool, and
+    # encoding two tables at once was measured no faster (the Python side holds the GIL).
+    parallel = False
 
     def __init__(self, location: str | os.PathLike, *, clobber: bool = False):
         import zarr
@@ -357,6 +361,7 @@ class ZarrWriter:
         self.clobber = clobber
         self._staging: Path | None = None
         self._groups: dict[str, object] = {}
+        self._groups_lock = threading.Lock()
         self._closed = False
         self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factor-archive-hash")
         pid = os.getpid()
@@ -399,7 +404,7 @@ class ZarrWriter:
     def _prepare_url(self) -> None:
         fs, path = self.base_store.fs, self.base_store.path
         try:
-            holds = _sync(fs._exists(path)) and bool(_sync(fs._find(path, maxdepth=None)))
+            holds = bool(_sync(fs._ls(path)))
         except FileNotFoundError:
             holds = False
         except OSError as exc:
@@ -410,10 +415,8 @@ class ZarrWriter:
             raise BadInput(f"{self.loc.text}: already holds data; use -c to overwrite it")
         try:
             # The old manifest goes first: from then on the old store no longer looks complete.
-            if _store_exists(self.base_store, f"{MANIFEST_NODE}/zarr.json"):
-                _sync(fs._rm(f"{path}/{MANIFEST_NODE}", recursive=True))
-            _sync(fs._rm(path, recursive=True))
-            fs.invalidate_cache()
+            _remove_objects(fs, f"{path}/{MANIFEST_NODE}")
+            _remove_objects(fs, path)
         except OSError as exc:
             raise _url_error(self.loc, exc) from None
 
@@ -449,6 +452,8 @@ class ZarrWriter:
             if self.loc.kind == "url" and exc.filename is None:
                 raise _url_error(self.loc, exc) from None
             raise io_error(exc.filename or source, exc) from None
+        if self._staging is not None and Path(source).parent == self._staging:
+            _remove(Path(source))  # generated data (calibrated chunks): stored, so free the disk now
         return member
 
     def close(self, manifest: Manifest) -> None:
@@ -493,7 +498,7 @@ class ZarrWriter:
                         _sync(self.store.flush())
                     except BaseException:  # noqa: BLE001 - removing it anyway
                         pass
-                    _sync(fs._rm(path, recursive=True))
+                    _remove_objects(fs, path)
                 except Exception:  # noqa: BLE001 - best effort: without a manifest it is incomplete
                     pass
             else:
@@ -514,11 +519,15 @@ class ZarrWriter:
     # -- members --------------------------------------------------------------------------------
     def _group(self, path: str):
         """The group at ``path`` (below the root), created once with its parents."""
+        with self._groups_lock:
+            return self._group_locked(path)
+
+    def _group_locked(self, path: str):
         group = self._groups.get(path)
         if group is not None:
             return group
         parent_path, name = path.rsplit("/", 1)
-        group = self._group(parent_path).create_group(name)
+        group = self._group_locked(parent_path).create_group(name)
         self._groups[path] = group
         return group
 
@@ -606,6 +615,17 @@ class ZarrWriter:
         member.extra = {**member.extra, "zarr": {
             "node": node, "stored": "raw-files", "raw_group": raw_name, "checksum": "tree-digest",
             "raw_reason": reason}}
+
+
+def _remove_objects(fs, path: str) -> None:
+    """Delete every object below ``path`` (never the bucket itself, even for a bucket root)."""
+    try:
+        keys = _sync(fs._find(path))
+    except FileNotFoundError:
+        return
+    if keys:
+        _sync(fs._rm(keys))
+    fs.invalidate_cache()
 
 
 def _file_extra(node: str, size: int) -> dict:
