@@ -21,6 +21,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -460,10 +461,9 @@ class ZarrWriter:
         manifest.container = self.form
         data = manifest.to_json().encode("utf-8")
         try:
-            if self.loc.kind == "dir":
-                sync_filesystem(self.tmp)       # the data is durable before the manifest exists
-            elif self.loc.kind == "url":
+            if self.loc.kind == "url":
                 _sync(self.store.flush())       # every object is stored before the manifest
+            # (A local store only takes its name once everything, manifest included, is synced.)
             _write_bytes_array(self.root, MANIFEST_NODE, data, {ATTR: {
                 "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}})
             if self.loc.kind == "zip":
@@ -474,7 +474,7 @@ class ZarrWriter:
                 fsync_dir(self.loc.path.parent)
             elif self.loc.kind == "dir":
                 self.store.close()
-                sync_filesystem(self.tmp)
+                sync_filesystem(self.tmp)       # data and manifest durable before the rename
                 _swap_into_place(self.tmp, self.loc.path)
             else:
                 _sync(self.store.flush())
@@ -506,7 +506,12 @@ class ZarrWriter:
                     self.store.close()
                 except Exception:  # noqa: BLE001
                     pass
-                _remove(self.tmp)
+                for _attempt in range(3):       # zarr's loop may still finish a write meanwhile
+                    try:
+                        _remove(self.tmp)
+                        break
+                    except OSError:
+                        time.sleep(0.2)
         finally:
             self._cleanup()
 
