@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import hashlib
+import io
 import os
 import queue
 import stat
@@ -100,9 +101,250 @@ class _Hasher:
         return self.digest.hexdigest()
 
 
+# Reusable block buffers. Reading into the same few buffers instead of a new bytes object per block
+# saves allocating, faulting in and zeroing fresh memory for every block (kernel time that showed up
+# as a large part of an archive's CPU; see benchmarks/README.md). A copy holds at most _RING of them;
+# the pool keeps a few between copies.
+_RING = 4
+_POOL_KEEP = 8
+_pool: list[bytearray] = []
+_pool_lock = threading.Lock()
+
+
+def _take_buffer() -> bytearray:
+    with _pool_lock:
+        if _pool:
+            return _pool.pop()
+    return bytearray(BLOCK)
+
+
+def _give_buffers(buffers: list[bytearray]) -> None:
+    with _pool_lock:
+        _pool.extend(buffers[:max(0, _POOL_KEEP - len(_pool))])
+
+
+def _reusable_io(src, dst) -> bool:
+    """Plain files (and standard io streams) never keep a reference to the block they were given."""
+    return (isinstance(src, (io.RawIOBase, io.BufferedIOBase))
+            and (dst is None or type(dst) in (io.FileIO, io.BufferedWriter, io.BufferedRandom)))
+
+
+class _RingHasher:
+    """Hashes filled buffers on a second thread and hands each buffer back once hashed."""
+
+    def __init__(self, digest) -> None:
+        self.digest = digest
+        self.full: queue.SimpleQueue = queue.SimpleQueue()
+        self.back: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.full.get()
+            if item is None:
+                return
+            buf, n = item
+            with memoryview(buf) as view:
+                self.digest.update(view[:n])
+            self.back.put(buf)
+
+    def finish(self) -> None:
+        self.full.put(None)
+        self._thread.join()
+
+
+def _write_all(dst, view: memoryview) -> None:
+    while view:
+        n = dst.write(view)
+        if n is None:  # a non-blocking raw file that would block; plain files never do
+            continue
+        view = view[n:]
+
+
+def _copy_buffered(src, dst, progress: Progress, limit: int | None) -> tuple[str, int]:
+    """copy_stream for plain files: read into a ring of reused buffers; hash each on a second thread.
+
+    The bytes hashed are the very buffer that was written. The thread starts with the second block,
+    so a small file costs no thread.
+    """
+    digest = hashlib.sha256()
+    owned: list[bytearray] = []
+    hasher: _RingHasher | None = None
+    pending: tuple[bytearray, int] | None = None   # first block, hashed once we know more follow
+    total = 0
+    try:
+        try:
+            os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass
+        while limit is None or total < limit:
+            if hasher is not None and len(owned) >= _RING:
+                buf = hasher.back.get()
+            else:
+                buf = _take_buffer()
+                owned.append(buf)
+            want = BLOCK if limit is None else min(BLOCK, limit - total)
+            with memoryview(buf) as view:
+                n = src.readinto(view[:want]) or 0
+                if n and dst is not None:
+                    _write_all(dst, view[:n])
+            if not n:
+                break
+            if pending is not None:
+                hasher = _RingHasher(digest)
+                hasher.full.put(pending)
+                pending = None
+            if hasher is not None:
+                hasher.full.put((buf, n))
+            else:
+                pending = (buf, n)
+            total += n
+            progress(n)
+    finally:
+        if hasher is not None:
+            hasher.finish()
+        if pending is not None:
+            with memoryview(pending[0]) as view:
+                digest.update(view[:pending[1]])
+        _give_buffers(owned)
+    return digest.hexdigest(), total
+
+
+# In-kernel copy for plain file to plain file, as cp does (copy_file_range), then the written bytes
+# are read back from the destination (the page cache, normally) and hashed on a second thread: the
+# checksum is of exactly what the archive holds, and the copy itself costs one memory copy instead
+# of two (read into Python, write out of it). See benchmarks/README.md.
+_RANGE = 2 * BLOCK
+_NO_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM,
+             errno.ETXTBSY, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
+
+def _range_ok(src, dst) -> bool:
+    """Both plain regular files, the destination readable, and no read-ahead pending in ``src``."""
+    if not hasattr(os, "copy_file_range") or dst is None:
+        return False
+    if type(src) not in (io.FileIO, io.BufferedReader) or type(dst) not in (io.FileIO, io.BufferedRandom):
+        return False
+    try:
+        if not dst.readable():
+            return False
+        fin, fout = src.fileno(), dst.fileno()
+        if not (stat.S_ISREG(os.fstat(fin).st_mode) and stat.S_ISREG(os.fstat(fout).st_mode)):
+            return False
+        return src.tell() == os.lseek(fin, 0, os.SEEK_CUR)
+    except (OSError, ValueError):
+        return False
+
+
+def _read_back(fd: int, offset: int, size: int, buf: bytearray, digest) -> None:
+    with memoryview(buf) as view:
+        while size:
+            n = os.preadv(fd, [view[:min(size, len(buf))]], offset)
+            if n <= 0:
+                raise OSError(errno.EIO, "copied data could not be read back")
+            digest.update(view[:n])
+            offset += n
+            size -= n
+
+
+class _ReadBackHasher:
+    """Reads ranges back from ``fd`` and hashes them, on a second thread, in order."""
+
+    def __init__(self, fd: int, digest) -> None:
+        self.fd, self.digest = fd, digest
+        self.error: BaseException | None = None
+        self.ranges: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        buf = _take_buffer()
+        try:
+            while True:
+                item = self.ranges.get()
+                if item is None:
+                    return
+                if self.error is None:
+                    try:
+                        _read_back(self.fd, item[0], item[1], buf, self.digest)
+                    except BaseException as exc:  # reported by finish()
+                        self.error = exc
+        finally:
+            _give_buffers([buf])
+
+    def finish(self) -> None:
+        self.ranges.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _copy_range(src, dst, progress: Progress, limit: int | None) -> tuple[str, int] | None:
+    """copy_stream by copy_file_range; None (nothing done) where the kernel cannot do it."""
+    dst.flush()
+    fin, fout = src.fileno(), dst.fileno()
+    in_at, out_at = src.tell(), dst.tell()
+    digest = hashlib.sha256()
+    hasher: _ReadBackHasher | None = None
+    first: tuple[int, int] | None = None   # hashed here if it turns out to be the only range
+    total = 0
+    try:
+        os.posix_fadvise(fin, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except (AttributeError, OSError):
+        pass
+    try:
+        while limit is None or total < limit:
+            want = _RANGE if limit is None else min(_RANGE, limit - total)
+            try:
+                n = os.copy_file_range(fin, fout, want, in_at + total, out_at + total)
+            except OSError as exc:
+                if total == 0 and exc.errno in _NO_RANGE:
+                    return None
+                raise
+            if n == 0:
+                if total == 0:
+                    return None  # empty, or a file that only read() knows the size of (procfs)
+                break
+            if first is None and hasher is None:
+                first = (out_at, n)
+            else:
+                if hasher is None:
+                    hasher = _ReadBackHasher(fout, digest)
+                    hasher.ranges.put(first)
+                    first = None
+                hasher.ranges.put((out_at + total, n))
+            total += n
+            progress(n)
+        if hasher is not None:
+            hasher, h = None, hasher
+            h.finish()
+        elif first is not None:
+            buf = _take_buffer()
+            try:
+                _read_back(fout, first[0], first[1], buf, digest)
+            finally:
+                _give_buffers([buf])
+    finally:
+        if hasher is not None:  # an error: stop the thread, keep the first error
+            try:
+                hasher.finish()
+            except BaseException:
+                pass
+    src.seek(in_at + total)
+    dst.seek(out_at + total)
+    return digest.hexdigest(), total
+
+
 def copy_stream(src: BinaryIO, dst: BinaryIO | None, progress: Progress = _no_progress,
                 limit: int | None = None) -> tuple[str, int]:
     """Copy ``src`` to ``dst`` (or only hash when dst is None); return (sha256, bytes)."""
+    if _reusable_io(src, dst):
+        if _range_ok(src, dst):
+            done = _copy_range(src, dst, progress, limit)
+            if done is not None:
+                return done
+        return _copy_buffered(src, dst, progress, limit)
     hasher = _Hasher() if (limit is None or limit > BLOCK) else None
     digest = hashlib.sha256() if hasher is None else None
     total = 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +30,8 @@ def copy_file(src: Path, dst: Path, progress: Progress) -> tuple[str, int]:
     """Copy with hashing; mode and mtime follow the source, like ``cp -a``."""
     st = stat_entry(src)
     try:
-        with open(src, "rb") as fin, open(dst, "wb") as fout:
+        # w+b: readable too, so copy_stream can copy in the kernel and hash what it wrote
+        with open(src, "rb") as fin, open(dst, "w+b") as fout:
             sha, size = copy_stream(fin, fout, progress)
         os.chmod(dst, st.st_mode & 0o7777)
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -237,39 +240,65 @@ class DirectoryReader:
 
     def extract(self, members: list[Member], dest_for: Callable[[Member], Path | None],
                 progress: Progress) -> None:
-        for member in members:
-            dest = dest_for(member)
-            if dest is None:
-                continue
-            src = self._src(member)
-            partial = dest.with_name(f".{dest.name}.partial")
-            if partial.exists():
-                _remove(partial)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if member.kind == "table":
-                if not src.is_dir():
-                    raise FactorArchiveError(f"{src}: member missing from the archive")
-                entries, _dirs = copy_table(src, partial, progress)
-                got = {e.path: e.sha256 for e in entries}
-                for f in member.files:
-                    if got.get(f.path) != f.sha256:
-                        _remove(partial)
-                        raise FactorArchiveError(f"{src / f.path}: checksum mismatch or missing "
-                                                 f"(archive damaged)")
-                extra = set(got) - {f.path for f in member.files}
-                if extra:
+        jobs = [(m, d) for m, d in ((m, dest_for(m)) for m in members) if d is not None]
+        if len(jobs) < 2:
+            for member, dest in jobs:
+                self._extract_one(member, dest, progress)
+            return
+        # Members are independent files: copy two at once, like the writer does. After a failure
+        # no further member is started, and the failure is raised.
+        failed = threading.Event()
+
+        def one(member: Member, dest: Path) -> None:
+            if failed.is_set():
+                return
+            try:
+                self._extract_one(member, dest, progress)
+            except BaseException:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(one, member, dest) for member, dest in jobs]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                failed.set()
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _extract_one(self, member: Member, dest: Path, progress: Progress) -> None:
+        src = self._src(member)
+        partial = dest.with_name(f".{dest.name}.partial")
+        if partial.exists():
+            _remove(partial)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if member.kind == "table":
+            if not src.is_dir():
+                raise FactorArchiveError(f"{src}: member missing from the archive")
+            entries, _dirs = copy_table(src, partial, progress)
+            got = {e.path: e.sha256 for e in entries}
+            for f in member.files:
+                if got.get(f.path) != f.sha256:
                     _remove(partial)
-                    raise BadInput(f"{src}: holds files the manifest does not list: {sorted(extra)[0]}")
-            else:
-                if not src.is_file():
-                    raise FactorArchiveError(f"{src}: member missing from the archive")
-                sha, _ = copy_file(src, partial, progress)
-                if sha != member.sha256:
-                    partial.unlink()
-                    raise FactorArchiveError(f"{src}: checksum mismatch (archive damaged)")
-            if dest.exists() or dest.is_symlink():
-                _remove(dest)
-            os.rename(partial, dest)
+                    raise FactorArchiveError(f"{src / f.path}: checksum mismatch or missing "
+                                             f"(archive damaged)")
+            extra = set(got) - {f.path for f in member.files}
+            if extra:
+                _remove(partial)
+                raise BadInput(f"{src}: holds files the manifest does not list: {sorted(extra)[0]}")
+        else:
+            if not src.is_file():
+                raise FactorArchiveError(f"{src}: member missing from the archive")
+            sha, _ = copy_file(src, partial, progress)
+            if sha != member.sha256:
+                partial.unlink()
+                raise FactorArchiveError(f"{src}: checksum mismatch (archive damaged)")
+        if dest.exists() or dest.is_symlink():
+            _remove(dest)
+        os.rename(partial, dest)
 
     def verify(self, progress: Progress) -> list[str]:
         problems = []
