@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -22,6 +23,10 @@ def _guard(prog: str, func: Callable[[], int]) -> int:
     except FactorArchiveError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `factor-archive ls x | head`: the reader left; not an error worth a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to complete the work", file=sys.stderr)
         return 130
