@@ -20,19 +20,26 @@ from ..errors import BadInput, FactorArchiveError
 from ..manifest import (CHECKSUMS_NAME, MANIFEST_NAME, FileEntry, Manifest, Member, checksums_text,
                         safe_relpath, tree_digest)
 from .base import (Progress, copy_stream, fill_file_member, finish_table_member, fsync_dir, hash_file,
-                   io_error, stat_entry, sync_filesystem, walk_table, write_atomic)
+                   io_error, start_writeback, stat_entry, sync_filesystem, walk_table, write_atomic)
 
 JOURNAL_NAME = ".factor-archive-journal.jsonl"
 STAGING_NAME = ".factor-archive-staging"
 
 
-def copy_file(src: Path, dst: Path, progress: Progress) -> tuple[str, int]:
-    """Copy with hashing; mode and mtime follow the source, like ``cp -a``."""
+def copy_file(src: Path, dst: Path, progress: Progress, *, writeback: bool = False) -> tuple[str, int]:
+    """Copy with hashing; mode and mtime follow the source, like ``cp -a``.
+
+    ``writeback``: start writing the copy to disk at once (the archive is synced before its
+    manifest anyway), so the disk is busy while the next files are copied.
+    """
     st = stat_entry(src)
     try:
         # w+b: readable too, so copy_stream can copy in the kernel and hash what it wrote
         with open(src, "rb") as fin, open(dst, "w+b") as fout:
             sha, size = copy_stream(fin, fout, progress)
+            if writeback:
+                fout.flush()
+                start_writeback(fout.fileno())
         os.chmod(dst, st.st_mode & 0o7777)
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     except OSError as exc:
@@ -40,7 +47,8 @@ def copy_file(src: Path, dst: Path, progress: Progress) -> tuple[str, int]:
     return sha, size
 
 
-def copy_table(src_root: Path, dst_root: Path, progress: Progress) -> tuple[list[FileEntry], list[str]]:
+def copy_table(src_root: Path, dst_root: Path, progress: Progress, *,
+               writeback: bool = False) -> tuple[list[FileEntry], list[str]]:
     files, dirs = walk_table(src_root)
     try:
         dst_root.mkdir(parents=True, exist_ok=True)
@@ -50,7 +58,7 @@ def copy_table(src_root: Path, dst_root: Path, progress: Progress) -> tuple[list
         raise io_error(dst_root, exc) from None
     entries = []
     for rel, src in files:
-        sha, size = copy_file(src, dst_root / rel, progress)
+        sha, size = copy_file(src, dst_root / rel, progress, writeback=writeback)
         st = os.stat(src)
         entries.append(FileEntry(path=rel, size=size, mode=st.st_mode & 0o7777, mtime=st.st_mtime, sha256=sha))
     for d in reversed(dirs):
@@ -169,10 +177,10 @@ class DirectoryWriter:
                     entries.append(FileEntry(path=rel, size=size, mode=st.st_mode & 0o7777,
                                              mtime=st.st_mtime, sha256=sha))
             else:
-                entries, dirs = copy_table(source, partial, progress)
+                entries, dirs = copy_table(source, partial, progress, writeback=True)
             finish_table_member(member, entries, dirs)
         else:
-            sha, size = copy_file(source, partial, progress)
+            sha, size = copy_file(source, partial, progress, writeback=True)
             fill_file_member(member, stat_entry(source), sha, size)
         os.rename(partial, dest)
         self._journal_file.write(json.dumps({
@@ -278,7 +286,7 @@ class DirectoryReader:
         if member.kind == "table":
             if not src.is_dir():
                 raise FactorArchiveError(f"{src}: member missing from the archive")
-            entries, _dirs = copy_table(src, partial, progress)
+            entries, _dirs = copy_table(src, partial, progress, writeback=True)
             got = {e.path: e.sha256 for e in entries}
             for f in member.files:
                 if got.get(f.path) != f.sha256:
@@ -292,7 +300,7 @@ class DirectoryReader:
         else:
             if not src.is_file():
                 raise FactorArchiveError(f"{src}: member missing from the archive")
-            sha, _ = copy_file(src, partial, progress)
+            sha, _ = copy_file(src, partial, progress, writeback=True)
             if sha != member.sha256:
                 partial.unlink()
                 raise FactorArchiveError(f"{src}: checksum mismatch (archive damaged)")
