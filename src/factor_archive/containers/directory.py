@@ -23,21 +23,22 @@ from .base import (Progress, copy_stream, fill_file_member, finish_table_member,
                    io_error, start_writeback, stat_entry, sync_filesystem, walk_table, write_atomic)
 
 JOURNAL_NAME = ".factor-archive-journal.jsonl"
+WRITEBACK_MIN = 1 << 20  # smaller files are left to the final sync, which batches them
 STAGING_NAME = ".factor-archive-staging"
 
 
 def copy_file(src: Path, dst: Path, progress: Progress, *, writeback: bool = False) -> tuple[str, int]:
     """Copy with hashing; mode and mtime follow the source, like ``cp -a``.
 
-    ``writeback``: start writing the copy to disk at once (the archive is synced before its
-    manifest anyway), so the disk is busy while the next files are copied.
+    ``writeback``: start writing a copy of 1 MiB or more to disk at once (the archive is synced
+    before its manifest anyway), so the disk works while the next files are copied.
     """
     st = stat_entry(src)
     try:
         # w+b: readable too, so copy_stream can copy in the kernel and hash what it wrote
         with open(src, "rb") as fin, open(dst, "w+b") as fout:
             sha, size = copy_stream(fin, fout, progress)
-            if writeback:
+            if writeback and size >= WRITEBACK_MIN:
                 fout.flush()
                 start_writeback(fout.fileno())
         os.chmod(dst, st.st_mode & 0o7777)
