@@ -531,10 +531,10 @@ def test_dysco_column_means_raw_files_even_when_readable(ms, tmp_path, monkeypat
 def test_column_failing_midway_leaves_no_partial_table(ms, tmp_path, monkeypatch):
     real = tc._read_uniform
 
-    def flaky(tb, col, start, n):
+    def flaky(tb, col, start, n, *args, **kwargs):
         if col.name == "WEIGHT_SPECTRUM" and start > 0:
             raise tc._ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: I/O error")
-        return real(tb, col, start, n)
+        return real(tb, col, start, n, *args, **kwargs)
 
     monkeypatch.setattr(tc, "_read_uniform", flaky)
     store, root = _local(tmp_path)

@@ -91,8 +91,9 @@ import math
 import os
 import shutil
 import struct
+import threading
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -103,7 +104,7 @@ from zarr import codecs as zc
 
 from ..errors import FactorArchiveError
 
-__all__ = ["encode_table", "decode_table", "table_content_sha256", "RawTableRequired",
+__all__ = ["encode_table", "decode_table", "verify_table", "table_content_sha256", "RawTableRequired",
            "CorruptTableData", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "factor-archive/casacore-table"
@@ -113,6 +114,12 @@ CONTENT_ATTR = "casacore_content"
 CHUNK_BYTES = 2 << 20
 SHARD_BYTES = 64 << 20
 LEVEL = 5
+BLOCK_BYTES = 16 << 20  # rows read / decoded at once (whole inner chunks), at most a shard
+_BUFFERS = 4  # row-block buffers in use at once
+_AHEAD = 3  # row blocks being decoded ahead of the one being written
+_SHARDS_IN_FLIGHT = 1  # assembled shards waiting to be stored, per array
+_SPEED_MIN_BYTES = 64 << 20  # columns this big choose their codec by speed as well as size
+_WORTH = 20e6  # ... where saving this many stored bytes is worth one second of CPU
 _NUMCODECS_MARGIN = 0.9  # a numcodecs pipeline must be 10 % smaller than the best spec one
 _NUMCODECS_MIN_SAMPLE = 64 << 10  # ... and is not considered for smaller columns
 _RESERVED = {"ragged", "subtables"}
@@ -480,7 +487,8 @@ def _open(path: Path):
         raise RawTableRequired(path, f"casacore cannot open it: {e}") from e
 
 
-def _plan(path: Path, row_block: int | None, *, trials: bool = True) -> _Plan:
+def _plan(path: Path, row_block: int | None, *, work: "_Work | None" = None) -> _Plan:
+    """The table's layout; ``work`` (threads for the codec trials) or None: default codecs."""
     path = Path(path)
     if not (path / "table.dat").is_file():
         raise FileNotFoundError(f"not a casacore table: {path}")
@@ -488,7 +496,7 @@ def _plan(path: Path, row_block: int | None, *, trials: bool = True) -> _Plan:
         raise RawTableRequired(path, "not a plain table (reference or concatenated table)")
     tb = _open(path)
     try:
-        return _plan_open(tb, path, row_block, trials)
+        return _plan_open(tb, path, row_block, work)
     finally:
         tb.close()
 
@@ -516,7 +524,7 @@ def _describe(tb, path: Path) -> dict:
             "hypercolumns": _jsonable(desc.get("_define_hypercolumn_", {}))}
 
 
-def _plan_open(tb, path: Path, row_block, trials) -> _Plan:
+def _plan_open(tb, path: Path, row_block, work) -> _Plan:
     dminfo = tb.getdminfo()
     dms = [dminfo[k] for k in sorted(dminfo, key=lambda k: int(k[1:]))]
     for dm in dms:
@@ -544,18 +552,18 @@ def _plan_open(tb, path: Path, row_block, trials) -> _Plan:
         if not (path / n / "table.dat").is_file():
             raise RawTableRequired(path, f"subtable {n} is missing")
     nrows = tb.nrows()
-    cols = [_plan_column(tb, path, c, nrows, desc[c], row_block, trials) for c in colnames]
+    cols = [_plan_column(tb, path, c, nrows, desc[c], row_block, work) for c in colnames]
     _assign_dims(cols)
     plan = _Plan(path=path, nrows=nrows, endian=tb.endianformat(), info=d["info"],
                  desc=d["desc"], hypercolumns=d["hypercolumns"], dminfo=_jsonable(dms),
                  keywords=d["keywords"], colkeywords=d["colkeywords"], columns=cols,
                  subtables=[(n, True) for n in referenced] + [(n, False) for n in extra])
     for n, _ref in plan.subtables:
-        plan.children[n] = _plan(path / n, row_block, trials=trials)
+        plan.children[n] = _plan(path / n, row_block, work=work)
     return plan
 
 
-def _plan_column(tb, path, name, nrows, desc, row_block, trials) -> _Col:
+def _plan_column(tb, path, name, nrows, desc, row_block, work) -> _Col:
     ctype = tb.coldatatype(name)
     if ctype not in _CTYPES:
         raise RawTableRequired(path, f"column {name} has unsupported type {ctype}")
@@ -584,7 +592,8 @@ def _plan_column(tb, path, name, nrows, desc, row_block, trials) -> _Col:
             _read_uniform(tb, col, nrows - 1, 1)
         except _ReadFailure as e:
             raise RawTableRequired(path, str(e)) from e
-    col.codec = _choose_codec(tb, path, col, nrows, sample) if trials else _candidates(col)[0]
+    col.codec = (_choose_codec(tb, path, col, nrows, sample, work) if work is not None
+                 else _candidates(col)[0])
     return col
 
 
@@ -670,58 +679,262 @@ def _assign_dims(cols: list[_Col]) -> None:
 
 # --------------------------------------------------------------------------- codecs
 
+# Labels of the blosc pipelines: (compressor, blosc clevel, shuffle).
+_BLOSC = {
+    "blosc-shuffle-zstd": ("zstd", LEVEL, "shuffle"),
+    "blosc-bitshuffle-zstd": ("zstd", LEVEL, "bitshuffle"),
+    "blosc-shuffle-zstd1": ("zstd", 1, "shuffle"),
+    "blosc-bitshuffle-zstd1": ("zstd", 1, "bitshuffle"),
+    "blosc-shuffle-lz4": ("lz4", 9, "shuffle"),
+    "blosc-bitshuffle-lz4": ("lz4", 9, "bitshuffle"),
+}
+_ZSTD = {"zstd": LEVEL, "zstd1": 1}
+_NUMCODECS = {"packbits-zstd", "delta-zstd"}
 
-def _candidates(col: _Col) -> list[str]:
+
+def _candidates(col: _Col, fast: bool = False) -> list[str]:
+    """Codec labels for the column's type, the default first; ``fast`` adds the quick ones."""
     if col.is_string:
         return ["zstd"]
     k = col.dtype.kind
     if k == "b":
-        return ["blosc-bitshuffle-zstd", "packbits-zstd"]
-    if col.dtype.itemsize == 1:
-        return ["zstd", "blosc-bitshuffle-zstd"]
-    if k in "iu":
-        return ["blosc-shuffle-zstd", "zstd", "delta-zstd"]
-    out = ["blosc-shuffle-zstd", "blosc-bitshuffle-zstd"]
-    if col.layout == "scalar" and col.dtype == np.float64:
-        out.append("delta-zstd")
-    return out
-
-
-_NUMCODECS = {"packbits-zstd", "delta-zstd"}
+        out = ["blosc-bitshuffle-zstd", "packbits-zstd"]
+        more = ["blosc-bitshuffle-zstd1", "blosc-bitshuffle-lz4"]
+    elif col.dtype.itemsize == 1:
+        out = ["zstd", "blosc-bitshuffle-zstd"]
+        more = ["zstd1", "blosc-bitshuffle-lz4"]
+    elif k in "iu":
+        out = ["blosc-shuffle-zstd", "zstd", "delta-zstd"]
+        more = ["blosc-shuffle-zstd1", "blosc-shuffle-lz4"]
+    else:
+        out = ["blosc-shuffle-zstd", "blosc-bitshuffle-zstd"]
+        if col.layout == "scalar" and col.dtype == np.float64:
+            out.append("delta-zstd")
+        more = ["blosc-shuffle-zstd1", "blosc-bitshuffle-zstd1", "blosc-shuffle-lz4",
+                "blosc-bitshuffle-lz4"]
+    return out + more if fast else out
 
 
 def _component(dtype: np.dtype) -> int:
     return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
 
 
-def _trial_size(label: str, a: np.ndarray) -> int:
-    import numcodecs
-
-    a = np.ascontiguousarray(a)
-    if label == "zstd":
-        return len(numcodecs.Zstd(LEVEL).encode(a.tobytes()))
-    if label.startswith("blosc"):
-        shuffle = numcodecs.Blosc.BITSHUFFLE if "bitshuffle" in label else numcodecs.Blosc.SHUFFLE
-        view = a.reshape(-1).view(f"u{_component(a.dtype)}")
-        return len(numcodecs.Blosc("zstd", LEVEL, shuffle).encode(view))
-    if label == "packbits-zstd":
-        return len(numcodecs.Zstd(LEVEL).encode(numcodecs.PackBits().encode(a.reshape(-1))))
-    if label == "delta-zstd":
-        return len(numcodecs.Zstd(LEVEL).encode(numcodecs.Delta(a.dtype).encode(a.reshape(-1))))
-    raise ValueError(label)
+class _BadChunk(Exception):
+    pass
 
 
-def _choose_codec(tb, path, col: _Col, nrows: int, sample) -> str:
-    cands = _candidates(col)
-    if sample is None or len(cands) == 1 or sample.size == 0:
+class _ChunkCodec:
+    """One inner chunk <-> its stored bytes, exactly as the zarr codec chain does it.
+
+    The chain (spec): optional filter (``numcodecs.packbits`` / ``numcodecs.delta``), ``bytes``
+    (little endian), one compressor (``blosc`` or ``zstd``), ``crc32c``. Built from a label when
+    encoding and from the array's metadata when decoding, so any chain of that form is read.
+    """
+
+    def __init__(self, dtype: np.dtype, chunk_shape: tuple, filt: str | None, comp: tuple):
+        import numcodecs
+
+        self.dtype = np.dtype(dtype)
+        self.chunk_shape = tuple(chunk_shape)
+        self.nbytes = int(np.prod(self.chunk_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.filt = filt
+        self.comp = comp
+        if comp[0] == "blosc":
+            _, cname, level, shuffle = comp
+            self._codec = numcodecs.Blosc(cname=cname, clevel=level, shuffle={
+                "noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+                "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[shuffle])
+        else:
+            self._codec = numcodecs.Zstd(level=comp[1])
+        if filt == "packbits":
+            self._filter = numcodecs.PackBits()
+        elif filt == "delta":
+            self._filter = numcodecs.Delta(dtype=self.dtype.str)
+        else:
+            self._filter = None
+
+    @classmethod
+    def from_label(cls, label: str, dtype: np.dtype, chunk_shape: tuple) -> "_ChunkCodec":
+        if label in _BLOSC:
+            cname, level, shuffle = _BLOSC[label]
+            return cls(dtype, chunk_shape, None, ("blosc", cname, level, shuffle))
+        if label in _ZSTD:
+            return cls(dtype, chunk_shape, None, ("zstd", _ZSTD[label]))
+        if label == "packbits-zstd":
+            return cls(dtype, chunk_shape, "packbits", ("zstd", LEVEL))
+        if label == "delta-zstd":
+            return cls(dtype, chunk_shape, "delta", ("zstd", LEVEL))
+        raise ValueError(label)
+
+    def encode(self, rows: np.ndarray) -> tuple[bytes, int]:
+        """(compressed bytes, their crc32c) of ``rows`` padded with zeros to the chunk shape."""
+        import google_crc32c
+
+        if rows.shape != self.chunk_shape:
+            full = np.zeros(self.chunk_shape, self.dtype)
+            full[:len(rows)] = rows
+            rows = full
+        flat = np.ascontiguousarray(rows).reshape(-1)
+        if self._filter is not None:
+            flat = self._filter.encode(flat)
+        if self.comp[0] == "blosc":  # typesize: one real component
+            data = self._codec.encode(flat.view(f"u{_component(self.dtype)}"))
+        else:
+            data = self._codec.encode(flat)
+        return data, google_crc32c.value(data)
+
+    def decode(self, stored: np.ndarray, out: np.ndarray) -> None:
+        """Check the crc32c of one stored chunk and decompress it into ``out`` (a whole chunk)."""
+        import google_crc32c
+        import numcodecs.blosc
+
+        if len(stored) < 4:
+            raise _BadChunk("chunk too short")
+        body = stored[:-4]
+        if google_crc32c.value(body) != int.from_bytes(stored[-4:].tobytes(), "little"):
+            raise _BadChunk("crc32c checksum mismatch")
+        target = out.reshape(-1).view(np.uint8)
+        if self.comp[0] == "blosc" and self._filter is None:
+            if len(body) < 16:
+                raise _BadChunk("blosc header missing")
+            nbytes, _block, cbytes = struct.unpack_from("<III", body, 4)
+            if nbytes != self.nbytes or cbytes != len(body):
+                raise _BadChunk("blosc sizes do not match the chunk")
+            numcodecs.blosc.decompress(body, target)
+            return
+        try:
+            raw = np.frombuffer(self._codec.decode(body), np.uint8)
+        except Exception as e:  # noqa: BLE001
+            raise _BadChunk(f"cannot decompress: {e}") from None
+        if self._filter is not None:
+            size = self.nbytes // self.dtype.itemsize
+            if self.filt == "packbits":
+                if len(raw) != 1 + -(-size // 8):
+                    raise _BadChunk("packed size does not match the chunk")
+                raw = self._filter.decode(raw).view(np.uint8)
+            else:
+                if len(raw) != self.nbytes:
+                    raise _BadChunk("size does not match the chunk")
+                raw = np.asarray(self._filter.decode(raw.view(self.dtype))).reshape(-1).view(np.uint8)
+        if len(raw) != self.nbytes:
+            raise _BadChunk("size does not match the chunk")
+        target[:] = raw
+
+
+def _codec_from_metadata(arr) -> tuple[_ChunkCodec, int, int] | None:
+    """(chunk codec, chunk rows, shard rows) when the array is stored as this module writes
+    (sharded along rows only, index at the end with bytes + crc32c, a chain _ChunkCodec
+    reads); None otherwise (it is then read through zarr)."""
+    import sys
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    try:  # the stored JSON document, as the zarr v3 spec describes it
+        md = json.loads(arr.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
+        dtype = np.dtype(arr.dtype)
+    except Exception:  # noqa: BLE001
+        return None
+    if sys.byteorder != "little" or dtype.kind not in "biufc" or len(md.get("codecs", ())) != 1:
+        return None
+    sh = md["codecs"][0]
+    if sh.get("name") != "sharding_indexed":
+        return None
+    conf = sh.get("configuration", {})
+    shape = tuple(arr.shape)
+    shard = tuple(md["chunk_grid"]["configuration"]["chunk_shape"])
+    chunk = tuple(conf.get("chunk_shape", ()))
+    cell = tuple(max(1, s) for s in shape[1:])
+    if (len(shard) != len(shape) or len(chunk) != len(shape) or shard[1:] != cell
+            or chunk[1:] != cell or chunk[0] < 1 or shard[0] % chunk[0]):
+        return None
+    le = {"name": "bytes", "configuration": {"endian": "little"}}
+    if conf.get("index_location", "end") != "end" or conf.get("index_codecs") != [le, {"name": "crc32c"}]:
+        return None
+    chain = list(conf.get("codecs", []))
+    if len(chain) < 3 or chain[-1] != {"name": "crc32c"}:
+        return None
+    comp, ser, filters = chain[-2], chain[-3], chain[:-3]
+    if ser.get("name") != "bytes" or (ser.get("configuration") or {}).get("endian", "little") not in (
+            "little", None):
+        return None
+    cc = comp.get("configuration") or {}
+    if comp.get("name") == "blosc":
+        c = ("blosc", cc.get("cname"), int(cc.get("clevel", 5)), cc.get("shuffle"))
+        if c[3] not in ("noshuffle", "shuffle", "bitshuffle") or cc.get("blocksize", 0) not in (0, None):
+            return None
+    elif comp.get("name") == "zstd":
+        c = ("zstd", int(cc.get("level", 0)))
+    else:
+        return None
+    filt = None
+    if len(filters) > 1:
+        return None
+    if filters:
+        f = filters[0]
+        fc = f.get("configuration") or {}
+        if f.get("name") == "numcodecs.packbits" and not fc and dtype.kind == "b":
+            filt = "packbits"
+        elif (f.get("name") == "numcodecs.delta" and fc.get("dtype") == dtype.str
+              and fc.get("astype", dtype.str) == dtype.str):
+            filt = "delta"
+        else:
+            return None
+    try:
+        return _ChunkCodec(dtype, chunk, filt, c), chunk[0], shard[0]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _trials(cands: list[str], sample: np.ndarray, timed: bool) -> dict[str, tuple[int, float]]:
+    """{label: (compressed bytes, encode + decode seconds)} of one chunk; a pipeline that does
+    not give the chunk back bit for bit is left out."""
+    import time
+
+    out = {}
+    sample = np.ascontiguousarray(sample)
+    back = np.empty_like(sample)
+    for label in cands:
+        codec = _ChunkCodec.from_label(label, sample.dtype, sample.shape)
+        t0 = time.perf_counter()
+        data, crc = codec.encode(sample)
+        t1 = time.perf_counter()
+        stored = np.empty(len(data) + 4, np.uint8)
+        stored[:-4] = np.frombuffer(data, np.uint8)
+        stored[-4:] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
+        t2 = time.perf_counter()
+        try:
+            codec.decode(stored, back)
+        except _BadChunk:
+            continue
+        t3 = time.perf_counter()
+        if back.tobytes() != sample.tobytes():
+            continue
+        out[label] = (len(data), (t1 - t0) + (t3 - t2) if timed else 0.0)
+    return out
+
+
+def _choose_codec(tb, path, col: _Col, nrows: int, sample, work: "_Work") -> str:
+    """Smallest on the first chunk; for a column of _SPEED_MIN_BYTES or more the cheapest in
+    (encode + decode seconds) + (stored bytes / _WORTH), so fast codecs win on noisy data."""
+    row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
+    if sample is None or sample.size == 0:
+        return _candidates(col)[0]
+    big = nrows * row_bytes >= _SPEED_MIN_BYTES and sample.nbytes >= _NUMCODECS_MIN_SAMPLE
+    cands = _candidates(col, big)
+    if len(cands) == 1:
         return cands[0]
     if sample.nbytes < _NUMCODECS_MIN_SAMPLE:
         cands = [c for c in cands if c not in _NUMCODECS]
-    sizes = {c: _trial_size(c, sample) for c in cands}
-    spec = [c for c in cands if c not in _NUMCODECS]
-    best = min(spec, key=lambda c: sizes[c])
+    res = work.pool.submit(_trials, cands, sample, big).result()  # a worker, as in encoding
+    spec = [c for c in cands if c not in _NUMCODECS and c in res]
+    if not spec:
+        return _candidates(col)[0]
+    if big:
+        best = min(spec, key=lambda c: res[c][1] + res[c][0] / _WORTH)
+    else:
+        best = min(spec, key=lambda c: res[c][0])
     for c in cands:
-        if c in _NUMCODECS and sizes[c] < _NUMCODECS_MARGIN * sizes[best]:
+        if c in _NUMCODECS and c in res and res[c][0] < _NUMCODECS_MARGIN * res[best][0]:
             if c == "delta-zstd" and col.dtype.kind == "f" and not _delta_exact(tb, path, col, nrows):
                 continue
             best = c
@@ -752,11 +965,11 @@ def _delta_exact(tb, path, col: _Col, nrows: int) -> bool:
 
 def _pipeline(label: str, dtype: np.dtype | None) -> dict:
     crc = zc.Crc32cCodec()
-    if label == "zstd":
-        return {"filters": (), "compressors": (zc.ZstdCodec(level=LEVEL), crc)}
-    if label.startswith("blosc"):
-        shuffle = "bitshuffle" if "bitshuffle" in label else "shuffle"
-        blosc = zc.BloscCodec(cname="zstd", clevel=LEVEL, shuffle=shuffle, typesize=_component(dtype))
+    if label in _ZSTD:
+        return {"filters": (), "compressors": (zc.ZstdCodec(level=_ZSTD[label]), crc)}
+    if label in _BLOSC:
+        cname, level, shuffle = _BLOSC[label]
+        blosc = zc.BloscCodec(cname=cname, clevel=level, shuffle=shuffle, typesize=_component(dtype))
         return {"filters": (), "compressors": (blosc, crc)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -784,10 +997,129 @@ def _create(group: zarr.Group, name: str, shape, dtype, chunk0: int, shard0: int
             attributes={"codec": label, **(attrs or {})}, **_pipeline(label, dtype))
 
 
+# --------------------------------------------------------------------------- threads
+
+
+class _Work:
+    """The threads of one encode, decode or verify.
+
+    ``pool`` compresses and decompresses inner chunks (and runs the codec trials), ``hasher``
+    (one thread, so each column's blocks are hashed in order) feeds the sha256 streams, ``io``
+    (one thread) stores assembled shards in order and fetches shards ahead. hashlib, blosc and
+    zstd release the GIL, so they overlap casacore, which holds it. Row blocks live in at most
+    _BUFFERS reused buffers, each back in the pool once every task reading it is done.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = max(2, min(8, os.cpu_count() or 2))
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="table-codec")
+        self.hasher = ThreadPoolExecutor(1, thread_name_prefix="table-codec-hash")
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="table-codec-io")
+        self._cond = threading.Condition()
+        self._free: list[np.ndarray] = []
+        self._count = 0
+        self._stores: list = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(cancel=exc_type is not None)
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 buffer of at least ``nbytes``; waits while _BUFFERS are in use."""
+        nbytes = max(1, int(nbytes))
+        with self._cond:
+            while True:
+                for i, b in enumerate(self._free):
+                    if b.nbytes >= nbytes:
+                        return self._free.pop(i)
+                if self._count < _BUFFERS:
+                    self._count += 1
+                    break
+                if self._free:  # all free ones too small: drop one, allocate below
+                    self._free.pop()
+                    self._count -= 1
+                    continue
+                self._cond.wait()
+        try:
+            return np.empty(nbytes, np.uint8)
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify_all()
+            raise
+
+    def give(self, buf: np.ndarray, after=()) -> None:
+        """Return ``buf`` to the pool once the futures ``after`` are done."""
+        after = [f for f in after if f is not None]
+        left = [len(after)]
+
+        def done(_f=None):
+            with self._cond:
+                left[0] -= 1
+                if left[0] <= 0:
+                    self._free.append(buf)
+                    self._cond.notify_all()
+
+        if not after:
+            done()
+        for f in after:
+            f.add_done_callback(done)
+
+    def store(self, fn, *args):
+        fut = self.io.submit(fn, *args)
+        self._stores.append(fut)
+        return fut
+
+    def drain(self) -> None:
+        """Wait until everything handed to ``store`` is stored; raise the first failure."""
+        stores, self._stores = self._stores, []
+        first = None
+        for f in stores:
+            try:
+                f.result()
+            except BaseException as e:  # noqa: BLE001
+                first = first or e
+        if first is not None:
+            raise first
+
+    def close(self, cancel: bool = False) -> None:
+        execs = (self.pool, self.io, self.hasher)
+        if cancel:
+            for ex in execs:
+                ex.shutdown(wait=False, cancel_futures=True)
+        for ex in execs:
+            ex.shutdown(wait=True)
+        self._free.clear()
+
+
+def _buffer_view(buf: np.ndarray, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return buf[:n].view(dtype).reshape(shape)
+
+
+def _block_rows(chunk_rows: int, shard_rows: int, row_bytes: int) -> int:
+    """Rows read or decoded at once: whole inner chunks, about BLOCK_BYTES, within a shard."""
+    k = max(1, BLOCK_BYTES // max(1, chunk_rows * row_bytes))
+    return max(1, min(shard_rows, chunk_rows * k))
+
+
 # --------------------------------------------------------------------------- reading casacore
 
 
-def _read_uniform(tb, col: _Col, start: int, n: int) -> np.ndarray:
+def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows [start, start + n) of a uniform column; into ``out`` (C-contiguous, the column's
+    dtype and shape) when given: getcolnp into a reused buffer is several times faster than
+    getcol, which allocates (and page-faults) a new array each time."""
+    if out is not None and col.dtype in _GETCOLNP and out.dtype == col.dtype:
+        try:
+            tb.getcolnp(col.name, out, start, n)
+        except Exception as e:  # noqa: BLE001
+            raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
+        return out
     try:
         v = tb.getcol(col.name, start, n)
     except Exception as e:  # noqa: BLE001
@@ -805,7 +1137,14 @@ def _read_uniform(tb, col: _Col, start: int, n: int) -> np.ndarray:
     if a.shape != want:
         raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: shape {a.shape}, "
                            f"expected {want}")
+    if out is not None:
+        out[...] = a
+        return out
     return a
+
+
+# Types python-casacore's getcolnp reads (it converts silently, so only exact matches are used).
+_GETCOLNP = {np.dtype(t) for t in (bool, np.int32, np.float32, np.float64, np.complex64, np.complex128)}
 
 
 def _cell_array(v, col: _Col) -> np.ndarray:
@@ -918,11 +1257,137 @@ def _table_sha(header: dict, columns: dict[str, str], subtables: dict[str, str])
 # --------------------------------------------------------------------------- encode
 
 
+_MAX_U64 = 2**64 - 1
+
+
+def _shard_key(meta, path: str, s: int, ndim: int) -> str:
+    key = meta.encode_chunk_key((s,) + (0,) * (ndim - 1))
+    return f"{path}/{key}" if path else key
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _ArrayOut:
+    """Writes a sharded array, block by block in row order, straight to the store.
+
+    Blocks cover whole inner chunks (the last one may end with the array). Each chunk is
+    compressed on the pool; once a shard's chunks are all queued, the io thread assembles them
+    with the shard index (zarr's sharding format: chunks, then (offset, length) uint64 pairs
+    and their crc32c) and stores the shard: every shard is written once, and at most
+    _SHARDS_IN_FLIGHT of them are waiting to be stored.
+    """
+
+    def __init__(self, arr, label: str, dtype: np.dtype, work: _Work):
+        self.work = work
+        self.store = arr.store
+        self.path = arr.path
+        self.meta = arr.metadata
+        self.shape = tuple(arr.shape)
+        self.nrows = self.shape[0]
+        self.chunk = arr.chunks[0]
+        self.shard = (arr.shards or arr.chunks)[0]
+        self.cps = self.shard // self.chunk
+        self.empty = 0 in self.shape
+        self.codec = _ChunkCodec.from_label(label, dtype, tuple(arr.chunks))
+        self.pos = 0
+        self.parts: list = []
+        self.inflight: deque = deque()
+        self.stored = 0
+
+    def write(self, block: np.ndarray) -> list:
+        """Queue rows [pos, pos + len(block)); returns the futures still reading ``block``."""
+        n = len(block)
+        start = self.pos
+        if start + n > self.nrows:
+            raise _ReadFailure(f"{self.path}: {start + n} rows for an array of {self.nrows}")
+        self.pos += n
+        if self.empty or n == 0:
+            return []
+        if start % self.chunk or (n % self.chunk and start + n != self.nrows):
+            raise ValueError(f"{self.path}: block {start}+{n} is not made of whole chunks")
+        futs = []
+        for i in range(0, n, self.chunk):
+            futs.append(self.work.pool.submit(self.codec.encode, block[i:i + self.chunk]))
+            self.parts.append(futs[-1])
+            end = start + min(n, i + self.chunk)
+            if end % self.shard == 0 or end == self.nrows:
+                self._flush((end - 1) // self.shard)
+        return futs
+
+    def _flush(self, s: int) -> None:
+        while len(self.inflight) >= _SHARDS_IN_FLIGHT:
+            self.inflight.popleft().result()
+        parts, self.parts = self.parts, []
+        self.inflight.append(self.work.store(self._store_shard, s, parts))
+
+    def _store_shard(self, s: int, parts: list) -> None:
+        import google_crc32c
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        done = [f.result() for f in parts]
+        parts.clear()
+        total = sum(len(d) + 4 for d, _ in done) + 16 * self.cps + 4
+        buf = np.empty(total, np.uint8)
+        index = np.full((self.cps, 2), _MAX_U64, dtype="<u8")
+        off = 0
+        for j in range(len(done)):
+            data, crc = done[j]
+            done[j] = None  # compressed chunks are freed as they are copied
+            n = len(data)
+            buf[off:off + n] = np.frombuffer(data, np.uint8)
+            buf[off + n:off + n + 4] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
+            index[j] = (off, n + 4)
+            off += n + 4
+            del data
+        raw = index.tobytes()
+        buf[off:off + len(raw)] = np.frombuffer(raw, np.uint8)
+        buf[off + len(raw):] = np.frombuffer(google_crc32c.value(raw).to_bytes(4, "little"), np.uint8)
+        key = _shard_key(self.meta, self.path, s, len(self.shape))
+        sync(self.store.set(key, default_buffer_prototype().buffer.from_array_like(buf)))
+        self.stored += total
+
+    def close(self) -> None:
+        if self.pos != self.nrows:
+            raise _ReadFailure(f"wrote {self.pos} of {self.nrows} elements")
+
+    def stored_bytes(self) -> int | None:
+        return self.stored
+
+
+class _ZarrOut:
+    """Writes through zarr itself (variable-length strings), whole shards at a time."""
+
+    def __init__(self, arr):
+        self.arr, self.pos = arr, 0
+
+    def write(self, block) -> list:
+        n = len(block)
+        if n:
+            self.arr[self.pos:self.pos + n] = block
+        self.pos += n
+        return []
+
+    def close(self) -> None:
+        if self.pos != self.arr.shape[0]:
+            raise _ReadFailure(f"wrote {self.pos} of {self.arr.shape[0]} elements")
+
+    def stored_bytes(self) -> int | None:
+        return _stored_bytes(self.arr)
+
+
+def _writer(arr, label: str, dtype, work: _Work):
+    return _ZarrOut(arr) if dtype is None else _ArrayOut(arr, label, dtype, work)
+
+
 class _Appender:
     """Buffers values along axis 0 and writes whole shards, so no shard is written twice."""
 
-    def __init__(self, arr, shard: int):
-        self.arr, self.shard, self.pos = arr, shard, 0
+    def __init__(self, out, shard: int):
+        self.out, self.shard = out, shard
         self.parts: list[np.ndarray] = []
         self.n = 0
 
@@ -935,8 +1400,7 @@ class _Appender:
 
     def _flush(self, count: int) -> None:
         buf = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        self.arr[self.pos:self.pos + count] = buf[:count]
-        self.pos += count
+        self.out.write(buf[:count])
         rest = buf[count:]
         self.parts = [rest] if len(rest) else []
         self.n = len(rest)
@@ -944,11 +1408,77 @@ class _Appender:
     def close(self) -> None:
         if self.n:
             self._flush(self.n)
-        if self.pos != self.arr.shape[0]:
-            raise _ReadFailure(f"wrote {self.pos} of {self.arr.shape[0]} elements")
+        self.out.close()
 
 
-def _scan_table(plan: _Plan, sink, progress) -> dict:
+def _digest(h: "_ColumnHash", futs: list) -> str:
+    for f in futs:  # done already (same thread, in order); re-raises a failed update
+        f.result()
+    return h.hexdigest()
+
+
+def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work):
+    """Read one column in row blocks, hash it and hand it to ``w``; returns its digest (a
+    future when hashed on the hashing thread)."""
+    h = _ColumnHash(col.name, col.ctype, col.layout == "scalar")
+    if col.layout == "ragged":
+        cache: dict = {}
+        for start in range(0, nrows, col.block_rows):
+            n = min(col.block_rows, nrows - start)
+            block = _read_ragged(tb, col, start, n, cache)
+            h.ragged(*block)
+            if w:
+                w.write(start, n, block)
+            if progress:
+                progress(int(block[3].size * col.itemsize))
+        if w:
+            w.close()
+        return h.hexdigest()
+    scalar = col.layout == "scalar"
+    cell = tuple(col.cell_shape)
+    row_items = int(np.prod(cell, dtype=np.int64))
+    if col.is_string or row_items == 0:
+        for start in range(0, nrows, col.block_rows):
+            n = min(col.block_rows, nrows - start)
+            block = _read_uniform(tb, col, start, n)
+            h.uniform(block, scalar)
+            if w:
+                w.write(block)
+            if progress:
+                progress(int(block.size * col.itemsize))
+        if w:
+            w.close()
+        return h.hexdigest()
+    row_bytes = row_items * col.itemsize
+    step = _block_rows(col.chunk_rows, col.block_rows, row_bytes)
+    hashed = []
+    for s0 in range(0, nrows, col.block_rows):
+        s1 = min(nrows, s0 + col.block_rows)
+        for start in range(s0, s1, step):
+            n = min(step, s1 - start)
+            buf = work.take(n * row_bytes)
+            try:
+                block = _read_uniform(tb, col, start, n, out=_buffer_view(buf, col.dtype, (n,) + cell))
+            except BaseException:
+                work.give(buf)
+                raise
+            futs = [work.hasher.submit(h.uniform, block, scalar)]
+            hashed.append(futs[0])
+            if w:
+                futs += w.write(block)
+            work.give(buf, futs)
+            if progress:
+                progress(n * row_bytes)
+    if w:
+        w.close()
+    return work.hasher.submit(_digest, h, hashed)
+
+
+def _result(d):
+    return d.result() if hasattr(d, "result") else d
+
+
+def _scan_table(plan: _Plan, sink, progress, work: _Work) -> dict:
     """Read every column of plan's table in blocks, feed ``sink``; return content tree."""
     tb = _open(plan.path)
     digests = {}
@@ -956,43 +1486,26 @@ def _scan_table(plan: _Plan, sink, progress) -> dict:
         if tb.nrows() != plan.nrows:
             raise _ReadFailure(f"row count changed from {plan.nrows} to {tb.nrows()}")
         for col in plan.columns:
-            h = _ColumnHash(col.name, col.ctype, col.layout == "scalar")
             w = sink.column(col) if sink else None
-            cache: dict = {}
-            for start in range(0, plan.nrows, col.block_rows):
-                n = min(col.block_rows, plan.nrows - start)
-                if col.layout == "ragged":
-                    block = _read_ragged(tb, col, start, n, cache)
-                    h.ragged(*block)
-                    nbytes = block[3].size * col.itemsize
-                else:
-                    block = _read_uniform(tb, col, start, n)
-                    h.uniform(block, col.layout == "scalar")
-                    nbytes = block.size * col.itemsize
-                if w:
-                    w.write(start, n, block)
-                if progress:
-                    progress(int(nbytes))
-            if w:
-                w.close()
-            digests[col.name] = h.hexdigest()
+            digests[col.name] = _scan_column(tb, plan.nrows, col, w, progress, work)
     finally:
         tb.close()
     subs = {}
     for name, _ref in plan.subtables:
         subs[name] = _scan_table(plan.children[name], sink.subtable(name, plan.children[name]) if sink else None,
-                                 progress)
+                                 progress, work)
+    digests = {n: _result(d) for n, d in digests.items()}
     return {"content_sha256": _table_sha(plan.hash_header(), digests,
                                          {n: s["content_sha256"] for n, s in subs.items()}),
             "columns": digests, "subtables": subs}
 
 
 class _GroupSink:
-    def __init__(self, group: zarr.Group, plan: _Plan):
-        self.group, self.plan = group, plan
+    def __init__(self, group: zarr.Group, plan: _Plan, work: _Work):
+        self.group, self.plan, self.work = group, plan, work
         self.ragged = None
         self.subs = None
-        self.arrays: dict[str, Any] = {}
+        self.writers: dict[str, list] = {}
         self.children: dict[str, _GroupSink] = {}
 
     def column(self, col: _Col):
@@ -1000,47 +1513,39 @@ class _GroupSink:
             shape = (self.plan.nrows,) + tuple(col.cell_shape)
             arr = _create(self.group, col.name, shape, col.dtype, col.chunk_rows, col.block_rows,
                           col.codec, col.dims)
-            self.arrays[col.name] = [arr]
-            return _UniformWriter(arr)
+            w = _writer(arr, col.codec, col.dtype, self.work)
+            self.writers[col.name] = [w]
+            return w
         if self.ragged is None:
             self.ragged = self.group.create_group("ragged")
         g = self.ragged.create_group(col.name, attributes={"column": col.name})
-        w = _RaggedWriter(g, col, self.plan.nrows)
-        self.arrays[col.name] = [app.arr for app in w.apps]
+        w = _RaggedWriter(g, col, self.plan.nrows, self.work)
+        self.writers[col.name] = [app.out for app in w.apps]
         return w
 
     def subtable(self, name: str, plan: _Plan) -> _GroupSink:
         if self.subs is None:
             self.subs = self.group.create_group("subtables")
         g = self.subs.create_group(name, attributes={ATTR: plan.static()})
-        self.children[name] = _GroupSink(g, plan)
+        self.children[name] = _GroupSink(g, plan, self.work)
         return self.children[name]
 
 
-class _UniformWriter:
-    def __init__(self, arr):
-        self.arr = arr
-
-    def write(self, start, n, block):
-        self.arr[start:start + n] = block
-
-    def close(self):
-        pass
-
-
 class _RaggedWriter:
-    def __init__(self, g: zarr.Group, col: _Col, nrows: int):
+    def __init__(self, g: zarr.Group, col: _Col, nrows: int, work: _Work):
         rows_chunk, rows_shard = _rows_layout(nrows, 8 * (col.max_ndim + 1), None)
         elem_chunk, elem_shard = _rows_layout(col.total, col.itemsize, None)
-        a_def = _create(g, "defined", (nrows,), np.dtype(bool), rows_chunk, rows_shard,
-                        "blosc-bitshuffle-zstd", ("row",))
-        a_nd = _create(g, "ndim", (nrows,), np.dtype(np.int32), rows_chunk, rows_shard, "zstd", ("row",))
-        a_shp = _create(g, "shape", (nrows, col.max_ndim), np.dtype(np.int64), rows_chunk, rows_shard,
-                        "zstd", ("row", f"{col.name}_axis"))
-        a_val = _create(g, "values", (col.total,), col.dtype, elem_chunk, elem_shard, col.codec,
-                        (f"{col.name}_value",))
-        self.apps = [_Appender(a_def, rows_shard), _Appender(a_nd, rows_shard),
-                     _Appender(a_shp, rows_shard), _Appender(a_val, elem_shard)]
+        parts = [("defined", (nrows,), np.dtype(bool), rows_chunk, rows_shard, "blosc-bitshuffle-zstd",
+                  ("row",)),
+                 ("ndim", (nrows,), np.dtype(np.int32), rows_chunk, rows_shard, "zstd", ("row",)),
+                 ("shape", (nrows, col.max_ndim), np.dtype(np.int64), rows_chunk, rows_shard, "zstd",
+                  ("row", f"{col.name}_axis")),
+                 ("values", (col.total,), col.dtype, elem_chunk, elem_shard, col.codec,
+                  (f"{col.name}_value",))]
+        self.apps = []
+        for name, shape, dtype, chunk, shard, label, dims in parts:
+            arr = _create(g, name, shape, dtype, chunk, shard, label, dims)
+            self.apps.append(_Appender(_writer(arr, label, dtype, work), shard))
 
     def write(self, start, n, block):
         for app, part in zip(self.apps, block):
@@ -1067,9 +1572,9 @@ def _info(plan: _Plan, content: dict, sink: _GroupSink | None) -> dict:
         entry = {"layout": c.layout, "type": c.ctype, "codec": c.codec,
                  "raw_bytes": int(plan.nrows * c.itemsize * int(np.prod(c.cell_shape, dtype=np.int64)))
                  if c.layout != "ragged" else int(c.total * c.itemsize)}
-        arrs = sink.arrays.get(c.name, []) if sink else []
-        sizes = [_stored_bytes(a) for a in arrs]
-        if arrs and None not in sizes:
+        writers = sink.writers.get(c.name, []) if sink else []
+        sizes = [w.stored_bytes() for w in writers]
+        if writers and None not in sizes:
             entry["stored_bytes"] = sum(sizes)
         cols[c.name] = entry
     return {
@@ -1092,23 +1597,28 @@ def encode_table(table_path: str | Path, group: zarr.Group, *, row_block: int | 
     exactly from columns; the caller then keeps the table's files as they are. Every shard
     and child is written once; only ``group``'s own zarr.json is rewritten, once, at the end
     (its attributes), so in a ZipStore that one entry appears twice (the last one counts).
+    Reading (casacore, this thread), hashing, compressing and storing overlap (see _Work).
     """
     if row_block is not None and row_block < 1:
         raise ValueError("row_block must be at least 1")
     path = Path(table_path)
-    plan = _plan(path, row_block)
-    existing = set(group.keys())
-    if existing & ({c.name for c in plan.columns} | _RESERVED):
-        raise FactorArchiveError(f"zarr group {group.path!r} is not empty")
-    sink = _GroupSink(group, plan)
-    try:
-        content = _scan_table(plan, sink, progress)
-    except _ReadFailure as e:
-        _cleanup(group, existing)
-        raise RawTableRequired(path, f"reading failed: {e}") from e
-    except BaseException:
-        _cleanup(group, existing)
-        raise
+    with _Work() as work:
+        plan = _plan(path, row_block, work=work)
+        existing = set(group.keys())
+        if existing & ({c.name for c in plan.columns} | _RESERVED):
+            raise FactorArchiveError(f"zarr group {group.path!r} is not empty")
+        sink = _GroupSink(group, plan, work)
+        try:
+            content = _scan_table(plan, sink, progress, work)
+            work.drain()
+        except _ReadFailure as e:
+            work.close(cancel=True)
+            _cleanup(group, existing)
+            raise RawTableRequired(path, f"reading failed: {e}") from e
+        except BaseException:
+            work.close(cancel=True)
+            _cleanup(group, existing)
+            raise
     _quiet_attrs_update(group, {ATTR: plan.static(), CONTENT_ATTR: content})
     return _info(plan, content, sink)
 
@@ -1124,11 +1634,12 @@ def _cleanup(group: zarr.Group, keep: set) -> None:
 
 def table_content_sha256(table_path: str | Path) -> str:
     """Checksum of the table's content (see the module docstring), streaming by row blocks."""
-    plan = _plan(Path(table_path), None, trials=False)
-    try:
-        return _scan_table(plan, None, None)["content_sha256"]
-    except _ReadFailure as e:
-        raise RawTableRequired(table_path, f"reading failed: {e}") from e
+    with _Work() as work:
+        plan = _plan(Path(table_path), None)
+        try:
+            return _scan_table(plan, None, None, work)["content_sha256"]
+        except _ReadFailure as e:
+            raise RawTableRequired(table_path, f"reading failed: {e}") from e
 
 
 # --------------------------------------------------------------------------- decode
@@ -1144,8 +1655,211 @@ def _static(group: zarr.Group) -> dict:
     return st
 
 
+class _Damage(Exception):
+    """Stored data of rows (or values) first..last is missing or damaged."""
+
+    def __init__(self, first: int, last: int, kind: str, detail: str = ""):
+        super().__init__(f"{first}-{last}: {kind}")
+        self.first, self.last, self.kind, self.detail = first, last, kind, detail
+
+    def text(self, unit: str) -> str:
+        return (f"{unit} {self.first}-{self.last}: stored data is {self.kind}"
+                + (f" ({self.detail})" if self.detail else ""))
+
+
+class _ArrayIn:
+    """Reads an array stored as _ArrayOut writes it, without zarr's per-chunk machinery: the
+    io thread fetches whole shards (one ahead), the pool checks each inner chunk's crc32c and
+    decompresses it straight into a reused row-block buffer. A shard that is absent, or an
+    inner chunk absent from its shard, is *missing* (zarr would read fill values); a bad
+    checksum or size is *damaged*. Nothing needs listing the store, so any store works."""
+
+    def __init__(self, arr, codec: _ChunkCodec, chunk: int, shard: int, work: _Work):
+        self.arr, self.codec, self.chunk, self.shard, self.work = arr, codec, chunk, shard, work
+        self.store, self.path, self.meta = arr.store, arr.path, arr.metadata
+        self.shape = tuple(arr.shape)
+        self.nrows = self.shape[0]
+        self.row_shape = self.shape[1:]
+        self.dtype = np.dtype(arr.dtype)
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.cps = shard // chunk
+        self.nshards = -(-self.nrows // shard)
+        self._cached: dict[int, Any] = {}
+
+    def _range(self, s: int) -> tuple[int, int]:
+        return s * self.shard, min(self.nrows, (s + 1) * self.shard) - 1
+
+    def _fetch(self, s: int):
+        import google_crc32c
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        first, last = self._range(s)
+        key = _shard_key(self.meta, self.path, s, len(self.shape))
+        try:
+            got = sync(self.store.get(key, prototype=default_buffer_prototype()))
+        except Exception as e:  # noqa: BLE001
+            raise _Damage(first, last, "damaged", f"cannot read it: {_first_line(e)}") from None
+        if got is None:
+            raise _Damage(first, last, "missing")
+        data = got.as_numpy_array().reshape(-1).view(np.uint8)
+        isz = 16 * self.cps + 4
+        if len(data) < isz:
+            raise _Damage(first, last, "damaged", "shard too short")
+        idx = data[-isz:]
+        if google_crc32c.value(idx[:-4]) != int.from_bytes(idx[-4:].tobytes(), "little"):
+            raise _Damage(first, last, "damaged", "shard index checksum mismatch")
+        return data, np.frombuffer(idx[:-4].tobytes(), "<u8").reshape(self.cps, 2), len(data) - isz
+
+    def _chunk(self, shard_fut, s: int, j: int, out: np.ndarray, skip: int = 0) -> None:
+        """Decode inner chunk j of shard s; put its rows skip.. into ``out``."""
+        data, table, end = shard_fut.result()
+        r0 = s * self.shard + j * self.chunk
+        r1 = min(self.nrows, r0 + self.chunk) - 1
+        off, length = int(table[j, 0]), int(table[j, 1])
+        if off == _MAX_U64:
+            raise _Damage(r0, r1, "missing", "chunk absent from its shard")
+        if off + length > end:
+            raise _Damage(r0, r1, "damaged", "chunk outside its shard")
+        whole = (self.chunk,) + self.row_shape
+        target = out if (skip == 0 and out.shape == whole) else np.empty(whole, self.dtype)
+        try:
+            self.codec.decode(data[off:off + length], target)
+        except _BadChunk as e:
+            raise _Damage(r0, r1, "damaged", str(e)) from None
+        if target is not out:
+            out[:] = target[skip:skip + len(out)]
+
+    def blocks(self):
+        """(start, stop, rows, buffer, damage) in row order; the caller gives ``buffer`` back
+        (work.give) once it is done with ``rows``."""
+        if self.nrows == 0:
+            return
+        step = _block_rows(self.chunk, self.shard, self.row_bytes)
+        plan = [(b0, min(self._range(s)[1] + 1, b0 + step), s)
+                for s in range(self.nshards) for b0 in range(s * self.shard, self._range(s)[1] + 1, step)]
+        if self.row_bytes == 0:
+            for b0, b1, _s in plan:
+                yield b0, b1, np.zeros((b1 - b0,) + self.row_shape, self.dtype), None, None
+            return
+        fetched: dict[int, Any] = {}
+        pending: deque = deque()
+        work = self.work
+
+        def submit(i: int) -> None:
+            b0, b1, s = plan[i]
+            for t in (s, s + 1):  # this shard, and the next one ahead
+                if t < self.nshards and t not in fetched:
+                    fetched[t] = work.io.submit(self._fetch, t)
+            buf = work.take((b1 - b0) * self.row_bytes)
+            rows = _buffer_view(buf, self.dtype, (b1 - b0,) + self.row_shape)
+            futs = [work.pool.submit(self._chunk, fetched[s], s, (r - s * self.shard) // self.chunk,
+                                     rows[r - b0:min(b1, r + self.chunk) - b0])
+                    for r in range(b0, b1, self.chunk)]
+            pending.append((b0, b1, s, rows, buf, futs))
+
+        nxt = 0
+        try:
+            for i in range(len(plan)):
+                while nxt < len(plan) and nxt < i + _AHEAD:
+                    submit(nxt)
+                    nxt += 1
+                b0, b1, s, rows, buf, futs = pending.popleft()
+                damage = None
+                for f in futs:
+                    try:
+                        f.result()
+                    except _Damage as e:
+                        damage = damage or e
+                if i + 1 == len(plan) or plan[i + 1][2] != s:
+                    fetched.pop(s, None)
+                yield b0, b1, rows, buf, damage
+        finally:
+            for _b0, _b1, _s, _rows, buf, futs in pending:  # abandoned: back once decoded
+                work.give(buf, futs)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) (raises _Damage); for the small ragged arrays."""
+        out = np.zeros((max(0, stop - start),) + self.row_shape, self.dtype)
+        if stop <= start or self.row_bytes == 0:
+            return out
+        first_shard = start // self.shard
+        for s in [k for k in self._cached if k < first_shard]:
+            del self._cached[s]
+        futs = []
+        for r in range(start - start % self.chunk, stop, self.chunk):
+            s = r // self.shard
+            if s not in self._cached:
+                self._cached[s] = self.work.io.submit(self._fetch, s)
+            a, b = max(start, r), min(stop, r + self.chunk)
+            futs.append(self.work.pool.submit(self._chunk, self._cached[s], s, (r % self.shard) // self.chunk,
+                                              out[a - start:b - start], a - r))
+        damage = None
+        for f in futs:
+            try:
+                f.result()
+            except _Damage as e:
+                damage = damage or e
+        if damage:
+            raise damage
+        return out
+
+
+class _ZarrIn:
+    """Reads through zarr (strings, or an array stored some other way): shard by shard, each
+    checked to exist first, since zarr would silently read fill values for an absent one."""
+
+    def __init__(self, arr, work: _Work):
+        self.arr, self.work = arr, work
+        self.shape = tuple(arr.shape)
+        self.nrows = self.shape[0]
+        self.shard = (arr.shards or arr.chunks)[0]
+        self._present: set[int] = set()
+
+    def _check(self, s: int) -> None:
+        from zarr.core.sync import sync
+
+        if s in self._present or 0 in self.shape:
+            return
+        key = _shard_key(self.arr.metadata, self.arr.path, s, len(self.shape))
+        if not sync(self.arr.store.exists(key)):
+            raise _Damage(s * self.shard, min(self.nrows, (s + 1) * self.shard) - 1, "missing")
+        self._present.add(s)
+
+    def _get(self, a: int, b: int):
+        for s in range(a // self.shard, (b - 1) // self.shard + 1):
+            self._check(s)
+        try:
+            return self.arr[a:b]
+        except Exception as e:  # noqa: BLE001 - crc32c mismatch, truncated shard, ...
+            raise _Damage(a, b - 1, "damaged", _first_line(e)) from None
+
+    def blocks(self):
+        for a in range(0, self.nrows, self.shard):
+            b = min(self.nrows, a + self.shard)
+            try:
+                yield a, b, self._get(a, b), None, None
+            except _Damage as e:
+                yield a, b, None, None, e
+
+    def read(self, start: int, stop: int):
+        if stop <= start:
+            return self.arr[start:start]
+        return self._get(start, stop)
+
+
+def _reader(arr, work: _Work):
+    fast = _codec_from_metadata(arr)
+    return _ArrayIn(arr, *fast, work) if fast else _ZarrIn(arr, work)
+
+
 def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None) -> None:
-    """Rebuild the table at ``out_path`` (made under a temporary name, then renamed)."""
+    """Rebuild the table at ``out_path`` (made under a temporary name, then renamed).
+
+    Every column is checked against its stored sha256 and the table against its content
+    checksum; damage raises CorruptTableData naming the table, column and rows. Reading and
+    decompressing (pool), hashing (one thread) and casacore writing (this thread) overlap.
+    """
     out = Path(out_path)
     st = _static(group)
     content = group.attrs.get(CONTENT_ATTR)
@@ -1157,7 +1871,8 @@ def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None) -> N
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
-            _decode_into(group, st, tmp, content, progress, where=out.name)
+            with _Work() as work:
+                _decode_into(group, st, tmp, content, progress, out.name, work)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1165,7 +1880,7 @@ def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None) -> N
 
 
 def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, progress,
-                 where: str) -> dict:
+                 where: str, work: _Work) -> dict:
     ct = _ct()
     nrows = st["nrows"]
     cols = st["columns"]
@@ -1186,20 +1901,22 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
             info["readme"] = info["readme"][:-1]
         tb.putinfo(info)
         for c in cols:
-            digests[c["name"]] = _decode_column(group, tb, c, nrows, progress, where)
+            digests[c["name"]] = _read_column(group, c, nrows, work, f"{where}: column {c['name']}",
+                                              tb=tb, progress=progress)
         subs = {}
         tables = {}
         for s in st["subtables"]:
             sg = group[s["group"]]
             sub_content = (content or {}).get("subtables", {}).get(s["name"]) if content else None
             subs[s["name"]] = _decode_into(sg, _static(sg), path / s["name"], sub_content,
-                                           progress, f"{where}/{s['name']}")
+                                           progress, f"{where}/{s['name']}", work)
             tables[s["name"]] = str((path / s["name"]).resolve())
         for k, v in _dec_kw(st["keywords"], tables).items():
             tb.putkeyword(k, v)
         for c in cols:
             for k, v in _dec_kw(c["keywords"], tables).items():
                 tb.putcolkeyword(c["name"], k, v)
+        digests = {n: _result(d) for n, d in digests.items()}
         tb.flush()
     finally:
         tb.close()
@@ -1229,96 +1946,185 @@ def _check_restored_header(path: Path, header: dict, where: str) -> None:
         raise FactorArchiveError(f"{where}: restored table differs from the stored one in {diff}")
 
 
-def _missing_shards(arr) -> list[tuple[int, int]]:
-    """Row ranges of shards absent from the store (encode writes every shard, empty or not)."""
-    if 0 in arr.shape:  # nothing to store, so no shard
-        return []
-    from zarr.core.sync import sync
-
-    async def listing(prefix):
-        return {k async for k in arr.store.list_prefix(prefix)}
-
-    base = f"{arr.path}/" if arr.path else ""
-    present = sync(listing(base + "c/"))
-    step = (arr.shards or arr.chunks)[0]
-    nd = len(arr.shape)
-    missing = []
-    for i in range(-(-arr.shape[0] // step)):
-        if base + arr.metadata.encode_chunk_key((i,) + (0,) * (nd - 1)) not in present:
-            missing.append((i * step, min(arr.shape[0], (i + 1) * step) - 1))
-    return missing
+def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scalar: bool) -> None:
+    if is_string:
+        vals = [str(s) for s in block.reshape(-1)]
+        if scalar:
+            tb.putcol(name, vals, start, n)
+        else:
+            tb.putcol(name, np.array(vals, dtype=str).reshape(block.shape), start, n)
+    else:
+        tb.putcol(name, block, start, n)
 
 
-def _read(arr, start, stop, what: str, rows: str):
-    try:
-        return arr[start:stop]
-    except Exception as e:  # noqa: BLE001
-        raise CorruptTableData(f"{what} {rows}: cannot read stored data: {e}") from e
+def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None, progress=None,
+                 problems: list | None = None):
+    """Read one stored column, hash it and (with ``tb``) write it into the casacore table.
 
-
-def _check_complete(arr, what: str, unit: str) -> None:
-    missing = _missing_shards(arr)
-    if missing:
-        a, b = missing[0]
-        raise CorruptTableData(f"{what} {unit} {a}-{b}: stored data is missing")
-
-
-def _decode_column(group, tb, c: dict, nrows: int, progress, where: str) -> str:
+    Returns the column digest (or a future of it). Damage raises CorruptTableData, or, with
+    ``problems``, is appended there (one line per damaged range) and None is returned.
+    """
     name = c["name"]
     ctype = c["type"]
     dtype = _CTYPES[ctype]
     is_string = dtype is None
-    h = _ColumnHash(name, ctype, c["layout"] == "scalar")
-    what = f"{where}: column {name}"
+    scalar = c["layout"] == "scalar"
+    h = _ColumnHash(name, ctype, scalar)
     itemsize = 32 if is_string else dtype.itemsize
+
+    def bad(line: str) -> None:
+        if problems is None:
+            raise CorruptTableData(line)
+        if line not in problems:
+            problems.append(line)
+
     if c["layout"] != "ragged":
-        arr = group[name]
-        _check_complete(arr, what, "rows")
-        step = c["block_rows"]
-        for start in range(0, nrows, step):
-            stop = min(nrows, start + step)
-            block = _read(arr, start, stop, what, f"rows {start}-{stop - 1}")
-            h.uniform(block, c["layout"] == "scalar")
+        try:
+            arr = group[name]
+        except KeyError:
+            bad(f"{what}: stored array is missing")
+            return None
+        if arr.shape[:1] != (nrows,):
+            bad(f"{what}: stored array has shape {arr.shape}, expected {nrows} rows")
+            return None
+        ok = True
+        hashed = []
+        for start, stop, block, buf, damage in _reader(arr, work).blocks():
+            if damage is not None or not ok:
+                if damage is not None:
+                    ok = False
+                    bad(f"{what} {damage.text('rows')}")
+                if buf is not None:
+                    work.give(buf)
+                continue
             if is_string:
-                vals = [str(s) for s in block.reshape(-1)]
-                if c["layout"] == "scalar":
-                    tb.putcol(name, vals, start, stop - start)
-                else:
-                    tb.putcol(name, np.array(vals, dtype=str).reshape(block.shape), start, stop - start)
+                h.uniform(block, scalar)
+                fut = None
             else:
-                tb.putcol(name, np.ascontiguousarray(block), start, stop - start)
+                fut = work.hasher.submit(h.uniform, block, scalar)
+                hashed.append(fut)
+            try:
+                if tb is not None:
+                    _put_uniform(tb, name, block, start, stop - start, is_string, scalar)
+            finally:
+                if buf is not None:
+                    work.give(buf, [fut])
             if progress:
                 progress(int(block.size * itemsize))
-        return h.hexdigest()
-    g = group[f"ragged/{name}"]
-    a_def, a_nd, a_shp, a_val = g["defined"], g["ndim"], g["shape"], g["values"]
-    for a, unit in ((a_def, "rows"), (a_nd, "rows"), (a_shp, "rows"), (a_val, "values")):
-        _check_complete(a, what, unit)
+        return work.hasher.submit(_digest, h, hashed) if ok else None
+    try:
+        g = group[f"ragged/{name}"]
+        arrays = [g["defined"], g["ndim"], g["shape"], g["values"]]
+    except KeyError:
+        bad(f"{what}: stored arrays are missing")
+        return None
+    r_def, r_nd, r_shp, r_val = (_reader(a, work) for a in arrays)
+    n_values = arrays[3].shape[0]
     step = c["block_rows"]
     off = 0
-    for start in range(0, nrows, step):
-        stop = min(nrows, start + step)
-        rows = f"rows {start}-{stop - 1}"
-        defined = _read(a_def, start, stop, what, rows)
-        ndim = _read(a_nd, start, stop, what, rows)
-        shp = _read(a_shp, start, stop, what, rows)
-        sizes = [int(np.prod(shp[i, :ndim[i]], dtype=np.int64)) if defined[i] else 0
-                 for i in range(stop - start)]
-        total = sum(sizes)
-        values = _read(a_val, off, off + total, what, rows)
-        if len(values) != total:
-            raise CorruptTableData(f"{what} {rows}: ragged values end early")
-        h.ragged(defined, ndim, shp, values)
-        pos = 0
-        for i, size in enumerate(sizes):
-            if not defined[i]:
-                continue
-            cell = values[pos:pos + size].reshape(tuple(int(x) for x in shp[i, :ndim[i]]))
-            pos += size
-            if is_string:
-                cell = np.array([str(s) for s in cell.reshape(-1)], dtype=str).reshape(cell.shape)
-            tb.putcell(name, start + i, cell)
-        off += total
-        if progress:
-            progress(int(total * itemsize))
+    unit = "rows"
+    try:
+        for start in range(0, nrows, step):
+            stop = min(nrows, start + step)
+            unit = "rows"
+            defined = r_def.read(start, stop)
+            ndim = r_nd.read(start, stop)
+            shp = r_shp.read(start, stop)
+            sizes = [int(np.prod(shp[i, :ndim[i]], dtype=np.int64)) if defined[i] else 0
+                     for i in range(stop - start)]
+            total = sum(sizes)
+            if off + total > n_values:
+                bad(f"{what} rows {start}-{stop - 1}: ragged values end early")
+                return None
+            unit = "values"
+            values = r_val.read(off, off + total)
+            h.ragged(defined, ndim, shp, values)
+            if tb is not None:
+                pos = 0
+                for i, size in enumerate(sizes):
+                    if not defined[i]:
+                        continue
+                    cell = values[pos:pos + size].reshape(tuple(int(x) for x in shp[i, :ndim[i]]))
+                    pos += size
+                    if is_string:
+                        cell = np.array([str(s) for s in cell.reshape(-1)], dtype=str).reshape(cell.shape)
+                    tb.putcell(name, start + i, cell)
+            off += total
+            if progress:
+                progress(int(total * itemsize))
+    except _Damage as e:
+        bad(f"{what} {e.text(unit)}")
+        return None
+    if off != n_values:
+        bad(f"{what}: {n_values - off} stored values belong to no cell")
+        return None
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify_table(group: zarr.Group, *, name: str | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[str]:
+    """Check a stored table without writing one: read every shard of every column (subtables
+    included), recompute each column's sha256 and the content checksum, and compare them with
+    the stored ``casacore_content``. Returns one line per problem, [] when all is well; each
+    line names the table (``name``, by default the group's path; ``<name>/<SUBTABLE>`` for a
+    subtable), the column and the row (or, for ragged values, value) range, e.g.
+    ``x.ms: column DATA rows 0-1023: stored data is damaged (crc32c checksum mismatch)``.
+    ``progress`` gets the column bytes checked, as in decode_table.
+    """
+    where = name if name is not None else (group.path or "/")
+    problems: list[str] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
+        with _Work() as work:
+            content = group.attrs.get(CONTENT_ATTR)
+            if not isinstance(content, dict):
+                problems.append(f"{where}: no content checksum (the table was not stored completely)")
+                content = None
+            _verify_into(group, content, where, progress, work, problems)
+    return problems
+
+
+def _verify_into(group, content: dict | None, where: str, progress, work: _Work,
+                 problems: list[str]) -> str | None:
+    """The table's recomputed content checksum, or None when some of it could not be read."""
+    try:
+        st = _static(group)
+    except CorruptTableData:
+        problems.append(f"{where}: no readable casacore table description")
+        return None
+    before = len(problems)
+    nrows = st["nrows"]
+    digests = {c["name"]: _read_column(group, c, nrows, work, f"{where}: column {c['name']}",
+                                       progress=progress, problems=problems)
+               for c in st["columns"]}
+    subs = {}
+    for s in st["subtables"]:
+        sub_where = f"{where}/{s['name']}"
+        try:
+            sg = group[s["group"]]
+        except KeyError:
+            problems.append(f"{sub_where}: subtable missing")
+            subs[s["name"]] = None
+            continue
+        sub_content = (content or {}).get("subtables", {}).get(s["name"])
+        if content is not None and not isinstance(sub_content, dict):
+            problems.append(f"{sub_where}: no content checksum")
+            sub_content = None
+        subs[s["name"]] = _verify_into(sg, sub_content, sub_where, progress, work, problems)
+    digests = {n: _result(d) for n, d in digests.items()}
+    if content is not None:
+        stored = content.get("columns") or {}
+        for n, d in digests.items():
+            if d is not None and stored.get(n) != d:
+                problems.append(f"{where}: column {n}: values differ from the stored checksum")
+    if None in digests.values() or None in subs.values():
+        return None
+    header = _hash_header(nrows, st["info"], {c["name"]: c["desc"] for c in st["columns"]},
+                          st["keywords"], {c["name"]: c["keywords"] for c in st["columns"]})
+    sha = _table_sha(header, digests, subs)
+    if content is not None and content.get("content_sha256") != sha and len(problems) == before:
+        problems.append(f"{where}: table content differs from the stored checksum")
+    return sha
