@@ -124,9 +124,13 @@ def _give_buffers(buffers: list[bytearray]) -> None:
 
 
 def _reusable_io(src, dst) -> bool:
-    """Plain files (and standard io streams) never keep a reference to the block they were given."""
+    """Plain files (and standard io streams) never keep a reference to the block they were given.
+
+    Other writers opt in with a true ``keeps_no_reference`` attribute (the tar writer's sink).
+    """
     return (isinstance(src, (io.RawIOBase, io.BufferedIOBase))
-            and (dst is None or type(dst) in (io.FileIO, io.BufferedWriter, io.BufferedRandom)))
+            and (dst is None or type(dst) in (io.FileIO, io.BufferedWriter, io.BufferedRandom)
+                 or getattr(dst, "keeps_no_reference", False)))
 
 
 class _RingHasher:

@@ -233,6 +233,8 @@ def _describe(typeflag: bytes) -> str:
 class _Sink:
     """The output, counting bytes: offsets come from counting, never from tell() or seek()."""
 
+    keeps_no_reference = True  # write() hands each block straight on: copy_stream may reuse buffers
+
     def __init__(self, f: BinaryIO, name: str) -> None:
         self.f = f
         self.name = name
