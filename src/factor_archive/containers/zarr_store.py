@@ -939,7 +939,9 @@ class ZarrReader:
                 content = node.attrs.get("casacore_content") or {}
                 if content.get("content_sha256") != member.sha256:
                     problems.append(f"{member.path}: table checksum in the store differs from the manifest")
-                problems += _verify_table_group(node, member.path, progress)
+                from ..ms.table_codec import verify_table  # every shard, column sha256s, content
+
+                problems += verify_table(node, name=member.path, progress=progress)
             else:
                 try:
                     raw = self._raw_group(member, node)

@@ -115,11 +115,13 @@ CHUNK_BYTES = 2 << 20
 SHARD_BYTES = 64 << 20
 LEVEL = 5
 BLOCK_BYTES = 16 << 20  # rows read / decoded at once (whole inner chunks), at most a shard
+_THREADS = 0  # compression threads; 0: one per core (2 to 8)
 _BUFFERS = 4  # row-block buffers in use at once
 _AHEAD = 3  # row blocks being decoded ahead of the one being written
 _SHARDS_IN_FLIGHT = 1  # assembled shards waiting to be stored, per array
 _SPEED_MIN_BYTES = 64 << 20  # columns this big choose their codec by speed as well as size
 _WORTH = 20e6  # ... where saving this many stored bytes is worth one second of CPU
+_SAMPLE_BYTES = 256 << 10  # codec trial sample of a smaller column
 _NUMCODECS_MARGIN = 0.9  # a numcodecs pipeline must be 10 % smaller than the best spec one
 _NUMCODECS_MIN_SAMPLE = 64 << 10  # ... and is not considered for smaller columns
 _RESERVED = {"ragged", "subtables"}
@@ -587,8 +589,15 @@ def _plan_column(tb, path, name, nrows, desc, row_block, work) -> _Col:
     col.chunk_rows, col.block_rows = _rows_layout(nrows, row_bytes, row_block)
     sample = None
     if nrows:
+        # The first chunk for a column that may choose by speed; a smaller start otherwise
+        # (casacore reads scalar columns slowly, and every row is read again when encoding).
+        n = col.chunk_rows
+        if work is None:
+            n = 1
+        elif nrows * row_bytes < _SPEED_MIN_BYTES:
+            n = max(1, min(n, _SAMPLE_BYTES // max(1, row_bytes)))
         try:
-            sample = _read_uniform(tb, col, 0, col.chunk_rows)
+            sample = _read_uniform(tb, col, 0, n)
             _read_uniform(tb, col, nrows - 1, 1)
         except _ReadFailure as e:
             raise RawTableRequired(path, str(e)) from e
@@ -886,8 +895,9 @@ def _codec_from_metadata(arr) -> tuple[_ChunkCodec, int, int] | None:
 
 
 def _trials(cands: list[str], sample: np.ndarray, timed: bool) -> dict[str, tuple[int, float]]:
-    """{label: (compressed bytes, encode + decode seconds)} of one chunk; a pipeline that does
-    not give the chunk back bit for bit is left out."""
+    """{label: (compressed bytes, encode + decode CPU seconds)} of one chunk; a pipeline that
+    does not give the chunk back bit for bit is left out. Timed: the best of two runs of this
+    thread's CPU time, so other threads and processes do not skew the choice."""
     import time
 
     out = {}
@@ -895,21 +905,24 @@ def _trials(cands: list[str], sample: np.ndarray, timed: bool) -> dict[str, tupl
     back = np.empty_like(sample)
     for label in cands:
         codec = _ChunkCodec.from_label(label, sample.dtype, sample.shape)
-        t0 = time.perf_counter()
-        data, crc = codec.encode(sample)
-        t1 = time.perf_counter()
-        stored = np.empty(len(data) + 4, np.uint8)
-        stored[:-4] = np.frombuffer(data, np.uint8)
-        stored[-4:] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
-        t2 = time.perf_counter()
-        try:
-            codec.decode(stored, back)
-        except _BadChunk:
-            continue
-        t3 = time.perf_counter()
-        if back.tobytes() != sample.tobytes():
-            continue
-        out[label] = (len(data), (t1 - t0) + (t3 - t2) if timed else 0.0)
+        best = math.inf
+        for _ in range(2 if timed else 1):
+            t0 = time.thread_time()
+            data, crc = codec.encode(sample)
+            t1 = time.thread_time()
+            stored = np.empty(len(data) + 4, np.uint8)
+            stored[:-4] = np.frombuffer(data, np.uint8)
+            stored[-4:] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
+            t2 = time.thread_time()
+            try:
+                codec.decode(stored, back)
+            except _BadChunk:
+                break
+            t3 = time.thread_time()
+            best = min(best, (t1 - t0) + (t3 - t2))
+        else:
+            if back.tobytes() == sample.tobytes():
+                out[label] = (len(data), best if timed else 0.0)
     return out
 
 
@@ -925,7 +938,9 @@ def _choose_codec(tb, path, col: _Col, nrows: int, sample, work: "_Work") -> str
         return cands[0]
     if sample.nbytes < _NUMCODECS_MIN_SAMPLE:
         cands = [c for c in cands if c not in _NUMCODECS]
-    res = work.pool.submit(_trials, cands, sample, big).result()  # a worker, as in encoding
+    res = {}
+    for f in [work.pool.submit(_trials, [c], sample, big) for c in cands]:  # as when encoding
+        res.update(f.result())
     spec = [c for c in cands if c not in _NUMCODECS and c in res]
     if not spec:
         return _candidates(col)[0]
@@ -1013,7 +1028,7 @@ class _Work:
     def __init__(self):
         from concurrent.futures import ThreadPoolExecutor
 
-        n = max(2, min(8, os.cpu_count() or 2))
+        n = _THREADS or max(2, min(8, os.cpu_count() or 2))
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="table-codec")
         self.hasher = ThreadPoolExecutor(1, thread_name_prefix="table-codec-hash")
         self.io = ThreadPoolExecutor(1, thread_name_prefix="table-codec-io")
@@ -1280,18 +1295,16 @@ class _ArrayOut:
     _SHARDS_IN_FLIGHT of them are waiting to be stored.
     """
 
-    def __init__(self, arr, label: str, dtype: np.dtype, work: _Work):
+    def __init__(self, node: "_Node", work: _Work):
         self.work = work
-        self.store = arr.store
-        self.path = arr.path
-        self.meta = arr.metadata
-        self.shape = tuple(arr.shape)
+        self.node = node
+        self.store, self.path = node.store, node.path
+        self.shape = node.shape
         self.nrows = self.shape[0]
-        self.chunk = arr.chunks[0]
-        self.shard = (arr.shards or arr.chunks)[0]
+        self.chunk, self.shard = node.chunks[0], node.shards[0]
         self.cps = self.shard // self.chunk
         self.empty = 0 in self.shape
-        self.codec = _ChunkCodec.from_label(label, dtype, tuple(arr.chunks))
+        self.codec = _ChunkCodec.from_label(node.label, node.dtype, node.chunks)
         self.pos = 0
         self.parts: list = []
         self.inflight: deque = deque()
@@ -1346,7 +1359,7 @@ class _ArrayOut:
         raw = index.tobytes()
         buf[off:off + len(raw)] = np.frombuffer(raw, np.uint8)
         buf[off + len(raw):] = np.frombuffer(google_crc32c.value(raw).to_bytes(4, "little"), np.uint8)
-        key = _shard_key(self.meta, self.path, s, len(self.shape))
+        key = self.node.shard_key(s)
         sync(self.store.set(key, default_buffer_prototype().buffer.from_array_like(buf)))
         self.stored += total
 
@@ -1379,8 +1392,11 @@ class _ZarrOut:
         return _stored_bytes(self.arr)
 
 
-def _writer(arr, label: str, dtype, work: _Work):
-    return _ZarrOut(arr) if dtype is None else _ArrayOut(arr, label, dtype, work)
+def _writer(node: "_Node", work: _Work):
+    if node.dtype is None:
+        arr = zarr.open_array(node.store, path=node.path, mode="r+", zarr_format=3)
+        return _ZarrOut(arr.with_config({"write_empty_chunks": True}))  # every shard stored
+    return _ArrayOut(node, work)
 
 
 class _Appender:
@@ -1474,6 +1490,12 @@ def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work):
     return work.hasher.submit(_digest, h, hashed)
 
 
+def _raw_bytes(nrows: int, c: _Col) -> int:
+    if c.layout == "ragged":
+        return int(c.total * c.itemsize)
+    return int(nrows * c.itemsize * int(np.prod(c.cell_shape, dtype=np.int64)))
+
+
 def _result(d):
     return d.result() if hasattr(d, "result") else d
 
@@ -1485,7 +1507,8 @@ def _scan_table(plan: _Plan, sink, progress, work: _Work) -> dict:
     try:
         if tb.nrows() != plan.nrows:
             raise _ReadFailure(f"row count changed from {plan.nrows} to {tb.nrows()}")
-        for col in plan.columns:
+        for col in sorted(plan.columns, key=lambda c: -_raw_bytes(plan.nrows, c)):
+            # Biggest first: casacore's slow scalar reads then overlap their compression.
             w = sink.column(col) if sink else None
             digests[col.name] = _scan_column(tb, plan.nrows, col, w, progress, work)
     finally:
@@ -1500,52 +1523,157 @@ def _scan_table(plan: _Plan, sink, progress, work: _Work) -> dict:
             "columns": digests, "subtables": subs}
 
 
+_TEMPLATES: dict = {}  # (dtype, codec label, ndim) -> the metadata document zarr writes
+
+
+@dataclass
+class _Node:
+    """An array to be written: where, its layout, and its zarr.json document."""
+
+    store: Any
+    path: str
+    shape: tuple
+    chunks: tuple
+    shards: tuple
+    label: str
+    dtype: np.dtype | None
+    doc: dict
+
+    def shard_key(self, s: int) -> str:
+        enc = self.doc["chunk_key_encoding"]
+        sep = (enc.get("configuration") or {}).get("separator", "/")
+        coords = (s,) + (0,) * (len(self.shape) - 1)
+        key = ("c" + sep + sep.join(str(c) for c in coords)) if enc["name"] == "default" else \
+            ".".join(str(c) for c in coords)
+        return f"{self.path}/{key}" if self.path else key
+
+
+def _array_doc(shape, dtype, chunk0: int, shard0: int, label: str, dims, attrs=None) -> tuple:
+    """(zarr.json document, chunks, shards) of a new array. The document is the one zarr's
+    create_array writes for an array of this dtype and codec (made once per kind, in memory),
+    with shape, chunk shapes, dimension names and attributes filled in: creating each array
+    through zarr costs milliseconds (validation, existence checks), which adds up for the many
+    small columns of subtables."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    shape = tuple(int(x) for x in shape)
+    chunks = (max(1, chunk0),) + tuple(max(1, x) for x in shape[1:])
+    shards = (max(1, shard0),) + chunks[1:]
+    key = ("str" if dtype is None else np.dtype(dtype).str, label, len(shape))
+    t = _TEMPLATES.get(key)
+    if t is None:
+        g = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        arr = _create(g, "t", (1,) * len(shape), dtype, 1, 1, label, ("d",) * len(shape))
+        t = json.loads(arr.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
+        _TEMPLATES[key] = t
+    doc = json.loads(json.dumps(t))
+    doc["shape"] = list(shape)
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = list(shards)
+    doc["codecs"][0]["configuration"]["chunk_shape"] = list(chunks)
+    doc["dimension_names"] = list(dims)
+    doc["attributes"] = {"codec": label, **(attrs or {})}
+    return doc, chunks, shards
+
+
+def _node_bytes(doc: dict | None, attrs: dict | None = None):
+    """zarr's serialisation of an array document (validated by zarr), or of a group."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        md = ArrayV3Metadata.from_dict(doc) if doc is not None else GroupMetadata(attributes=attrs or {})
+        return md.to_buffer_dict(default_buffer_prototype())["zarr.json"]
+
+
 class _GroupSink:
-    def __init__(self, group: zarr.Group, plan: _Plan, work: _Work):
-        self.group, self.plan, self.work = group, plan, work
-        self.ragged = None
-        self.subs = None
+    """Where one table goes. Every node of the table tree (groups, arrays) is laid out first and
+    its zarr.json written in one concurrent batch (write_nodes); columns are then filled."""
+
+    def __init__(self, store, path: str, plan: _Plan, work: _Work, attrs: dict | None = None):
+        self.store, self.path, self.plan, self.work = store, path, plan, work
+        self.nodes: list[tuple[str, dict | None, dict | None]] = []  # (path, array doc, group attrs)
+        self.arrays: dict[str, list[_Node]] = {}
         self.writers: dict[str, list] = {}
         self.children: dict[str, _GroupSink] = {}
+        if attrs is not None:
+            self.nodes.append((path, None, attrs))
+        ragged = False
+        for col in plan.columns:
+            if col.layout != "ragged":
+                shape = (plan.nrows,) + tuple(col.cell_shape)
+                self.arrays[col.name] = [self._array(col.name, shape, col.dtype, col.chunk_rows,
+                                                     col.block_rows, col.codec, col.dims)]
+                continue
+            if not ragged:
+                self.nodes.append((self._sub("ragged"), None, {}))
+                ragged = True
+            base = f"ragged/{col.name}"
+            self.nodes.append((self._sub(base), None, {"column": col.name}))
+            rows_chunk, rows_shard = _rows_layout(plan.nrows, 8 * (col.max_ndim + 1), None)
+            elem_chunk, elem_shard = _rows_layout(col.total, col.itemsize, None)
+            self.arrays[col.name] = [
+                self._array(f"{base}/defined", (plan.nrows,), np.dtype(bool), rows_chunk, rows_shard,
+                            "blosc-bitshuffle-zstd", ("row",)),
+                self._array(f"{base}/ndim", (plan.nrows,), np.dtype(np.int32), rows_chunk, rows_shard,
+                            "zstd", ("row",)),
+                self._array(f"{base}/shape", (plan.nrows, col.max_ndim), np.dtype(np.int64), rows_chunk,
+                            rows_shard, "zstd", ("row", f"{col.name}_axis")),
+                self._array(f"{base}/values", (col.total,), col.dtype, elem_chunk, elem_shard, col.codec,
+                            (f"{col.name}_value",))]
+        if plan.subtables:
+            self.nodes.append((self._sub("subtables"), None, {}))
+        for name, _ref in plan.subtables:
+            child = plan.children[name]
+            self.children[name] = _GroupSink(store, self._sub(f"subtables/{name}"), child, work,
+                                             {ATTR: child.static()})
+
+    def _sub(self, rel: str) -> str:
+        return f"{self.path}/{rel}" if self.path else rel
+
+    def _array(self, rel, shape, dtype, chunk0, shard0, label, dims) -> _Node:
+        doc, chunks, shards = _array_doc(shape, dtype, chunk0, shard0, label, dims)
+        node = _Node(self.store, self._sub(rel), tuple(int(x) for x in shape), chunks, shards, label,
+                     dtype, doc)
+        self.nodes.append((node.path, doc, None))
+        return node
+
+    def write_nodes(self) -> None:
+        """Store the zarr.json of every group and array of the table tree, all at once."""
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        items = []
+
+        def collect(sink):
+            for path, doc, attrs in sink.nodes:
+                items.append((f"{path}/zarr.json" if path else "zarr.json", _node_bytes(doc, attrs)))
+            for child in sink.children.values():
+                collect(child)
+
+        collect(self)
+
+        async def put_all():
+            await asyncio.gather(*(self.store.set(k, v) for k, v in items))
+
+        sync(put_all())
 
     def column(self, col: _Col):
+        writers = [_writer(n, self.work) for n in self.arrays[col.name]]
+        self.writers[col.name] = writers
         if col.layout != "ragged":
-            shape = (self.plan.nrows,) + tuple(col.cell_shape)
-            arr = _create(self.group, col.name, shape, col.dtype, col.chunk_rows, col.block_rows,
-                          col.codec, col.dims)
-            w = _writer(arr, col.codec, col.dtype, self.work)
-            self.writers[col.name] = [w]
-            return w
-        if self.ragged is None:
-            self.ragged = self.group.create_group("ragged")
-        g = self.ragged.create_group(col.name, attributes={"column": col.name})
-        w = _RaggedWriter(g, col, self.plan.nrows, self.work)
-        self.writers[col.name] = [app.out for app in w.apps]
-        return w
+            return writers[0]
+        return _RaggedWriter(writers, self.arrays[col.name])
 
     def subtable(self, name: str, plan: _Plan) -> _GroupSink:
-        if self.subs is None:
-            self.subs = self.group.create_group("subtables")
-        g = self.subs.create_group(name, attributes={ATTR: plan.static()})
-        self.children[name] = _GroupSink(g, plan, self.work)
         return self.children[name]
 
 
 class _RaggedWriter:
-    def __init__(self, g: zarr.Group, col: _Col, nrows: int, work: _Work):
-        rows_chunk, rows_shard = _rows_layout(nrows, 8 * (col.max_ndim + 1), None)
-        elem_chunk, elem_shard = _rows_layout(col.total, col.itemsize, None)
-        parts = [("defined", (nrows,), np.dtype(bool), rows_chunk, rows_shard, "blosc-bitshuffle-zstd",
-                  ("row",)),
-                 ("ndim", (nrows,), np.dtype(np.int32), rows_chunk, rows_shard, "zstd", ("row",)),
-                 ("shape", (nrows, col.max_ndim), np.dtype(np.int64), rows_chunk, rows_shard, "zstd",
-                  ("row", f"{col.name}_axis")),
-                 ("values", (col.total,), col.dtype, elem_chunk, elem_shard, col.codec,
-                  (f"{col.name}_value",))]
-        self.apps = []
-        for name, shape, dtype, chunk, shard, label, dims in parts:
-            arr = _create(g, name, shape, dtype, chunk, shard, label, dims)
-            self.apps.append(_Appender(_writer(arr, label, dtype, work), shard))
+    def __init__(self, writers: list, nodes: list[_Node]):
+        self.apps = [_Appender(w, n.shards[0]) for w, n in zip(writers, nodes)]
 
     def write(self, start, n, block):
         for app, part in zip(self.apps, block):
@@ -1570,8 +1698,7 @@ def _info(plan: _Plan, content: dict, sink: _GroupSink | None) -> dict:
     cols = {}
     for c in plan.columns:
         entry = {"layout": c.layout, "type": c.ctype, "codec": c.codec,
-                 "raw_bytes": int(plan.nrows * c.itemsize * int(np.prod(c.cell_shape, dtype=np.int64)))
-                 if c.layout != "ragged" else int(c.total * c.itemsize)}
+                 "raw_bytes": _raw_bytes(plan.nrows, c)}
         writers = sink.writers.get(c.name, []) if sink else []
         sizes = [w.stored_bytes() for w in writers]
         if writers and None not in sizes:
@@ -1607,8 +1734,9 @@ def encode_table(table_path: str | Path, group: zarr.Group, *, row_block: int | 
         existing = set(group.keys())
         if existing & ({c.name for c in plan.columns} | _RESERVED):
             raise FactorArchiveError(f"zarr group {group.path!r} is not empty")
-        sink = _GroupSink(group, plan, work)
+        sink = _GroupSink(group.store, group.path, plan, work)
         try:
+            sink.write_nodes()
             content = _scan_table(plan, sink, progress, work)
             work.drain()
         except _ReadFailure as e:
@@ -1984,6 +2112,9 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
         except KeyError:
             bad(f"{what}: stored array is missing")
             return None
+        except Exception as e:  # noqa: BLE001 - a damaged zarr.json
+            bad(f"{what}: stored array is unreadable ({_first_line(e)})")
+            return None
         if arr.shape[:1] != (nrows,):
             bad(f"{what}: stored array has shape {arr.shape}, expected {nrows} rows")
             return None
@@ -2017,6 +2148,9 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
         arrays = [g["defined"], g["ndim"], g["shape"], g["values"]]
     except KeyError:
         bad(f"{what}: stored arrays are missing")
+        return None
+    except Exception as e:  # noqa: BLE001 - a damaged zarr.json
+        bad(f"{what}: stored arrays are unreadable ({_first_line(e)})")
         return None
     r_def, r_nd, r_shp, r_val = (_reader(a, work) for a in arrays)
     n_values = arrays[3].shape[0]
@@ -2105,7 +2239,7 @@ def _verify_into(group, content: dict | None, where: str, progress, work: _Work,
         sub_where = f"{where}/{s['name']}"
         try:
             sg = group[s["group"]]
-        except KeyError:
+        except Exception:  # noqa: BLE001 - absent, or its zarr.json is damaged
             problems.append(f"{sub_where}: subtable missing")
             subs[s["name"]] = None
             continue
