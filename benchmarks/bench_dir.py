@@ -16,7 +16,7 @@ best and the median wall times of each side are compared. The source data stays 
 so this is the CPU-bound, hardest case for a tool that hashes; ``--drop-caches`` (root only) drops
 the page cache before every trial instead. See benchmarks/README.md.
 
-Run from the repository root:  /work/venv/bin/python benchmarks/bench_dir.py --size 2G
+Run from the repository root:  .venv/bin/python benchmarks/bench_dir.py --size 2G
 """
 
 from __future__ import annotations

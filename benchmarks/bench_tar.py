@@ -33,7 +33,7 @@ Archive and restore alternate the two sides ``--repeat`` times; listing and one 
 runs our side with ``factor_archive.containers.base.BLOCK`` overridden, to try a copy block size
 without editing src/. Results and their reading: benchmarks/README.md, "Tar form".
 
-Run from the repository root:  /work/venv/bin/python benchmarks/bench_tar.py --size 2G
+Run from the repository root:  .venv/bin/python benchmarks/bench_tar.py --size 2G
 """
 
 from __future__ import annotations
