@@ -17,6 +17,7 @@ import zarr
 
 from casacore import tables as ct
 from factor_archive.ms import table_codec as tc
+from factor_archive.errors import FactorArchiveError
 from factor_archive.ms.table_codec import (CorruptTableData, RawTableRequired, decode_table,
                                            encode_table, table_content_sha256)
 
@@ -766,3 +767,61 @@ def test_plain_zip_store_with_prefix_sharing_columns(ms, tmp_path):
     decode_table(g, tmp_path / "out.ms")
     store.close()
     assert_tables_equal(ms, tmp_path / "out.ms")
+
+
+# --------------------------------------------------------------------------- casacore worker
+
+
+@pytest.fixture
+def workers(monkeypatch):
+    """Decode every table in a casacore worker process; yields the workers started."""
+    if not hasattr(os, "memfd_create"):
+        pytest.skip("no memfd_create here")
+    started = []
+    real = tc._Worker.__init__
+
+    def init(self, *a, **kw):
+        real(self, *a, **kw)
+        started.append(self)
+
+    monkeypatch.setattr(tc, "_WORKER_MIN_BYTES", 0)
+    monkeypatch.setattr(tc._Worker, "__init__", init)
+    yield started
+    for w in started:
+        assert w.proc.poll() is not None  # none left running
+
+
+def test_decode_in_a_casacore_worker_process(custom, ms, tmp_path, workers):
+    for src in (custom, ms):
+        info, out = _roundtrip(src, tmp_path / src.name, "local", row_block=5)
+        assert_tables_equal(src, out)
+        assert table_content_sha256(out) == info["content_sha256"]
+    assert len(workers) == 2
+
+
+def test_worker_decode_of_damaged_data_leaves_nothing(ms, tmp_path, workers):
+    store, g = _encoded(ms, tmp_path, row_block=40)
+    shard = tmp_path / "store.zarr" / "T" / "DATA" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[100:140] = bytes(b ^ 0xFF for b in raw[100:140])
+    shard.write_bytes(bytes(raw))
+    out = tmp_path / "out.ms"
+    with pytest.raises(CorruptTableData, match=r"column DATA rows 40-79: stored data is damaged"):
+        decode_table(zarr.open_group(store, mode="r", path="T"), out)
+    assert not out.exists() and not list(tmp_path.glob(".out.ms.partial*"))
+    assert len(workers) == 1
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang(ms, tmp_path, workers, monkeypatch):
+    store, g = _encoded(ms, tmp_path)
+    real = tc._RemoteTable.putcol
+
+    def dying(self, *args):
+        self.worker.proc.kill()
+        self.worker.proc.wait()
+        return real(self, *args)
+
+    monkeypatch.setattr(tc._RemoteTable, "putcol", dying)
+    with pytest.raises(FactorArchiveError, match="worker"):
+        decode_table(g, tmp_path / "out.ms")
+    assert not (tmp_path / "out.ms").exists()

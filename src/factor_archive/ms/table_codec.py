@@ -122,6 +122,7 @@ _SHARDS_IN_FLIGHT = 1  # assembled shards waiting to be stored, per array
 _SPEED_MIN_BYTES = 64 << 20  # columns this big choose their codec by speed as well as size
 _WORTH = 20e6  # ... where saving this many stored bytes is worth one second of CPU
 _SAMPLE_BYTES = 256 << 10  # codec trial sample of a smaller column
+_WORKER_MIN_BYTES: int | None = 64 << 20  # decode tables this big in a casacore worker process
 _NUMCODECS_MARGIN = 0.9  # a numcodecs pipeline must be 10 % smaller than the best spec one
 _NUMCODECS_MIN_SAMPLE = 64 << 10  # ... and is not considered for smaller columns
 _RESERVED = {"ragged", "subtables"}
@@ -1025,7 +1026,7 @@ class _Work:
     _BUFFERS reused buffers, each back in the pool once every task reading it is done.
     """
 
-    def __init__(self):
+    def __init__(self, shm: np.ndarray | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         n = _THREADS or max(2, min(8, os.cpu_count() or 2))
@@ -1036,6 +1037,11 @@ class _Work:
         self._free: list[np.ndarray] = []
         self._count = 0
         self._stores: list = []
+        self._slot = 0
+        if shm is not None:  # the buffers are slots of memory shared with a casacore worker
+            self._slot = len(shm) // _BUFFERS
+            self._free = [shm[i * self._slot:(i + 1) * self._slot] for i in range(_BUFFERS)]
+            self._count = _BUFFERS
 
     def __enter__(self):
         return self
@@ -1046,6 +1052,8 @@ class _Work:
     def take(self, nbytes: int) -> np.ndarray:
         """A uint8 buffer of at least ``nbytes``; waits while _BUFFERS are in use."""
         nbytes = max(1, int(nbytes))
+        if self._slot and nbytes > self._slot:
+            return np.empty(nbytes, np.uint8)  # bigger than a shared slot: a private one
         with self._cond:
             while True:
                 for i, b in enumerate(self._free):
@@ -1071,6 +1079,9 @@ class _Work:
         """Return ``buf`` to the pool once the futures ``after`` are done."""
         after = [f for f in after if f is not None]
         left = [len(after)]
+
+        if self._slot and buf.nbytes != self._slot:
+            return  # a private buffer (see take): just dropped
 
         def done(_f=None):
             with self._cond:
@@ -1770,6 +1781,237 @@ def table_content_sha256(table_path: str | Path) -> str:
             raise RawTableRequired(table_path, f"reading failed: {e}") from e
 
 
+# --------------------------------------------------------------------------- casacore worker
+
+# python-casacore holds the GIL inside getcol/putcol, and for a big table those calls (with the
+# kernel's copying) take as long as decompressing and hashing everything else: in one process
+# they would take turns. A worker process runs the casacore calls instead; row blocks travel
+# through shared memory (a memfd both map), commands and small values through pipes. The
+# worker imports only numpy and casacore, so it starts in about 0.1 s.
+_WORKER_SOURCE = r'''
+import mmap, os, pickle, signal, struct, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us if need be
+import numpy as np
+from casacore import tables as ct
+
+def main():
+    rd = os.fdopen(int(sys.argv[1]), "rb")
+    wr = os.fdopen(int(sys.argv[2]), "wb")
+    shm = None
+    tables = {}
+
+    def value(a):
+        if isinstance(a, tuple) and len(a) == 4 and a[0] == "__shm__":
+            _tag, off, dtype, shape = a
+            n = int(np.prod(shape, dtype=np.int64))
+            return np.frombuffer(shm, dtype=np.dtype(dtype), count=n, offset=off).reshape(shape)
+        return a
+
+    while True:
+        head = rd.read(8)
+        if len(head) < 8:
+            return
+        op = pickle.loads(rd.read(struct.unpack("<Q", head)[0]))
+        try:
+            if op[0] == "shm":
+                shm = mmap.mmap(op[1], op[2])
+                out = None
+            elif op[0] == "new":
+                _o, tid, path, desc, nrow, dminfo, endian = op
+                tables[tid] = ct.table(path, desc, nrow=nrow, dminfo=dminfo, ack=False, endian=endian)
+                out = None
+            elif op[0] == "call":
+                _o, tid, method, args = op
+                out = getattr(tables[tid], method)(*[value(a) for a in args])
+                if method == "close":
+                    del tables[tid]
+                elif isinstance(out, np.ndarray) and out.base is not None:
+                    out = np.array(out)
+            elif op[0] == "exit":
+                for t in tables.values():
+                    t.close()
+                return
+            reply = (True, out)
+        except BaseException as e:
+            reply = (False, f"{type(e).__name__}: {e}")
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        wr.write(struct.pack("<Q", len(data)) + data)
+        wr.flush()
+
+main()
+'''
+
+
+class _WorkerError(FactorArchiveError):
+    pass
+
+
+class _Worker:
+    """A casacore worker process (see _WORKER_SOURCE). Calls return futures, answered in order
+    by a reader thread; arguments that are views of ``shm`` go by reference."""
+
+    def __init__(self, shm_bytes: int):
+        import mmap
+        import subprocess
+        import sys
+        from concurrent.futures import Future
+
+        self._Future = Future
+        self.fd = os.memfd_create("factor-archive-table", 0)
+        os.ftruncate(self.fd, shm_bytes)
+        self.shm = mmap.mmap(self.fd, shm_bytes)
+        self.buf = np.frombuffer(self.shm, np.uint8)
+        self.base = self.buf.__array_interface__["data"][0]
+        self.size = shm_bytes
+        env = dict(os.environ)
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        # Own pipes, not stdin/stdout: whatever casacore prints cannot garble the replies.
+        cmd_r, cmd_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_SOURCE, str(cmd_r), str(rep_w)],
+                                         stdin=subprocess.DEVNULL, pass_fds=(self.fd, cmd_r, rep_w), env=env)
+        except BaseException:
+            for fd in (cmd_r, cmd_w, rep_r, rep_w, self.fd):
+                os.close(fd)
+            raise
+        os.close(cmd_r)
+        os.close(rep_w)
+        self._cmd = os.fdopen(cmd_w, "wb")
+        self._replies = os.fdopen(rep_r, "rb")
+        self._lock = threading.Lock()
+        self._waiting: deque = deque()
+        self._error: BaseException | None = None
+        self._reader = threading.Thread(target=self._read_replies, name="table-codec-worker", daemon=True)
+        self._reader.start()
+        self._ntables = 0
+        self.send(("shm", self.fd, shm_bytes))
+
+    def _read_replies(self) -> None:
+        import pickle
+
+        out = self._replies
+        try:
+            while True:
+                head = out.read(8)
+                if len(head) < 8:
+                    break
+                ok, value = pickle.loads(out.read(struct.unpack("<Q", head)[0]))
+                with self._lock:
+                    fut = self._waiting.popleft()
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(_WorkerError(value))
+        except BaseException as e:  # noqa: BLE001
+            self._error = e
+        with self._lock:
+            pending = list(self._waiting)
+            self._waiting.clear()
+            self._error = self._error or _WorkerError("casacore worker process ended")
+        for fut in pending:
+            fut.set_exception(self._error)
+
+    def send(self, op: tuple):
+        import pickle
+
+        data = pickle.dumps(op, protocol=pickle.HIGHEST_PROTOCOL)
+        fut = self._Future()
+        with self._lock:
+            if self._error is not None:
+                raise _WorkerError(f"casacore worker failed: {self._error}")
+            self._waiting.append(fut)
+            try:
+                self._cmd.write(struct.pack("<Q", len(data)) + data)
+                self._cmd.flush()
+            except OSError as e:
+                self._waiting.pop()
+                raise _WorkerError(f"casacore worker process ended ({e})") from None
+        return fut
+
+    def ref(self, a):
+        """``a`` by reference when it lives in the shared memory, else as it is."""
+        if isinstance(a, np.ndarray) and a.flags.c_contiguous and a.dtype.kind in "biufc" and a.size:
+            addr = a.__array_interface__["data"][0]
+            if self.base <= addr and addr + a.nbytes <= self.base + self.size:
+                return ("__shm__", addr - self.base, a.dtype.str, a.shape)
+        return a
+
+    def table(self, path, desc, nrow, dminfo, endian) -> "_RemoteTable":
+        self._ntables += 1
+        tid = self._ntables
+        self.send(("new", tid, str(path), desc, nrow, dminfo, endian)).result()
+        return _RemoteTable(self, tid)
+
+    def close(self, kill: bool = False) -> None:
+        try:
+            if kill:
+                self.proc.kill()
+            else:
+                try:
+                    self.send(("exit",))
+                except _WorkerError:
+                    pass
+            try:
+                self._cmd.close()
+            except OSError:
+                pass
+            self.proc.wait()
+        finally:
+            self._reader.join(timeout=10)
+            self._replies.close()
+            self.buf = None
+            try:
+                self.shm.close()
+            except BufferError:  # a view still exists; the mapping goes with the process
+                pass
+            os.close(self.fd)
+
+
+class _RemoteTable:
+    """The casacore table calls decode makes, run by the worker. putcol and putcell return at
+    once (their futures are kept: the first failure is raised by the next call and by close)."""
+
+    def __init__(self, worker: _Worker, tid: int):
+        self.worker, self.tid = worker, tid
+        self.pending: list = []
+
+    def _call(self, method: str, *args):
+        self._check()
+        return self.worker.send(("call", self.tid, method, tuple(self.worker.ref(a) for a in args)))
+
+    def _check(self) -> None:
+        done = [f for f in self.pending if f.done()]
+        for f in done:
+            f.result()
+        if done:
+            self.pending = [f for f in self.pending if not f.done()]
+
+    def putcol(self, *args):
+        fut = self._call("putcol", *args)
+        self.pending.append(fut)
+        return fut
+
+    def putcell(self, *args):
+        fut = self._call("putcell", *args)
+        self.pending.append(fut)
+        return fut
+
+    def __getattr__(self, method):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args: self._call(method, *args).result()
+
+    def close(self) -> None:
+        fut = self.worker.send(("call", self.tid, "close", ()))
+        pending, self.pending = self.pending, []
+        for f in pending:
+            f.result()
+        fut.result()
+
+
 # --------------------------------------------------------------------------- decode
 
 
@@ -1999,16 +2241,40 @@ def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None) -> N
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
-            with _Work() as work:
-                _decode_into(group, st, tmp, content, progress, out.name, work)
+            worker = None
+            if _WORKER_MIN_BYTES is not None and hasattr(os, "memfd_create") and \
+                    _uniform_bytes(st) >= _WORKER_MIN_BYTES:
+                try:
+                    worker = _Worker(_BUFFERS * BLOCK_BYTES)
+                except OSError:  # cannot start a process here: casacore in this one
+                    worker = None
+            try:
+                with _Work(worker.buf if worker else None) as work:
+                    _decode_into(group, st, tmp, content, progress, out.name, work, worker)
+            except BaseException:
+                if worker:
+                    worker.close(kill=True)
+                raise
+            if worker:
+                worker.close()
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _uniform_bytes(st: dict) -> int:
+    """Bytes of the table's uniform columns (what a casacore worker would move)."""
+    total = 0
+    for c in st["columns"]:
+        dt = _CTYPES.get(c["type"])
+        if c["layout"] != "ragged" and dt is not None:
+            total += st["nrows"] * dt.itemsize * int(np.prod(c["cell_shape"], dtype=np.int64))
+    return total
+
+
 def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, progress,
-                 where: str, work: _Work) -> dict:
+                 where: str, work: _Work, worker: _Worker | None = None) -> dict:
     ct = _ct()
     nrows = st["nrows"]
     cols = st["columns"]
@@ -2021,8 +2287,12 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
     desc["_keywords_"] = {}
     desc["_private_keywords_"] = {}
     dminfo = {f"*{i + 1}": _unjsonable(dm) for i, dm in enumerate(st["dminfo"])}
-    tb = ct.table(str(path), desc, nrow=nrows, dminfo=dminfo, ack=False, endian=st["endian"])
+    if worker is not None:
+        tb = worker.table(str(path), desc, nrows, dminfo, st["endian"])
+    else:
+        tb = ct.table(str(path), desc, nrow=nrows, dminfo=dminfo, ack=False, endian=st["endian"])
     digests = {}
+    done = False
     try:
         info = dict(st["info"])
         if info.get("readme", "").endswith("\n"):  # putinfo ends every readme line itself
@@ -2037,7 +2307,7 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
             sg = group[s["group"]]
             sub_content = (content or {}).get("subtables", {}).get(s["name"]) if content else None
             subs[s["name"]] = _decode_into(sg, _static(sg), path / s["name"], sub_content,
-                                           progress, f"{where}/{s['name']}", work)
+                                           progress, f"{where}/{s['name']}", work, worker)
             tables[s["name"]] = str((path / s["name"]).resolve())
         for k, v in _dec_kw(st["keywords"], tables).items():
             tb.putkeyword(k, v)
@@ -2046,8 +2316,15 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
                 tb.putcolkeyword(c["name"], k, v)
         digests = {n: _result(d) for n, d in digests.items()}
         tb.flush()
+        done = True
     finally:
-        tb.close()
+        if done:
+            tb.close()
+        else:
+            try:
+                tb.close()
+            except Exception:  # noqa: BLE001 - the first failure is the one to report
+                pass
     header = _hash_header(nrows, st["info"], {c["name"]: c["desc"] for c in cols}, st["keywords"],
                           {c["name"]: c["keywords"] for c in cols})
     _check_restored_header(path, header, where)
@@ -2074,15 +2351,14 @@ def _check_restored_header(path: Path, header: dict, where: str) -> None:
         raise FactorArchiveError(f"{where}: restored table differs from the stored one in {diff}")
 
 
-def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scalar: bool) -> None:
+def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scalar: bool):
+    """putcol; returns what it returns (a future when a worker writes)."""
     if is_string:
         vals = [str(s) for s in block.reshape(-1)]
         if scalar:
-            tb.putcol(name, vals, start, n)
-        else:
-            tb.putcol(name, np.array(vals, dtype=str).reshape(block.shape), start, n)
-    else:
-        tb.putcol(name, block, start, n)
+            return tb.putcol(name, vals, start, n)
+        return tb.putcol(name, np.array(vals, dtype=str).reshape(block.shape), start, n)
+    return tb.putcol(name, block, start, n)
 
 
 def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None, progress=None,
@@ -2134,12 +2410,13 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
             else:
                 fut = work.hasher.submit(h.uniform, block, scalar)
                 hashed.append(fut)
+            put = None
             try:
                 if tb is not None:
-                    _put_uniform(tb, name, block, start, stop - start, is_string, scalar)
+                    put = _put_uniform(tb, name, block, start, stop - start, is_string, scalar)
             finally:
                 if buf is not None:
-                    work.give(buf, [fut])
+                    work.give(buf, [fut, put if hasattr(put, "add_done_callback") else None])
             if progress:
                 progress(int(block.size * itemsize))
         return work.hasher.submit(_digest, h, hashed) if ok else None
