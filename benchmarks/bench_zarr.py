@@ -34,6 +34,9 @@ Targets: smaller than zstd -19; archive <= 2x zstd -3; restore <= 1.5x tar xf; p
 Run from the repository root (the input is kept in --workdir and reused by later runs):
 
     /work/venv/bin/python benchmarks/bench_zarr.py --workdir /tmp/bench-zarr
+
+``--skip-zstd19`` skips the slow zstd -19 run (an earlier run's result in --workdir is used for
+the size comparison); ``--repeat N`` reports the median of N timings of each side.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import argparse
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -238,7 +242,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="/tmp/bench-zarr")
     p.add_argument("--ntimes", type=int, default=180, help="time slots (1953 rows each); 180 -> ~1.1 GB")
-    p.add_argument("--skip-zstd19", action="store_true", help="do not run zstd -19 (slow)")
+    p.add_argument("--skip-zstd19", action="store_true",
+                   help="do not run zstd -19 (slow); the size of an earlier run's big.tar.zst19 in "
+                        "--workdir is used if there is one")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="time archive, zstd -3, restore and tar xf N times each and report the "
+                        "median (and the largest peak memory): a shared machine is noisy")
     p.add_argument("--child-archive", nargs=2, metavar=("MS", "STORE"), help=argparse.SUPPRESS)
     p.add_argument("--child-restore", nargs=2, metavar=("STORE", "DEST"), help=argparse.SUPPRESS)
     p.add_argument("--child-input", nargs=2, metavar=("WORKDIR", "NTIMES"), help=argparse.SUPPRESS)
@@ -263,21 +272,38 @@ def main() -> int:
     raw = tree_bytes(big)
     print(f"input: {big} ({human(raw)}, written by DP3), {os.cpu_count()} cores", flush=True)
 
+    repeat = max(1, args.repeat)
+
+    def median_run(prepare, argv, **kw) -> tuple[float, int]:
+        """Median wall time and largest peak RSS of ``repeat`` runs, each after prepare()+sync."""
+        times, peaks = [], []
+        for _ in range(repeat):
+            prepare()
+            sync()
+            t, rss = run_child(argv, **kw)
+            times.append(t)
+            peaks.append(rss)
+        if repeat > 1:
+            print(f"  runs: {', '.join(f'{t:.2f}' for t in times)} s", flush=True)
+        return statistics.median(times), max(peaks)
+
     store = work / "big.zarr"
-    shutil.rmtree(store, ignore_errors=True)
-    sync()
-    t_arch, rss_arch = run_child(me + ["--child-archive", str(big), str(store)])
+    t_arch, rss_arch = median_run(lambda: shutil.rmtree(store, ignore_errors=True),
+                                  me + ["--child-archive", str(big), str(store)])
     sync()
     t_arch_sync = t_arch  # the writer syncs the file system itself before and after the manifest
     zsize = tree_bytes(store)
 
     tar = work / "big.tar"
-    sync()
-    t_z3, _ = run_child(f"tar cf - -C '{big.parent}' '{big.name}' | zstd -3 -T0 -q -f -o '{work}/big.tar.zst3'"
-                        " && sync", shell=True)
+    t_z3, _ = median_run(lambda: None, f"tar cf - -C '{big.parent}' '{big.name}' | zstd -3 -T0 -q -f -o "
+                         f"'{work}/big.tar.zst3' && sync", shell=True)
     z3 = (work / "big.tar.zst3").stat().st_size
+    z19_file = work / "big.tar.zst19"
     if args.skip_zstd19:
         t_z19, z19 = float("nan"), None
+        if z19_file.exists() and z19_file.stat().st_mtime >= (work / "big.ms.ok").stat().st_mtime:
+            z19 = z19_file.stat().st_size  # from an earlier run on this same input
+            print(f"zstd -19 size from {z19_file} (earlier run)")
     else:
         t_z19, _ = run_child(f"tar cf - -C '{big.parent}' '{big.name}' | zstd -19 -T0 -q -f -o "
                              f"'{work}/big.tar.zst19' && sync", shell=True)
@@ -285,18 +311,21 @@ def main() -> int:
     run_child(["tar", "cf", str(tar), "-C", str(big.parent), big.name])
 
     dest = work / "restored" / "big.ms"
-    shutil.rmtree(dest.parent, ignore_errors=True)
-    dest.parent.mkdir()
-    sync()
-    t0 = time.perf_counter()
-    _t, rss_rest = run_child(me + ["--child-restore", str(store), str(dest)])
-    sync()
-    t_rest = time.perf_counter() - t0
+
+    def fresh_dest() -> None:
+        shutil.rmtree(dest.parent, ignore_errors=True)
+        dest.parent.mkdir()
+
+    # The restore child, then sync (the restored table's data reaches the disk, as with tar).
+    t_rest, rss_rest = median_run(fresh_dest, f"'{me[0]}' '{me[1]}' --child-restore '{store}' '{dest}' && sync",
+                                  shell=True)
     tx = work / "tarx"
-    shutil.rmtree(tx, ignore_errors=True)
-    tx.mkdir()
-    sync()
-    t_tarx, _ = run_child(f"tar xf '{tar}' -C '{tx}' && sync", shell=True)
+
+    def fresh_tx() -> None:
+        shutil.rmtree(tx, ignore_errors=True)
+        tx.mkdir()
+
+    t_tarx, _ = median_run(fresh_tx, f"tar xf '{tar}' -C '{tx}' && sync", shell=True)
 
     # The restored table equals the input, column by column (content checksum).
     check = subprocess.run(me[:1] + ["-c", "import sys; from factor_archive.ms.table_codec import "

@@ -702,7 +702,7 @@ def test_codec_choice_weighs_speed_for_big_columns(monkeypatch):
             "blosc-shuffle-zstd1": (1970, 0.006), "blosc-bitshuffle-zstd1": (1880, 0.006),
             "blosc-shuffle-lz4": (1940, 0.0024), "blosc-bitshuffle-lz4": (1870, 0.0024)}
     fake = {k: (v[0] * 1000, v[1]) for k, v in fake.items()}  # bytes of a 2 MiB chunk
-    monkeypatch.setattr(tc, "_trials", lambda cands, s, timed: {c: fake[c] for c in cands if c in fake})
+    monkeypatch.setattr(tc, "_trials", lambda cands, s, timed, runs=1: {c: fake[c] for c in cands if c in fake})
     with tc._Work() as work:
         assert tc._choose_codec(None, None, col, 351540, sample, work) == "blosc-bitshuffle-lz4"
         assert tc._choose_codec(None, None, col, 100, sample, work) == "blosc-bitshuffle-zstd"
@@ -791,12 +791,12 @@ def workers(monkeypatch):
         assert w.proc.poll() is not None  # none left running
 
 
-def test_decode_in_a_casacore_worker_process(custom, ms, tmp_path, workers):
+def test_encode_and_decode_in_casacore_worker_processes(custom, ms, tmp_path, workers):
     for src in (custom, ms):
         info, out = _roundtrip(src, tmp_path / src.name, "local", row_block=5)
         assert_tables_equal(src, out)
         assert table_content_sha256(out) == info["content_sha256"]
-    assert len(workers) == 2
+    assert len(workers) == 6  # encode, decode, checksum of each
 
 
 def test_worker_decode_of_damaged_data_leaves_nothing(ms, tmp_path, workers):
@@ -809,19 +809,38 @@ def test_worker_decode_of_damaged_data_leaves_nothing(ms, tmp_path, workers):
     with pytest.raises(CorruptTableData, match=r"column DATA rows 40-79: stored data is damaged"):
         decode_table(zarr.open_group(store, mode="r", path="T"), out)
     assert not out.exists() and not list(tmp_path.glob(".out.ms.partial*"))
-    assert len(workers) == 1
+    assert len(workers) == 2  # encode, decode
 
 
 def test_a_worker_that_dies_is_an_error_not_a_hang(ms, tmp_path, workers, monkeypatch):
     store, g = _encoded(ms, tmp_path)
-    real = tc._RemoteTable.putcol
+    real = tc._RemoteTable._call
 
-    def dying(self, *args):
-        self.worker.proc.kill()
-        self.worker.proc.wait()
-        return real(self, *args)
+    def dying(self, method, *args):
+        if method == "putcol":
+            self.worker.proc.kill()
+            self.worker.proc.wait()
+        return real(self, method, *args)
 
-    monkeypatch.setattr(tc._RemoteTable, "putcol", dying)
+    monkeypatch.setattr(tc._RemoteTable, "_call", dying)
     with pytest.raises(FactorArchiveError, match="worker"):
         decode_table(g, tmp_path / "out.ms")
     assert not (tmp_path / "out.ms").exists()
+
+
+def test_a_worker_that_dies_while_encoding_fails_the_encode(ms, tmp_path, workers, monkeypatch):
+    real = tc._RemoteTable.call
+
+    def dying(self, method, *args):
+        if method == "getcolnp":
+            self.worker.proc.kill()
+            self.worker.proc.wait()
+        return real(self, method, *args)
+
+    monkeypatch.setattr(tc._RemoteTable, "call", dying)
+    store, root = _local(tmp_path)
+    g = root.create_group("T")
+    with pytest.raises(FactorArchiveError, match="worker") as e:
+        encode_table(ms, g)
+    assert not isinstance(e.value, RawTableRequired)  # not mistaken for an unreadable table
+    assert list(g.keys()) == []
