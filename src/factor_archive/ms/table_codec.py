@@ -140,6 +140,8 @@ _SPEED_MIN_BYTES = 64 << 20  # columns this big choose their codec by speed as w
 _WORTH = 20e6  # ... where saving this many stored bytes is worth one second of CPU
 _SAMPLE_BYTES = 256 << 10  # codec trial sample of a smaller column
 _WORKER_MIN_BYTES: int | None = 64 << 20  # tables this big use a casacore worker process
+_WORKER_QUEUE_BYTES = 64 << 20  # commands (with the values sent along) queued for it at most
+_BY_VALUE_BYTES = 8 << 20  # columns this small are sent to the worker, not put from a buffer
 _NUMCODECS_MARGIN = 0.9  # a numcodecs pipeline must be 10 % smaller than the best spec one
 _NUMCODECS_MIN_SAMPLE = 64 << 10  # ... and is not considered for smaller columns
 _RESERVED = {"ragged", "subtables"}
@@ -2023,8 +2025,16 @@ class _Worker:
         self._lock = threading.Lock()
         self._waiting: deque = deque()
         self._error: BaseException | None = None
+        # Commands are written by a sender thread, so a caller never waits for the worker to
+        # read (only when _WORKER_QUEUE_BYTES of commands are queued already).
+        self._queue: deque = deque()
+        self._queued = 0
+        self._qcond = threading.Condition()
         self._reader = threading.Thread(target=self._read_replies, name="table-codec-worker", daemon=True)
         self._reader.start()
+        self._sender = threading.Thread(target=self._send_commands, name="table-codec-worker-send",
+                                        daemon=True)
+        self._sender.start()
         self._ntables = 0
         self.send(("shm", self.fd, shm_bytes))
 
@@ -2052,23 +2062,56 @@ class _Worker:
             self._error = self._error or _WorkerGone("casacore worker process ended")
         for fut in pending:
             fut.set_exception(self._error)
+        with self._qcond:
+            self._qcond.notify_all()
+
+    def _send_commands(self) -> None:
+        while True:
+            with self._qcond:
+                while not self._queue:
+                    self._qcond.wait()
+                data = self._queue.popleft()
+            if data is None:
+                break
+            try:
+                self._cmd.write(struct.pack("<Q", len(data)) + data)
+                self._cmd.flush()
+            except (OSError, ValueError):  # the worker is gone: the reader fails the futures
+                with self._qcond:
+                    self._queue.clear()
+                    self._queued = 0
+                    self._qcond.notify_all()
+                break
+            with self._qcond:
+                self._queued -= len(data)
+                self._qcond.notify_all()
+        try:
+            self._cmd.close()
+        except OSError:
+            pass
 
     def send(self, op: tuple):
         import pickle
 
         data = pickle.dumps(op, protocol=pickle.HIGHEST_PROTOCOL)
         fut = self._Future()
-        with self._lock:
-            if self._error is not None:
-                raise self._error
-            self._waiting.append(fut)
-            try:
-                self._cmd.write(struct.pack("<Q", len(data)) + data)
-                self._cmd.flush()
-            except OSError as e:
-                self._waiting.pop()
-                raise _WorkerGone(f"casacore worker process ended ({e})") from None
+        with self._qcond:
+            while self._queued and self._queued + len(data) > _WORKER_QUEUE_BYTES and self._error is None:
+                self._qcond.wait(0.5)
+            with self._lock:
+                if self._error is not None:
+                    raise self._error
+                self._waiting.append(fut)
+            self._queue.append(data)
+            self._queued += len(data)
+            self._qcond.notify_all()
         return fut
+
+    def _stop_sender(self) -> None:
+        with self._qcond:
+            self._queue.append(None)
+            self._qcond.notify_all()
+        self._sender.join()
 
     def ref(self, a):
         """``a`` by reference when it lives in the shared memory, else as it is."""
@@ -2088,17 +2131,13 @@ class _Worker:
         """The table, opened for reading in the worker (asynchronously)."""
         self._ntables += 1
         tid = self._ntables
-        table = _RemoteTable(self, tid)
-        table.pending.append(self.send(("open", tid, str(path))))
-        return table
+        return _RemoteTable(self, tid, self.send(("open", tid, str(path))))
 
     def table(self, path, desc, nrow, dminfo, endian) -> "_RemoteTable":
         self._ntables += 1
         tid = self._ntables
-        made = self.send(("new", tid, str(path), desc, nrow, dminfo, endian))
-        table = _RemoteTable(self, tid)
-        table.pending.append(made)  # not waited for: columns are read meanwhile
-        return table
+        # Not waited for: the columns are read meanwhile.
+        return _RemoteTable(self, tid, self.send(("new", tid, str(path), desc, nrow, dminfo, endian)))
 
     def close(self, kill: bool = False) -> None:
         try:
@@ -2109,10 +2148,7 @@ class _Worker:
                     self.send(("exit",))
                 except _WorkerError:
                     pass
-            try:
-                self._cmd.close()
-            except OSError:
-                pass
+            self._stop_sender()
             self.proc.wait()
         finally:
             self._reader.join(timeout=10)
@@ -2148,9 +2184,9 @@ class _RemoteTable:
     """The casacore table calls decode makes (put*, flush, close), run by the worker. All but
     close return a future at once; the first failure is raised by the next call and by close."""
 
-    def __init__(self, worker: _Worker, tid: int):
-        self.worker, self.tid = worker, tid
-        self.pending: list = []
+    def __init__(self, worker: _Worker, tid: int, created=None):
+        self.worker, self.tid, self.created = worker, tid, created
+        self.pending: list = [created] if created is not None else []
 
     def _call(self, method: str, *args):
         self._check()
@@ -2173,6 +2209,11 @@ class _RemoteTable:
             return fut
 
         return call
+
+    def wait_created(self) -> None:
+        """Wait until the worker has made (or opened) the table."""
+        if self.created is not None:
+            self.created.result()
 
     def call(self, method: str, *args):
         """Any table method; returns its future (reads: the caller waits for it)."""
@@ -2471,11 +2512,14 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
                                               tb=tb, progress=progress)
         subs = {}
         tables = {}
+        if st["subtables"] and worker is not None:
+            tb.wait_created()  # the subtables go inside its directory
         for s in st["subtables"]:
             sg = group[s["group"]]
             sub_content = (content or {}).get("subtables", {}).get(s["name"]) if content else None
+            # Subtables (small) are written by this process while the worker catches up.
             subs[s["name"]] = _decode_into(sg, _static(sg), path / s["name"], sub_content,
-                                           progress, f"{where}/{s['name']}", work, worker)
+                                           progress, f"{where}/{s['name']}", work)
             tables[s["name"]] = str((path / s["name"]).resolve())
         for k, v in _dec_kw(st["keywords"], tables).items():
             tb.putkeyword(k, v)
@@ -2564,6 +2608,9 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
             return None
         ok = True
         hashed = []
+        # A worker writes slowly into small (scalar) columns; sending those along lets this
+        # thread go on meanwhile (to the subtables).
+        by_value = isinstance(tb, _RemoteTable) and _column_bytes(nrows, c) <= _BY_VALUE_BYTES
         for start, stop, block, buf, damage in _reader(arr, work).blocks():
             if damage is not None or not ok:
                 if damage is not None:
@@ -2581,7 +2628,12 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
             put = None
             try:
                 if tb is not None:
-                    put = _put_uniform(tb, name, block, start, stop - start, is_string, scalar)
+                    data = block
+                    if by_value:  # a copy goes with the command: the buffer is free at once
+                        data, put = np.array(block), None
+                    put = _put_uniform(tb, name, data, start, stop - start, is_string, scalar)
+                    if by_value:
+                        put = None
             finally:
                 if buf is not None:
                     work.give(buf, [fut, put if hasattr(put, "add_done_callback") else None])
