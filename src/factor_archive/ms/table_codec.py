@@ -1855,7 +1855,8 @@ def encode_table(table_path: str | Path, group: zarr.Group, *, row_block: int | 
     exactly from columns; the caller then keeps the table's files as they are. Every shard
     and child is written once; only ``group``'s own zarr.json is rewritten, once, at the end
     (its attributes), so in a ZipStore that one entry appears twice (the last one counts).
-    Reading (casacore, this thread), hashing, compressing and storing overlap (see _Work).
+    Reading (casacore; for a table of _WORKER_MIN_BYTES or more in a worker process, see
+    _Worker), hashing, compressing and storing overlap (see _Work).
     """
     if row_block is not None and row_block < 1:
         raise ValueError("row_block must be at least 1")
@@ -1999,15 +2000,16 @@ class _Worker:
 
         self._Future = Future
         self.fd = os.memfd_create("factor-archive-table", 0)
-        os.ftruncate(self.fd, shm_bytes)
-        self.shm = mmap.mmap(self.fd, shm_bytes)
+        try:
+            os.ftruncate(self.fd, shm_bytes)
+            self.shm = mmap.mmap(self.fd, shm_bytes)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.buf = np.frombuffer(self.shm, np.uint8)
         self.base = self.buf.__array_interface__["data"][0]
         self.size = shm_bytes
-        env = dict(os.environ)
-        pkg_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
         # Own pipes, not stdin/stdout: whatever casacore prints cannot garble the replies.
         cmd_r, cmd_w = os.pipe()
         rep_r, rep_w = os.pipe()
@@ -2176,7 +2178,7 @@ def _worker_for(nbytes: int):
         return _NoWorker()
     try:
         return _Worker(_BUFFERS * BLOCK_BYTES)
-    except OSError:  # cannot start a process here
+    except Exception:  # noqa: BLE001 - cannot start a process here: casacore in this one
         return _NoWorker()
 
 
@@ -2448,7 +2450,8 @@ def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None) -> N
 
     Every column is checked against its stored sha256 and the table against its content
     checksum; damage raises CorruptTableData naming the table, column and rows. Reading and
-    decompressing (pool), hashing (one thread) and casacore writing (this thread) overlap.
+    decompressing (pool), hashing (one thread) and casacore writing (this thread, or for a big
+    table a worker process, see _Worker) overlap.
     """
     out = Path(out_path)
     st = _static(group)
