@@ -16,9 +16,8 @@ import os
 import queue
 import stat
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Protocol
+from typing import BinaryIO, Callable, Protocol
 
 from ..errors import BadInput, FactorArchiveError
 from ..manifest import FileEntry, Manifest, Member, tree_digest
@@ -29,15 +28,6 @@ Progress = Callable[[int], None]
 
 def _no_progress(_n: int) -> None:
     pass
-
-
-@dataclass
-class StoredItem:
-    """What a writer needs to store one planned item (see plan.PlanItem)."""
-
-    path: str                 # archive path
-    source: Path              # where to read it now (may be a staging copy)
-    kind: str                 # "file" or "table"
 
 
 class ArchiveWriter(Protocol):
@@ -485,12 +475,3 @@ def io_error(path: Path | str, exc: OSError) -> FactorArchiveError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return FactorArchiveError(f"{path}: no space left on device")
     return FactorArchiveError(f"{path}: {exc.strerror or exc}")
-
-
-def iter_member_files(member: Member) -> Iterator[tuple[str, FileEntry | None]]:
-    """(path relative to the member root, entry) for tables; ("", None) for a file member."""
-    if member.kind == "table":
-        for entry in member.files:
-            yield entry.path, entry
-    else:
-        yield "", None

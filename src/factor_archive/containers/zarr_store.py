@@ -26,7 +26,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import numpy as np
 
