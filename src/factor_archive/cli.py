@@ -166,20 +166,21 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 # -- entry points ------------------------------------------------------------------------------
 
-def archivefactor_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="archivefactor", description="Archive a Factor run.")
+def _command(prog: str, description: str, add_arguments, run, argv: Sequence[str] | None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _archive_arguments(p)
+    add_arguments(p)
     args = p.parse_args(argv)
-    return _guard("archivefactor", lambda: _run_archive(args))
+    return _guard(prog, lambda: run(args))
+
+
+def archivefactor_main(argv: Sequence[str] | None = None) -> int:
+    return _command("archivefactor", "Archive a Factor run.", _archive_arguments, _run_archive, argv)
 
 
 def unarchivefactor_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="unarchivefactor", description="Restore a resumable Factor archive.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _unarchive_arguments(p)
-    args = p.parse_args(argv)
-    return _guard("unarchivefactor", lambda: _run_unarchive(args))
+    return _command("unarchivefactor", "Restore a resumable Factor archive.", _unarchive_arguments,
+                    _run_unarchive, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
