@@ -1048,34 +1048,6 @@ def _describe_array(table: str, rel: str) -> tuple[str, str, str]:
     return table, "/".join(parts), "rows"
 
 
-def _verify_table_group(group, apath: str, progress: Progress) -> list[str]:
-    """Read every shard of every array below a table group; name table, column and rows of damage."""
-    import zarr
-
-    problems = []
-    base = group.path
-    arrays = [a for _name, a in group.members(max_depth=None) if isinstance(a, zarr.Array)]
-    for arr in sorted(arrays, key=lambda a: a.path):
-        rel = arr.path[len(base) + 1:] if base else arr.path
-        table, column, unit = _describe_array(apath, rel)
-        where = f"{table}: column {column}" + ("" if unit == "rows" else f" ({rel.rsplit('/', 1)[-1]})")
-        gone = missing_shards(arr)
-        for a, b in gone:
-            problems.append(f"{where} {unit} {a}-{b}: stored data is missing")
-        if gone:
-            continue
-        itemsize = arr.dtype.itemsize if arr.dtype.kind != "O" and arr.dtype.kind != "T" else 32
-        row_items = int(np.prod(arr.shape[1:], dtype=np.int64)) if len(arr.shape) > 1 else 1
-        for start, stop in _blocks(arr):
-            try:
-                arr[start:stop]
-            except Exception as exc:  # noqa: BLE001
-                problems.append(f"{where} {unit} {start}-{stop - 1}: stored data is damaged "
-                                f"({_first_line(exc)})")
-            progress((stop - start) * row_items * itemsize)
-    return problems
-
-
 def _set_meta(path: Path, mode: int, mtime: float) -> None:
     try:
         if mode:
