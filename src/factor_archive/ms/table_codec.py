@@ -1191,6 +1191,16 @@ def _block_rows(chunk_rows: int, shard_rows: int, row_bytes: int) -> int:
 # --------------------------------------------------------------------------- reading casacore
 
 
+
+def _exact_cast(a: np.ndarray, col) -> np.ndarray:
+    """casacore may hand back a wider type than the column's: narrow it only if no value changes."""
+    if a.dtype == col.dtype:
+        return a
+    b = a.astype(col.dtype)
+    if not np.array_equal(b, a):
+        raise _ReadFailure(f"column {col.name}: values do not fit {col.dtype}")
+    return b
+
 def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
     """Rows [start, start + n) of a uniform column; into ``out`` (C-contiguous, the column's
     dtype and shape) when given: getcolnp into a reused buffer is several times faster than
@@ -1208,12 +1218,7 @@ def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = No
     if col.is_string:
         a = _str_array(v)
     else:
-        a = np.asarray(v)
-        if a.dtype != col.dtype:
-            b = a.astype(col.dtype)
-            if not np.array_equal(b, a):
-                raise _ReadFailure(f"column {col.name}: values do not fit {col.dtype}")
-            a = b
+        a = _exact_cast(np.asarray(v), col)
     want = (n,) + tuple(col.cell_shape)
     if a.shape != want:
         raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: shape {a.shape}, "
@@ -1600,12 +1605,7 @@ class _RemoteRead:
             raise _ReadFailure(f"column {col.name} {rows}: {e}") from e
         if self.direct:
             return self.out
-        a = np.asarray(v)
-        if a.dtype != col.dtype:
-            b = a.astype(col.dtype)
-            if not np.array_equal(b, a):
-                raise _ReadFailure(f"column {col.name}: values do not fit {col.dtype}")
-            a = b
+        a = _exact_cast(np.asarray(v), col)
         if a.shape != self.out.shape:
             raise _ReadFailure(f"column {col.name} {rows}: shape {a.shape}, expected {self.out.shape}")
         self.out[...] = a
