@@ -11,6 +11,45 @@ import pytest
 
 from factor_archive.sample import write_sample_run
 
+# Long suites (full fault injection, long hypothesis profiles, big files) run only with
+# `bash scripts/test.sh --full` (or FACTOR_ARCHIVE_FULL=1); CI runs the fast subset.
+try:
+    from hypothesis import HealthCheck, settings
+
+    _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+    settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=_SLOW_OK)
+    settings.register_profile("full", max_examples=500, deadline=None, suppress_health_check=_SLOW_OK)
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    settings = None
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help="also run the long suites (full fault injection, long hypothesis profiles)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full: a long test that runs only with --full")
+    full = config.getoption("--full") or os.environ.get("FACTOR_ARCHIVE_FULL") == "1"
+    config._factor_archive_full = full
+    if settings is not None and not config.getoption("--hypothesis-profile", default=None):
+        settings.load_profile("full" if full else "ci")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config._factor_archive_full:
+        return
+    skip = pytest.mark.skip(reason="long suite: run with `bash scripts/test.sh --full`")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def full_suite(request) -> bool:
+    """True when the long suites run: tests scale their case counts with it."""
+    return request.config._factor_archive_full
+
 
 @pytest.fixture
 def sample_run(tmp_path) -> Path:
