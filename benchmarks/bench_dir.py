@@ -26,46 +26,18 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (BIN, cp_script, human, log, parse_size, prepare, timed,  # noqa: E402
+                    tree_bytes)
+
 RATIO_TARGET = 1.25
 MEMORY_TARGET = 300 * 10 ** 6
 NANT = 62                      # a Dutch LOFAR HBA observation: 62 stations, 1953 baselines
-BIN = Path(sys.executable).parent
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-def parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1] if t and t[-1] in units else ""
-    return int(float(t[:len(t) - len(unit)]) * units[unit])
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def tree_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for dirpath, _dirs, files in os.walk(path, followlinks=True):
-        total += sum(os.stat(os.path.join(dirpath, f)).st_size for f in files)
-    return total
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 # -- building runs --------------------------------------------------------------------------------
@@ -120,125 +92,6 @@ def build_single_run(root: Path, size: int) -> tuple[Path, Path]:
 
 
 # -- measuring ------------------------------------------------------------------------------------
-
-class Trial:
-    def __init__(self, seconds: float, maxrss: int, cpu: float, others: float):
-        self.seconds = seconds
-        self.maxrss = maxrss     # bytes; of the command and the descendants it waited for
-        self.cpu = cpu           # user + system CPU seconds of the command and its descendants
-        self.others = others     # CPU seconds used meanwhile by everything else on the machine
-
-
-def busy_seconds() -> float:
-    """CPU seconds the whole machine has spent not idle since boot (/proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_idle(limit: float = 120.0) -> None:
-    """Wait (up to ``limit`` s) until the rest of the machine uses under 10% of one core."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        b0 = busy_seconds()
-        time.sleep(1.0)
-        if busy_seconds() - b0 < 0.1:
-            return
-    log("machine still busy; measuring anyway")
-
-
-def drop_caches() -> None:
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def prepare(dests: list[Path], cold: bool, idle: bool = False) -> None:
-    for d in dests:
-        if d.is_dir() and not d.is_symlink():
-            shutil.rmtree(d)
-        elif d.exists() or d.is_symlink():
-            d.unlink()
-    subprocess.run(["sync"], check=True)
-    if cold:
-        drop_caches()
-    if idle:
-        wait_idle()
-
-
-# Runs the command in a grandchild and reports the grandchild's own max RSS. The kernel carries a
-# process's RSS high-water mark across exec, so a child forked straight from this (large) Python
-# process would report at least our size; the small launcher forks it from a fresh interpreter.
-_LAUNCHER = """
-import os, sys
-fd = int(sys.argv[1])
-pid = os.fork()
-if pid == 0:
-    os.close(fd)
-    os.execvp(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-os.write(fd, f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}".encode())
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
-def timed(argv: list[str], *, then_sync: bool = False) -> Trial:
-    """Wall time of ``argv`` (plus a ``sync`` when asked) and the command's max RSS (wait4)."""
-    r, w = os.pipe()
-    try:
-        b0 = busy_seconds()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, str(w), *argv],
-                                stdin=subprocess.DEVNULL, pass_fds=(w,))
-        os.close(w)
-        w = -1
-        code = proc.wait()
-        if code != 0:
-            raise SystemExit(f"failed ({code}): {shlex.join(argv)}")
-        if then_sync:
-            subprocess.run(["sync"], check=True)
-        seconds = time.perf_counter() - t0
-        busy = busy_seconds() - b0
-        maxrss_kib, cpu = os.read(r, 128).split()
-    finally:
-        os.close(r)
-        if w >= 0:
-            os.close(w)
-    return Trial(seconds, int(maxrss_kib) * 1024, float(cpu), max(0.0, busy - float(cpu)))
-
-
-def cp_script(parset: Path, dest: Path) -> tuple[str, int, int]:
-    """A shell script that copies exactly the sources of the -r archive's members with ``cp -aL``.
-
-    Members whose archive name equals the source's name share one cp per destination directory
-    (as a person would type it); renamed ones (a chunk that was a symlink to an input MS) get their
-    own. Returns (script, number of cp invocations, bytes).
-    """
-    from factor_archive.archive import plan_archive
-    from factor_archive.plan import Options
-
-    plan = plan_archive(str(parset), Options(resumable=True, form="dir"))
-    groups: dict[str, list[str]] = {}
-    single: list[tuple[str, str]] = []
-    nbytes = 0
-    for item in plan.items:
-        if item.source is None:
-            raise SystemExit("the benchmark run has generated members; not comparable with cp")
-        nbytes += item.size
-        target = dest / item.member.path
-        if target.name == item.source.name:
-            groups.setdefault(str(target.parent), []).append(str(item.source))
-        else:
-            single.append((str(item.source), str(target)))
-    dirs = sorted({str(dest / Path(i.member.path).parent) for i in plan.items})
-    lines = ["set -e", "mkdir -p " + shlex.join(dirs)]
-    for d, srcs in groups.items():
-        lines.append(shlex.join(["cp", "-aL", *srcs, d + "/"]))
-    for src, dst in single:
-        lines.append(shlex.join(["cp", "-aL", src, dst]))
-    lines.append("sync")
-    return "\n".join(lines) + "\n", len(groups) + len(single), nbytes
-
 
 def compare(name: str, ours: list[str], theirs: list[str], dests: list[Path], repeat: int, cold: bool,
             ours_sync: bool, idle: bool) -> dict:

@@ -51,83 +51,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_dir  # noqa: E402  (the run builder and helpers of the directory-form benchmark)
-from bench_dir import build_spread_run, human, log, parse_size, prepare  # noqa: E402
+from bench_dir import build_spread_run  # noqa: E402  (the run builder of the directory-form benchmark)
+from common import (BIN, PY, Trial, code_state, human, log, make_farm,  # noqa: E402
+                    parse_size, prepare, timed, wait_idle)
 
 ARCHIVE_TARGET = 1.2
 RESTORE_TARGET = None          # no target was set for restore; reported only
 LIST_BYTES_TARGET = 1 << 20    # "well under 1 MB"
 LIST_TIME_TARGET = 1.0         # "well under a second"
-BIN = Path(sys.executable).parent
-PY = sys.executable
 
 
 # -- measuring ------------------------------------------------------------------------------------
-
-# Runs the command in a grandchild (so that max RSS is the command's own, see bench_dir) and
-# reports its rusage and the growth of the launcher's /proc/self/io across the wait: the kernel
-# adds a reaped child's I/O counters to its parent's. The launcher's own two small reads of
-# /proc/self/io (~100 bytes each) are included in rchar; that is the measurement's resolution.
-_LAUNCHER = """
-import os, sys
-def io():
-    with open("/proc/self/io", "rb", buffering=0) as f:
-        text = f.read().decode()
-    return dict((k, int(v)) for k, v in (line.split(":") for line in text.splitlines()))
-fd = int(sys.argv[1])
-out = sys.argv[2]
-before = io()
-pid = os.fork()
-if pid == 0:
-    os.close(fd)
-    if out != "-":
-        o = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(o, 1)
-        os.close(o)
-    os.execvp(sys.argv[3], sys.argv[3:])
-_, status, usage = os.wait4(pid, 0)
-after = io()
-os.write(fd, ("%d %r %d %d %d" % (usage.ru_maxrss, usage.ru_utime + usage.ru_stime,
-              after["rchar"] - before["rchar"], after["read_bytes"] - before["read_bytes"],
-              after["syscr"] - before["syscr"])).encode())
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
-class Trial:
-    def __init__(self, seconds: float, maxrss: int, cpu: float, rchar: int, read_bytes: int,
-                 syscr: int, inner: dict | None = None):
-        self.seconds = seconds          # wall time, including the final sync where there is one
-        self.maxrss = maxrss
-        self.cpu = cpu
-        self.rchar = rchar
-        self.read_bytes = read_bytes
-        self.syscr = syscr
-        self.inner = inner              # in-process measurement printed by a probe, if any
-
-
-def timed(argv: list[str], *, then_sync: bool = False, stdout: str = os.devnull) -> Trial:
-    r, w = os.pipe()
-    try:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([PY, "-S", "-c", _LAUNCHER, str(w), stdout, *argv],
-                                stdin=subprocess.DEVNULL, pass_fds=(w,))
-        os.close(w)
-        w = -1
-        code = proc.wait()
-        if code != 0:
-            raise SystemExit(f"failed ({code}): {shlex.join(argv)}")
-        if then_sync:
-            subprocess.run(["sync"], check=True)
-        seconds = time.perf_counter() - t0
-        fields = os.read(r, 256).split()
-    finally:
-        os.close(r)
-        if w >= 0:
-            os.close(w)
-    maxrss, cpu, rchar, read_bytes, syscr = fields
-    return Trial(seconds, int(maxrss) * 1024, float(cpu), int(rchar), int(read_bytes), int(syscr))
-
 
 def evict(paths: list[Path]) -> None:
     """Drop these files' pages from the page cache (and only theirs)."""
@@ -188,27 +122,18 @@ def probed(code: str, args: list[str]) -> Trial:
     os.set_inheritable(w, True)
     try:
         argv = [PY, "-c", code, *[a.replace("{FD}", str(w)) for a in args]]
-        t0 = time.perf_counter()
-        lr, lw = os.pipe()
-        proc = subprocess.Popen([PY, "-S", "-c", _LAUNCHER, str(lw), os.devnull, *argv],
-                                stdin=subprocess.DEVNULL, pass_fds=(lw, w))
-        os.close(lw)
+        try:
+            trial = timed(argv, pass_fds=(w,))
+        except SystemExit:
+            raise SystemExit(f"probe failed: {shlex.join(argv[:1] + ['-c', '...'] + argv[3:])}") from None
         os.close(w)
         w = -1
-        code_ = proc.wait()
-        seconds = time.perf_counter() - t0
-        if code_ != 0:
-            raise SystemExit(f"probe failed ({code_}): {shlex.join(argv[:1] + ['-c', '...'] + argv[3:])}")
-        fields = os.read(lr, 256).split()
-        os.close(lr)
-        inner = json.loads(os.read(r, 1 << 16))
+        trial.inner = json.loads(os.read(r, 1 << 16))
     finally:
         os.close(r)
         if w >= 0:
             os.close(w)
-    maxrss, cpu, rchar, read_bytes, syscr = fields
-    return Trial(seconds, int(maxrss) * 1024, float(cpu), int(rchar), int(read_bytes), int(syscr),
-                 inner)
+    return trial
 
 
 # -- the GNU tar side -------------------------------------------------------------------------
@@ -236,54 +161,6 @@ def shown(argv: list[str], block_kib: int | None) -> str:
     if block_kib is not None and argv[:2] == [PY, "-c"]:
         return f"[containers.base.BLOCK = {block_kib} KiB] " + shlex.join([str(BIN / argv[4]), *argv[5:]])
     return shlex.join(argv)
-
-
-def code_state() -> str:
-    """Which factor-archive code is measured: the venv installs the work tree editable."""
-    import factor_archive
-
-    src = Path(factor_archive.__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, check=True).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return f"{src} (not a git work tree)"
-    changed = [line[3:] for line in dirty if line.strip()]
-    return f"{src} at {head}" + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
-
-
-def make_farm(parset: Path, farm: Path) -> tuple[list[str], int, int, list[str]]:
-    """Symlinks laid out as the archive, one per member, to the source the plan archives.
-
-    Returns (top-level names in archive order, number of members, bytes, notes).
-    """
-    from factor_archive.archive import plan_archive
-    from factor_archive.plan import Options
-
-    plan = plan_archive(str(parset), Options(resumable=True, form="tar"))
-    if farm.exists():
-        shutil.rmtree(farm)
-    farm.mkdir(parents=True)
-    tops: list[str] = []
-    nbytes = nmembers = nlinks = 0
-    for item in plan.items:
-        if item.source is None:
-            raise SystemExit("the benchmark run has generated members; not comparable with tar")
-        if item.member.kind == "link":
-            nlinks += 1
-            continue
-        target = farm / item.member.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.abspath(item.source), target)
-        top = item.member.path.split("/", 1)[0]
-        if top not in tops:
-            tops.append(top)
-        nbytes += item.size
-        nmembers += 1
-    notes = [f"{nlinks} link member(s) carry no data and have no link in the farm"] if nlinks else []
-    return tops, nmembers, nbytes, notes
 
 
 def tar_contents(path: Path) -> tuple[int, int]:
@@ -321,7 +198,7 @@ def alternate(name: str, sides: list[tuple[str, object]], repeat: int, dests: li
             if before is not None:
                 before()
             if idle:
-                bench_dir.wait_idle(idle_limit)
+                wait_idle(idle_limit)
             trial = run()
             out[label].append(trial)
             extra = f", inner {trial.inner['seconds']:.4f} s / {trial.inner['rchar']} B" if trial.inner else ""

@@ -3,18 +3,9 @@
 
 Input. ``factor_archive.ms.synth.write_ms`` lays out a LOFAR-like MS (62 stations, 1953 baselines
 with autocorrelations, 64 channels of 48.8 kHz at 120 MHz, 4 correlations, 4 s integrations);
-its random columns are then replaced, row block by row block, with realistic ones:
-
-* DATA: a sky of 8 point sources (0.5-15 Jy, spectral index -0.8 +- 0.3, within 2 degrees of the
-  phase centre) predicted exactly from the MS's UVW and channel frequencies, times smooth
-  per-station complex gains (amplitude 1 +- 10 %, phases drifting over minutes), XX/YY with 2 %
-  Stokes Q, 0.5 % XY/YX leakage, plus complex Gaussian noise of 1 Jy per component (the source
-  sum is ~40 Jy, so the noise is small but present in every sample, as in real data);
-* FLAG: RFI-like: two edge channels on each side always, a few narrow-band RFI channels that come
-  and go over time, occasional broad-band time slots, one dead station, autocorrelations; all
-  correlations of a sample flagged together (as DP3 does); about 12 % in all;
-* WEIGHT_SPECTRUM: per baseline a constant (the product of two station sensitivities) times the
-  fraction of unflagged raw samples averaged into the channel (mostly 1, sometimes 7/8 or 6/8).
+its random columns are then replaced, row block by row block, with realistic ones by
+``common.realistic_columns`` (a modelled sky of point sources times station gains plus noise,
+RFI-like flags, weights that follow the flags; see its docstring).
 
 ``DP3 msin=<that> steps=[] msout=big.ms`` then writes the MS that is measured, so the storage
 managers and tile layout are DP3's own.
@@ -42,7 +33,6 @@ the size comparison); ``--repeat N`` reports the median of N timings of each sid
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import statistics
@@ -51,6 +41,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import human, realistic_columns, rewrite_with_dp3, timed, tree_bytes  # noqa: E402
+
 NANT = 62
 NCHAN = 64
 CHAN_WIDTH = 48828.125
@@ -58,131 +51,19 @@ FREQ0 = 120e6
 INTERVAL = 4.0
 START = 4.87e9           # MJD seconds, 2013
 MEMORY_TARGET = 500 << 20
-BIN = Path(sys.executable).parent
 
 
-# -- helpers --------------------------------------------------------------------------------------
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def tree_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            total += os.stat(os.path.join(dirpath, name)).st_size
-    return total
-
-
-def run_child(argv: list[str], *, shell: bool = False, env: dict | None = None) -> tuple[float, int]:
-    """Run one command; return (wall seconds, peak RSS in bytes of it and its descendants' max)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, shell=shell, env=env)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {argv}")
-    return wall, usage.ru_maxrss * 1024
+def run_child(argv: list[str] | str, *, shell: bool = False) -> tuple[float, int]:
+    """Run one command; return (wall seconds, peak RSS in bytes of its largest process)."""
+    trial = timed(["sh", "-c", argv] if shell else argv, stdout="-")
+    return trial.seconds, trial.maxrss
 
 
 def sync() -> None:
     os.sync()
 
 
-def casacore_env() -> dict:
-    import casacore
-
-    root = os.path.dirname(casacore.__file__)
-    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "AIPSPATH": root,
-            "CASACORE_DATADIR": os.path.join(root, "data")}
-
-
 # -- input ---------------------------------------------------------------------------------------
-
-def realistic_columns(ms: Path, seed: int = 7) -> None:
-    """Replace DATA, FLAG, FLAG_ROW, WEIGHT_SPECTRUM, WEIGHT and SIGMA with realistic values."""
-    import numpy as np
-    from casacore import tables as ct
-
-    rng = np.random.default_rng(seed)
-    c = 299792458.0
-    freqs = FREQ0 + np.arange(NCHAN) * CHAN_WIDTH
-    nsrc = 8
-    flux = rng.uniform(0.5, 15.0, nsrc)
-    alpha = rng.normal(-0.8, 0.3, nsrc)
-    l = rng.uniform(-0.035, 0.035, nsrc)
-    m = rng.uniform(-0.035, 0.035, nsrc)
-    n1 = np.sqrt(1 - l * l - m * m) - 1
-    spec = flux[:, None] * (freqs[None, :] / freqs[0]) ** alpha[:, None]          # (src, chan)
-    station_amp = rng.uniform(0.9, 1.1, NANT)
-    station_rate = rng.normal(0, 2 * math.pi / 1800, NANT)                         # rad/s
-    station_phase0 = rng.uniform(-math.pi, math.pi, NANT)
-    sens = rng.uniform(0.8, 1.2, NANT).astype(np.float32)
-    dead = 17
-    rfi_channels = rng.choice(np.arange(2, NCHAN - 2), 5, replace=False)
-
-    t = ct.table(str(ms), readonly=False, ack=False)
-    try:
-        nrow = t.nrows()
-        nbl = NANT * (NANT + 1) // 2
-        step = nbl * 8
-        for start in range(0, nrow, step):
-            n = min(step, nrow - start)
-            uvw = t.getcol("UVW", start, n)
-            a1 = t.getcol("ANTENNA1", start, n)
-            a2 = t.getcol("ANTENNA2", start, n)
-            time_ = t.getcol("TIME", start, n) - START
-            # Exact point-source prediction: exp(-2 pi i (ul + vm + w(n-1)) f / c).
-            geo = (uvw[:, 0:1] * l + uvw[:, 1:2] * m + uvw[:, 2:3] * n1)           # (row, src) metres
-            phase = -2 * math.pi * geo[:, :, None] * (freqs / c)[None, None, :]     # (row, src, chan)
-            vis = np.einsum("rsc,sc->rc", np.exp(1j * phase), spec)                 # Stokes I
-            g1 = station_amp[a1] * np.exp(1j * (station_phase0[a1] + station_rate[a1] * time_))
-            g2 = station_amp[a2] * np.exp(1j * (station_phase0[a2] + station_rate[a2] * time_))
-            vis *= (g1 * np.conj(g2))[:, None]
-            data = np.empty((n, NCHAN, 4), np.complex64)
-            data[:, :, 0] = 0.5 * vis * 1.02
-            data[:, :, 3] = 0.5 * vis * 0.98
-            data[:, :, 1] = 0.005 * vis * np.exp(0.3j)
-            data[:, :, 2] = 0.005 * vis * np.exp(-0.3j)
-            noise = rng.standard_normal((n, NCHAN, 4, 2), dtype=np.float32)
-            data += (noise[..., 0] + 1j * noise[..., 1]).astype(np.complex64)
-
-            flag = np.zeros((n, NCHAN), bool)
-            flag[:, :2] = flag[:, -2:] = True
-            slot = (start // nbl) + np.arange(n) // nbl
-            for k, ch in enumerate(rfi_channels):
-                on = ((slot // (7 + 3 * k)) % 3) == 0
-                flag[on, ch] = True
-            burst = rng.random(int(slot.max()) + 1) < 0.02
-            flag[burst[slot]] = True
-            flag[(a1 == dead) | (a2 == dead)] = True
-            flag[a1 == a2] = True
-            flag3 = np.repeat(flag[:, :, None], 4, axis=2)
-
-            frac = np.ones((n, NCHAN), np.float32)
-            part = rng.random((n, NCHAN)) < 0.04
-            frac[part] = rng.choice(np.array([0.875, 0.75], np.float32), int(part.sum()))
-            w = (sens[a1] * sens[a2])[:, None] * frac * np.float32(8.0)
-            wspec = np.repeat(w[:, :, None], 4, axis=2).astype(np.float32)
-            weight = wspec.mean(axis=1).astype(np.float32)
-
-            t.putcol("DATA", data, start, n)
-            t.putcol("FLAG", flag3, start, n)
-            t.putcol("FLAG_ROW", flag.all(axis=1), start, n)
-            t.putcol("WEIGHT_SPECTRUM", wspec, start, n)
-            t.putcol("WEIGHT", weight, start, n)
-            t.putcol("SIGMA", (1.0 / np.sqrt(weight)).astype(np.float32), start, n)
-    finally:
-        t.close()
-
 
 def make_input(workdir: Path, ntimes: int) -> Path:
     """big.ms in workdir (reused if present): synth layout, realistic columns, written by DP3."""
@@ -202,8 +83,7 @@ def make_input(workdir: Path, ntimes: int) -> Path:
              name="L123456_SB000_uv")
     realistic_columns(src)
     print(f"synthetic input written in {time.perf_counter() - t0:.0f} s", flush=True)
-    cmd = [str(BIN / "DP3.py"), f"msin={src}", "steps=[]", f"msout={big}"]
-    subprocess.run(cmd, check=True, env=casacore_env(), stdout=subprocess.DEVNULL)
+    rewrite_with_dp3(src, big)
     shutil.rmtree(src)
     (workdir / "big.ms.ok").write_text("")
     return big
