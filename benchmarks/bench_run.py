@@ -275,7 +275,7 @@ def alternate(name: str, sides: list[tuple[str, list[str], bool, Path]], repeat:
             trial.out_bytes = tree_bytes(output, follow_links=False)
             out[label].append(trial)
             log(f"{name} #{i + 1} {label}: {trial.seconds:.2f} s, CPU {trial.user:.2f} + {trial.system:.2f} s, "
-                f"written {human(trial.write_bytes)}, max RSS {human(trial.maxrss)}"
+                f"written {human(trial.write_bytes)}, output {human(trial.out_bytes)}, max RSS {human(trial.maxrss)}"
                 + (f" (tree {human(trial.tree_rss)})" if ours else "")
                 + f", other processes' CPU meanwhile {trial.others:.2f} s")
     return out
