@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="long suite: run with `bash scripts/test.sh --full`")
     for item in items:
-        if "full" in item.keywords:
+        if item.get_closest_marker("full") is not None:  # not keywords: a test id may say "full"
             item.add_marker(skip)
 
 
@@ -51,10 +51,18 @@ def full_suite(request) -> bool:
     return request.config._factor_archive_full
 
 
+@pytest.fixture(scope="session")
+def dp3_ms_cache(tmp_path_factory) -> Path:
+    """Where the session keeps the sample run's DP3-written MSs, so DP3 runs once per session."""
+    return tmp_path_factory.mktemp("dp3-ms-cache")
+
+
 @pytest.fixture
-def sample_run(tmp_path) -> Path:
-    """A fresh sample run below a path with spaces and non-ASCII characters; returns its parset."""
-    return write_sample_run(tmp_path / "site ø" / "run with spaces")
+def sample_run(tmp_path, dp3_ms_cache) -> Path:
+    """A fresh sample run below a path with spaces and non-ASCII characters; returns its parset.
+
+    Its MSs are written by DP3, as a real run's are (the test needs the dp3 package)."""
+    return write_sample_run(tmp_path / "site ø" / "run with spaces", dp3=True, ms_cache=dp3_ms_cache)
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple]:

@@ -157,10 +157,13 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
+    from .ms.dp3 import dp3_available
     from .sample import write_sample_run
 
-    parset = write_sample_run(args.directory)
-    print(f"sample Factor run written; parset: {parset}")
+    by_dp3 = dp3_available()
+    parset = write_sample_run(args.directory, dp3=by_dp3)
+    writer = "DP3" if by_dp3 else "python-casacore (DP3 is not installed)"
+    print(f"sample Factor run written, Measurement Sets by {writer}; parset: {parset}")
     return 0
 
 

@@ -5,23 +5,31 @@ Layout (``root`` is the directory given):
   root/input/                                  dir_ms: two input MSs and their .merge sky models
   root/wdir/                                   dir_working: chunks, state, results, regions, logs
 
-Every Measurement Set is a real table written with python-casacore; state pickles are written the
-way Python 2 wrote them (protocols 0 and 2, byte strings, numpy 1.x arrays); mapfiles are the
-one-line ``repr`` of a list of dicts that Factor writes. Two imaging operations, a chunk that is a
-symlink to an input MS, a band missing in one time chunk of the calibrated data, and decoy files
-that must not be archived are all there.
+Every Measurement Set is written the way a real run's are: by DP3, from a small synthetic MS
+(``ms/synth.py``) that DP3 rewrites. The chunks get SUBTRACTED_DATA_ALL from a second, in-place
+DP3 run, and one chunk (band SB010, chunk 1) is Dysco-compressed, as Factor's
+``use_compression`` writes them. Without DP3 (``dp3`` module or ``DP3`` executable) the MSs are
+the synthetic ones, written by python-casacore: same names and rows, but StandardStMan
+storage, variable-shape SPECTRAL_WINDOW columns and no Dysco.
+
+State pickles are written the way Python 2 wrote them (protocols 0 and 2, byte strings, numpy 1.x
+arrays); mapfiles are the one-line ``repr`` of a list of dicts that Factor writes. Two imaging
+operations, a chunk that is a symlink to an input MS, a band missing in one time chunk of the
+calibrated data, and decoy files that must not be archived are all there.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .ms.synth import write_ms
+from .errors import FactorArchiveError
+from .ms.dp3 import MsRecipe, dp3_available, write_recipes
 from .run.mapfile import _py2_literal as py2_literal
 from .run.state import dumps_py2
 
@@ -37,6 +45,8 @@ IMAGE_OPS = ["facetimage", "facetimage_c15.0r0.0t45.0u160.0"]
 MOSAIC_OPS = ["fieldmosaic", "fieldmosaic_c15.0r0.0t45.0u160.0"]
 # Calibrated data that facet1's facetimage made: band SB010 is missing in chunk 1.
 MISSING_CALIBRATED = {("SB010", 1)}
+# The chunk that DP3 writes with Dysco compression (Factor's use_compression).
+DYSCO_CHUNK = ("SB010", 1)
 
 
 def band_name(freq: float) -> str:
@@ -112,8 +122,18 @@ def _h5_bytes(seed: int) -> bytes:
     return b"\x89HDF\r\n\x1a\n" + rng.bytes(4096)
 
 
-def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10, nant: int = 4) -> Path:
-    """Write the sample run below ``directory`` (created; must be empty) and return the parset path."""
+def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10, nant: int = 4,
+                     dp3: bool | None = None, ms_cache: str | os.PathLike | None = None) -> Path:
+    """Write the sample run below ``directory`` (created; must be empty) and return the parset path.
+
+    ``dp3``: write the MSs through DP3 (True), with python-casacore only (False), or through DP3
+    when it is installed (None). ``ms_cache``: a directory where DP3-written MSs are kept and
+    reused by later calls with the same sizes (tests write many sample runs; a DP3 batch takes
+    seconds).
+    """
+    use_dp3 = dp3_available() if dp3 is None else dp3
+    if use_dp3 and not dp3_available():
+        raise FactorArchiveError("DP3 is not installed (no dp3 Python module and no DP3 on PATH)")
     root = Path(os.path.abspath(directory))
     root.mkdir(parents=True, exist_ok=True)
     if any(root.iterdir()):
@@ -124,6 +144,7 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
     dir_ms.mkdir()
     seed = iter(range(10_000))
     nchunks = 3
+    measurement_sets: list[MsRecipe] = []
 
     # Inputs, chunks, band state -------------------------------------------------------------
     band_names = []
@@ -132,9 +153,10 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
         bname = band_name(centre)
         band_names.append(bname)
         input_ms = dir_ms / f"{root_ms}.ms"
-        write_ms(input_ms, start_time=START, ntimes=ntimes_per_chunk * nchunks, interval=INTERVAL,
-                 chan_freqs=chan_freqs(centre), chan_width=CHAN_WIDTH, nant=nant, seed=next(seed),
-                 data_columns=("DATA", "SUBTRACTED_DATA_ALL"))
+        measurement_sets.append(MsRecipe(input_ms, dict(
+            start_time=START, ntimes=ntimes_per_chunk * nchunks, interval=INTERVAL,
+            chan_freqs=chan_freqs(centre), chan_width=CHAN_WIDTH, nant=nant, seed=next(seed)),
+            copies=("SUBTRACTED_DATA_ALL",)))
         sky = dir_ms / f"{root_ms}.merge"
         sky.write_text("FORMAT = Name, Type, Ra, Dec, I, Patch\n"
                        f", , p{b}, 14:41:01.88, +35.30.31.5\n"
@@ -147,9 +169,10 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
             if b == 1 and c == 0:
                 os.symlink(input_ms, chunk)  # an input that was not split becomes a symlink
             else:
-                write_ms(chunk, start_time=START + c * CHUNK_LEN, ntimes=ntimes_per_chunk,
-                         interval=INTERVAL, chan_freqs=chan_freqs(centre), chan_width=CHAN_WIDTH,
-                         nant=nant, seed=next(seed), data_columns=("DATA", "SUBTRACTED_DATA_ALL"))
+                measurement_sets.append(MsRecipe(chunk, dict(
+                    start_time=START + c * CHUNK_LEN, ntimes=ntimes_per_chunk, interval=INTERVAL,
+                    chan_freqs=chan_freqs(centre), chan_width=CHAN_WIDTH, nant=nant,
+                    seed=next(seed)), copies=("SUBTRACTED_DATA_ALL",), dysco=(sb, c) == DYSCO_CHUNK))
             files.append(str(chunk))
         _pickle(wd / "state" / f"{bname}_save.pkl", {
             "name": bname, "files": files, "msnames": [Path(f).name for f in files],
@@ -275,7 +298,7 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
             state["completed_operations"].append(op)
             if k == 0 and d == "facet1":
                 state["image_data_mapfile"] = str(md / "imaging_input.mapfile")
-                _calibrated_data(od, md, next(seed) * 100)
+                measurement_sets += _calibrated_data(od, md, next(seed) * 100)
         _pickle(wd / "state" / f"{d}_save.pkl", state, protocol=0 if d != "facet2" else 2)
 
     _outlier_peel(wd, res, chunk_files, next(seed))
@@ -302,7 +325,35 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
         field["started_operations"].append(op)
         field["completed_operations"].append(op)
     _pickle(wd / "state" / "field_save.pkl", field, protocol=2)
+    _write_measurement_sets(root, measurement_sets, use_dp3=use_dp3,
+                            cache=None if ms_cache is None else
+                            Path(ms_cache) / f"t{ntimes_per_chunk}-a{nant}")
     return root / "factor.parset"
+
+
+def _write_measurement_sets(root: Path, todo: list[MsRecipe], *, use_dp3: bool,
+                            cache: Path | None) -> None:
+    """Write every MS (DP3 in one batch), reusing and filling the cache of DP3-written MSs."""
+    if not use_dp3 or cache is None:
+        write_recipes(todo, use_dp3=use_dp3)
+        return
+    missing = []
+    for ms in todo:
+        cached = cache / ms.path.relative_to(root)
+        if cached.is_dir():
+            shutil.copytree(cached, ms.path, symlinks=True)
+        else:
+            missing.append(ms)
+    write_recipes(missing)
+    for ms in missing:
+        cached = cache / ms.path.relative_to(root)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.name}.partial-{os.getpid()}")
+        shutil.copytree(ms.path, partial, symlinks=True)
+        try:
+            partial.rename(cached)
+        except OSError:  # another process cached it first
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def _outlier_peel(wd: Path, res: Path, chunk_files: list[str], seed: int) -> None:
@@ -360,7 +411,7 @@ def write_parmdb(path: Path, seed: int) -> None:
     main.close()
 
 
-def _calibrated_data(od: Path, md: Path, seed: int) -> None:
+def _calibrated_data(od: Path, md: Path, seed: int) -> list[MsRecipe]:
     """facet1's phase-shifted, averaged per band and chunk MSs, one band missing in one chunk."""
     files = []
     for c in range(3):
@@ -368,7 +419,8 @@ def _calibrated_data(od: Path, md: Path, seed: int) -> None:
             if (sb, c) in MISSING_CALIBRATED:
                 continue
             ms = od / f"{root_name(sb)}_chunk{c}.prepare_imaging_data"
-            write_ms(ms, start_time=START + c * CHUNK_LEN, ntimes=5, interval=2 * INTERVAL,
-                     chan_freqs=chan_freqs(centre), chan_width=CHAN_WIDTH, nant=4, seed=seed + len(files))
-            files.append(str(ms))
-    _mapfile(md / "imaging_input.mapfile", ["[" + ",".join(files) + "]"])
+            files.append(MsRecipe(ms, dict(
+                start_time=START + c * CHUNK_LEN, ntimes=5, interval=2 * INTERVAL,
+                chan_freqs=chan_freqs(centre), chan_width=CHAN_WIDTH, nant=4, seed=seed + len(files))))
+    _mapfile(md / "imaging_input.mapfile", ["[" + ",".join(str(f.path) for f in files) + "]"])
+    return files

@@ -16,19 +16,25 @@ What DP3 does, and so what this does (checked against DP3 6.6 by tests/test_conc
   grid in steps of the first real input's first channel width (starting after the
   previous band's last channel, or before the next one for leading gaps); with a gap all
   real inputs must have the same number of channels and ascend in frequency;
+* layout: the first real input's descriptions of the required MS columns, in its order;
+  DATA, FLAG and WEIGHT_SPECTRUM redefined for the output's channels and tiled like DP3
+  (1 MiB DATA tiles, UVW keeps the input's tiles); other columns dropped; StandardStMan
+  for everything not tiled;
 * SPECTRAL_WINDOW: channels concatenated, NUM_CHAN, TOTAL_BANDWIDTH = sum of widths,
-  EFFECTIVE_BW/RESOLUTION concatenated (gap channels get the fill width); other
+  EFFECTIVE_BW/RESOLUTION concatenated (gap channels get the fill width); fixed-shape
+  per-channel columns (DP3 writes them so) are redefined with the new shape; other
   subtables are copied from the first real input.
 * REF_FREQUENCY rule (DP3 itself differs with and without a gap): always the centre of
   the whole output band, (low edge of first channel + high edge of last channel) / 2.
 
-Not reproduced: LOFAR_FULL_RES_FLAG, extra data columns and a new HISTORY row.
+Not reproduced: LOFAR_FULL_RES_FLAG and DP3's new HISTORY row.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -64,15 +70,22 @@ def _one_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def _spw_row(ms) -> tuple[object, int]:
+def _spw_id(ms) -> int:
+    """The SPECTRAL_WINDOW row of the data (that of the first row's DATA_DESC_ID)."""
     from casacore import tables as ct
 
     ddid = int(ms.getcell("DATA_DESC_ID", 0)) if ms.nrows() else 0
     dd = ct.table(ms.getkeyword("DATA_DESCRIPTION"), ack=False)
     try:
-        spw_id = int(dd.getcell("SPECTRAL_WINDOW_ID", ddid))
+        return int(dd.getcell("SPECTRAL_WINDOW_ID", ddid))
     finally:
         dd.close()
+
+
+def _spw_row(ms) -> tuple[object, int]:
+    from casacore import tables as ct
+
+    spw_id = _spw_id(ms)
     return ct.table(ms.getkeyword("SPECTRAL_WINDOW"), ack=False), spw_id
 
 
@@ -208,78 +221,153 @@ def _spectral_layout(slots: Sequence[_Band | None]):
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 
 
+_TILED = {"UVW": "TiledUVW", "DATA": "TiledData", "FLAG": "TiledFlag",
+          "WEIGHT_SPECTRUM": "TiledWeightSpectrum"}
+# DP3's descriptions of the columns it writes anew.
+_NEW_COLUMNS = {"DATA": ("complex", "visibility data"), "FLAG": ("boolean", "The data flags"),
+                "WEIGHT_SPECTRUM": ("float", "weight per corr/chan")}
+
+
 def _main_desc(first, nchan: int, ncorr: int) -> dict:
+    """The output's column descriptions, taken from the first input's as DP3 takes them.
+
+    DP3 keeps the MS's required columns with their descriptions (comments, units, measure
+    frames) and order, drops every other column (extra data columns, LOFAR_FULL_RES_FLAG),
+    and redefines DATA, FLAG and WEIGHT_SPECTRUM with the output's channel count; everything
+    that is not tiled is stored with StandardStMan.
+    """
     from casacore import tables as ct
 
-    desc = ct.required_ms_desc("MAIN")
-    for name, value, shape in (("DATA", 0j, (nchan, ncorr)), ("FLAG", False, (nchan, ncorr)),
-                               ("WEIGHT_SPECTRUM", 0.0, (nchan, ncorr)),
-                               ("WEIGHT", 0.0, (ncorr,)), ("SIGMA", 0.0, (ncorr,))):
-        vtype = {"DATA": "complex", "FLAG": "boolean"}.get(name, "float")
-        col = ct.makearrcoldesc(name, value, ndim=len(shape), shape=list(shape), options=4,
-                                valuetype=vtype)["desc"]
+    required = ct.required_ms_desc("MAIN")
+    source = first.getdesc()
+    wanted = [c for c in required if not c.startswith("_")] + list(_NEW_COLUMNS)
+    names = [c for c in first.colnames() if c in wanted]
+    names += [c for c in wanted if c not in names]
+    desc = {}
+    for name in names:
+        col = dict(source[name]) if name in source else dict(required.get(name, {}))
+        if name in _NEW_COLUMNS:
+            vtype, comment = _NEW_COLUMNS[name]
+            col = {**ct.makearrcoldesc(name, None, ndim=2, valuetype=vtype)["desc"],
+                   "comment": comment, "keywords": col.get("keywords", {})}
+            col.update(shape=np.array([nchan, ncorr]), ndim=2, option=4)
+        elif name in ("WEIGHT", "SIGMA"):
+            col.update(shape=np.array([ncorr]), ndim=1, option=4)
+        # python-casacore gives an empty string array as [], which would come back as Int[0].
+        col["keywords"] = {k: np.array([], dtype=str) if isinstance(v, list) and not v else v
+                           for k, v in col.get("keywords", {}).items()}
+        col["dataManagerType"] = "TiledColumnStMan" if name in _TILED else "StandardStMan"
+        col["dataManagerGroup"] = _TILED.get(name, "StandardStMan")
         desc[name] = col
-    # Keep the input's measure frames and units (e.g. UVW in J2000).
-    for name in desc:
-        if name.startswith("_") or name not in first.colnames():
-            continue
-        kw = first.getcolkeywords(name)
-        if kw:
-            desc[name]["keywords"] = {**desc[name].get("keywords", {}), **kw}
     return desc
 
 
-def _dminfo(nchan: int, ncorr: int) -> dict:
-    rows = max(1, 131072 // (nchan * ncorr))  # ~1 MiB DATA tiles, like DP3's layout
-    tiled = {"UVW": ("TiledUVW", [3, 1024]), "DATA": ("TiledData", [ncorr, nchan, rows]),
-             "FLAG": ("TiledFlag", [ncorr, nchan, rows * 8]),
-             "WEIGHT_SPECTRUM": ("TiledWeightSpectrum", [ncorr, nchan, rows * 2])}
-    return {f"*{i + 1}": {"TYPE": "TiledColumnStMan", "NAME": name,
+def _uvw_tile(first) -> list[int]:
+    """DP3 keeps the input's UVW tiles when UVW is tiled, else uses 8192 rows per tile."""
+    try:
+        tile = first.getdminfo("UVW").get("SPEC", {}).get("DEFAULTTILESHAPE")
+    except RuntimeError:
+        tile = None
+    if tile is not None and len(tile) == 2 and int(tile[0]) == 3:
+        return [3, int(tile[1])]
+    return [3, 8192]
+
+
+def _dminfo(nchan: int, ncorr: int, uvw_tile: list[int]) -> dict:
+    rows = max(1, 131072 // (nchan * ncorr))  # 1 MiB DATA tiles, as DP3's default msout.tilesize
+    tiles = {"UVW": uvw_tile, "DATA": [ncorr, nchan, rows], "FLAG": [ncorr, nchan, rows * 8],
+             "WEIGHT_SPECTRUM": [ncorr, nchan, rows]}
+    return {f"*{i + 1}": {"TYPE": "TiledColumnStMan", "NAME": _TILED[col],
                           "SPEC": {"DEFAULTTILESHAPE": np.array(shape, np.int32)},
                           "COLUMNS": [col]}
-            for i, (col, (name, shape)) in enumerate(tiled.items())}
+            for i, (col, shape) in enumerate(tiles.items())}
 
 
-def _copy_subtables(first, out) -> None:
-    from casacore import tables as ct
+_CHANNEL_COLUMNS = ("CHAN_FREQ", "CHAN_WIDTH", "RESOLUTION", "EFFECTIVE_BW")
 
+
+def _copy_subtables(first, out, spectral: tuple[np.ndarray, ...]) -> None:
+    """Copy the first input's subtables and keywords; SPECTRAL_WINDOW gets the output's channels.
+
+    Other subtables are copied unchanged, as DP3 copies them (none of the MS subtables DP3
+    writes has a per-channel shape; an optional SYSCAL's spectra keep the first band's channels).
+    """
     for name, value in first.getkeywords().items():
-        if isinstance(value, str) and value.startswith("Table: "):
-            src = ct.table(value[len("Table: "):], ack=False)
-            try:
-                dst = src.copy(os.path.join(out.name(), name), deep=True)
-            finally:
-                src.close()
-            out.putkeyword(name, dst)
-            dst.close()
-        else:
-            out.putkeyword(name, value)
+        if not (isinstance(value, str) and value.startswith("Table: ")):
+            with _casacore_errors(f"cannot write keyword {name} of", out.name()):
+                out.putkeyword(name, value)
+            continue
+        src_path = value[len("Table: "):]
+        dst_path = os.path.join(out.name(), name)
+        src = _open(src_path)
+        try:
+            with _casacore_errors(f"cannot copy {src_path} to", dst_path):
+                if name == "SPECTRAL_WINDOW":
+                    dst = _write_spectral_window(src, dst_path, first, *spectral)
+                else:
+                    dst = src.copy(dst_path, deep=True)
+                try:
+                    out.putkeyword(name, dst)
+                finally:
+                    dst.close()
+        finally:
+            src.close()
 
 
-def _fix_spectral_window(out_path: str, freqs, widths, res, ebw) -> None:
+def _write_spectral_window(src, dst_path: str, ms, freqs, widths, res, ebw):
+    """SPECTRAL_WINDOW with the output's channels in the row the data refers to.
+
+    The table is made anew from the input's description and data managers, with fixed-shape
+    per-channel columns redefined to the output's channel count (as DP3 does; putting a longer
+    array into such a column fails). A per-channel column that other rows need with another
+    shape becomes variable-shaped.
+    """
     from casacore import tables as ct
 
-    dd = ct.table(f"{out_path}::DATA_DESCRIPTION", ack=False)
+    row = _spw_id(ms)
+    nchan = len(freqs)
+    new = dict(zip(_CHANNEL_COLUMNS, (freqs, widths, res, ebw)))
+    desc = src.getdesc()
+    for col in _CHANNEL_COLUMNS:
+        cd = desc.get(col)
+        if cd is None or "shape" not in cd:
+            continue
+        others = [r for r in range(src.nrows()) if r != row]
+        if any(not src.iscelldefined(col, r) or src.getcell(col, r).shape != (nchan,)
+               for r in others):
+            del cd["shape"]
+            cd["option"] = int(cd.get("option", 0)) & ~4  # no longer FixedShape
+            cd["ndim"] = 1
+        else:
+            cd["shape"] = np.array([nchan])
+    dst = ct.table(dst_path, desc, nrow=src.nrows(), dminfo=src.getdminfo(), ack=False)
     try:
-        row = int(dd.getcell("SPECTRAL_WINDOW_ID", 0))
-    finally:
-        dd.close()
-    spw = ct.table(f"{out_path}::SPECTRAL_WINDOW", readonly=False, ack=False)
-    try:
-        spw.putcell("CHAN_FREQ", row, freqs)
-        spw.putcell("CHAN_WIDTH", row, widths)
-        spw.putcell("RESOLUTION", row, res)
-        spw.putcell("EFFECTIVE_BW", row, ebw)
-        spw.putcell("NUM_CHAN", row, len(freqs))
-        spw.putcell("TOTAL_BANDWIDTH", row, float(np.sum(widths)))
+        dst.putinfo(src.info())
+        dst.putkeywords(src.getkeywords())
+        for col in src.colnames():
+            for r in range(src.nrows()):
+                if col in new and r == row:
+                    dst.putcell(col, r, new[col])
+                elif src.iscelldefined(col, r):
+                    dst.putcell(col, r, src.getcell(col, r))
+        dst.putcell("NUM_CHAN", row, nchan)
+        dst.putcell("TOTAL_BANDWIDTH", row, float(np.sum(widths)))
         low = freqs[0] - widths[0] / 2
         high = freqs[-1] + widths[-1] / 2
-        spw.putcell("REF_FREQUENCY", row, float((low + high) / 2))
-    except Exception as exc:
-        raise FactorArchiveError(f"cannot update SPECTRAL_WINDOW of {out_path}: "
-                                 f"{_one_line(exc)}") from None
-    finally:
-        spw.close()
+        dst.putcell("REF_FREQUENCY", row, float((low + high) / 2))
+    except BaseException:
+        dst.close()
+        raise
+    return dst
+
+
+@contextmanager
+def _casacore_errors(what: str, path, error: type[FactorArchiveError] = FactorArchiveError):
+    """Turn a casacore exception (a multi-line RuntimeError) into one line naming the file."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise error(f"{what} {path}: {_one_line(exc)}") from None
 
 
 def _baselines_per_slot(ms) -> int:
@@ -298,6 +386,7 @@ def concat_in_frequency(slots: Sequence[str | None], out_path, *, row_block: int
     """Write one uncompressed MS at out_path, as DP3 would from these frequency slots.
 
     ``progress`` gets the number of bytes of each written row block (an increment).
+    A casacore failure is a one-line error naming the input (BadInput) or the output.
     """
     from casacore import tables as ct
 
@@ -318,43 +407,54 @@ def concat_in_frequency(slots: Sequence[str | None], out_path, *, row_block: int
         real = [b for b in bands if b is not None]
         first = real[0]
         ms0 = first.table
-        nrow = ms0.nrows()
-        ncorr = int(ms0.getcell("DATA", 0).shape[1])
-        interval = float(ms0.getcell("INTERVAL", 0))
+        with _casacore_errors("cannot read Measurement Set", first.path, BadInput):
+            nrow = ms0.nrows()
+            ncorr = int(ms0.getcell("DATA", 0).shape[1])
+            interval = float(ms0.getcell("INTERVAL", 0))
+            nbl = _baselines_per_slot(ms0)
+            bl_a1 = ms0.getcol("ANTENNA1", 0, nbl)
+            bl_a2 = ms0.getcol("ANTENNA2", 0, nbl)
         for band in real[1:]:
             tab = band.table
-            if tab.nrows() != nrow:
-                raise BadInput(f"{band.path}: {tab.nrows()} rows, but {first.path} has {nrow}")
-            if int(tab.getcell("DATA", 0).shape[1]) != ncorr:
+            with _casacore_errors("cannot read Measurement Set", band.path, BadInput):
+                rows, corr = tab.nrows(), int(tab.getcell("DATA", 0).shape[1])
+                band_interval = float(tab.getcell("INTERVAL", 0))
+            if rows != nrow:
+                raise BadInput(f"{band.path}: {rows} rows, but {first.path} has {nrow}")
+            if corr != ncorr:
                 raise BadInput(f"{band.path}: number of correlations differs from {first.path}")
-            if abs(float(tab.getcell("INTERVAL", 0)) - interval) > _TIME_TOL:
+            if abs(band_interval - interval) > _TIME_TOL:
                 raise BadInput(f"{band.path}: time interval differs from {first.path}")
-        freqs, widths, res, ebw = _spectral_layout(bands)
-        nchan = len(freqs)
-
-        nbl = _baselines_per_slot(ms0)
+        spectral = _spectral_layout(bands)
+        nchan = len(spectral[0])
         if nrow % nbl:
             raise BadInput(f"{first.path}: irregular Measurement Set ({nrow} rows is not a "
                            f"multiple of {nbl} baselines)")
-        bl_a1 = ms0.getcol("ANTENNA1", 0, nbl)
-        bl_a2 = ms0.getcol("ANTENNA2", 0, nbl)
 
         bytes_per_row = nchan * ncorr * 2 * (8 + 1 + 4) + 64
         block = max(1, min(row_block, _BLOCK_BYTES // bytes_per_row))
 
-        desc = _main_desc(ms0, nchan, ncorr)
-        out = ct.table(str(tmp), desc, nrow=nrow, dminfo=_dminfo(nchan, ncorr), ack=False)
-        out.putinfo(ms0.info())
-        _copy_subtables(ms0, out)
+        with _casacore_errors("cannot write", out_path):
+            desc = _main_desc(ms0, nchan, ncorr)
+            out = ct.table(str(tmp), desc, nrow=nrow, ack=False,
+                           dminfo=_dminfo(nchan, ncorr, _uvw_tile(ms0)))
+            info = ms0.info()
+            out.putinfo({**info, "readme": info.get("readme", "").rstrip("\n")})
+        _copy_subtables(ms0, out, spectral)
 
         # A gap gets as many channels as the first real band (DP3's FillBands).
         offsets = np.cumsum([0] + [first.nchan if b is None else b.nchan for b in bands])
         prev_time = -np.inf
         for start in range(0, nrow, block):
             n = min(block, nrow - start)
-            time = ms0.getcol("TIME", start, n)
-            a1 = ms0.getcol("ANTENNA1", start, n)
-            a2 = ms0.getcol("ANTENNA2", start, n)
+            with _casacore_errors("cannot read Measurement Set", first.path, BadInput):
+                time = ms0.getcol("TIME", start, n)
+                a1 = ms0.getcol("ANTENNA1", start, n)
+                a2 = ms0.getcol("ANTENNA2", start, n)
+                cols = {"TIME": time, "TIME_CENTROID": time,
+                        "INTERVAL": ms0.getcol("INTERVAL", start, n),
+                        "EXPOSURE": ms0.getcol("EXPOSURE", start, n),
+                        "ANTENNA1": a1, "ANTENNA2": a2, "UVW": ms0.getcol("UVW", start, n)}
             _check_regular(first.path, start, time, a1, a2, bl_a1, bl_a2, prev_time)
             prev_time = float(time[-1])
 
@@ -364,58 +464,61 @@ def concat_in_frequency(slots: Sequence[str | None], out_path, *, row_block: int
             for i, band in enumerate(bands):
                 if band is None:
                     continue
-                tab = band.table
                 if band is not first:
-                    _check_same_rows(band.path, first.path, start, time, a1, a2, tab)
+                    _check_same_rows(band.path, first.path, start, time, a1, a2, band.table)
                 c0, c1 = offsets[i], offsets[i + 1]
-                d = tab.getcol("DATA", start, n)
-                f = tab.getcol("FLAG", start, n) if band.has_flag else np.zeros(d.shape, bool)
-                f |= tab.getcol("FLAG_ROW", start, n)[:, None, None]
-                f |= ~np.isfinite(d)
-                f[:] = f.any(axis=2, keepdims=True)
-                if band.has_weight_spectrum:
-                    w = tab.getcol("WEIGHT_SPECTRUM", start, n)
-                else:
-                    w = tab.getcol("WEIGHT", start, n)[:, None, :]
-                data[:, c0:c1] = d
-                flag[:, c0:c1] = f
-                wspec[:, c0:c1] = w
+                data[:, c0:c1], flag[:, c0:c1], wspec[:, c0:c1] = _read_band_block(band, start, n)
 
-            cols = {
-                "TIME": time, "TIME_CENTROID": time,
-                "INTERVAL": ms0.getcol("INTERVAL", start, n),
-                "EXPOSURE": ms0.getcol("EXPOSURE", start, n),
-                "ANTENNA1": a1, "ANTENNA2": a2,
-                "UVW": ms0.getcol("UVW", start, n),
+            cols.update({
                 "DATA": data, "FLAG": flag, "WEIGHT_SPECTRUM": wspec,
                 "FLAG_ROW": flag.all(axis=(1, 2)),
                 "WEIGHT": np.ones((n, ncorr), np.float32),
                 "SIGMA": np.ones((n, ncorr), np.float32),
-            }
+            })
             zeros = np.zeros(n, np.int32)
             for name in ("ARRAY_ID", "DATA_DESC_ID", "FEED1", "FEED2", "FIELD_ID",
                          "OBSERVATION_ID", "PROCESSOR_ID", "SCAN_NUMBER", "STATE_ID"):
                 cols[name] = zeros
             written = 0
-            for name, value in cols.items():
-                out.putcol(name, value, start, n)
-                written += value.nbytes
+            with _casacore_errors("cannot write", out_path):
+                for name, value in cols.items():
+                    out.putcol(name, value, start, n)
+                    written += value.nbytes
             if progress is not None:
                 progress(written)
 
-        out.close()
+        with _casacore_errors("cannot write", out_path):
+            out.close()
         out = None
-        _fix_spectral_window(str(tmp), freqs, widths, res, ebw)
         os.rename(tmp, out_path)
     except BaseException:
         if out is not None:
-            out.close()
+            try:
+                out.close()
+            except RuntimeError:
+                pass  # already failing; the partial output is removed below
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         for band in bands:
             if band is not None:
                 band.table.close()
+
+
+def _read_band_block(band: _Band, start: int, n: int):
+    """DATA, FLAG and WEIGHT_SPECTRUM of n rows of one band, flagged the way DP3 reads them."""
+    tab = band.table
+    with _casacore_errors("cannot read Measurement Set", band.path, BadInput):
+        d = tab.getcol("DATA", start, n)
+        f = tab.getcol("FLAG", start, n) if band.has_flag else np.zeros(d.shape, bool)
+        f |= tab.getcol("FLAG_ROW", start, n)[:, None, None]
+        if band.has_weight_spectrum:
+            w = tab.getcol("WEIGHT_SPECTRUM", start, n)
+        else:
+            w = tab.getcol("WEIGHT", start, n)[:, None, :]
+    f |= ~np.isfinite(d)
+    f[:] = f.any(axis=2, keepdims=True)
+    return d, f, w
 
 
 def _check_regular(path, start, time, a1, a2, bl_a1, bl_a2, prev_time) -> None:
@@ -434,9 +537,10 @@ def _check_regular(path, start, time, a1, a2, bl_a1, bl_a2, prev_time) -> None:
 
 def _check_same_rows(path, first_path, start, time, a1, a2, tab) -> None:
     n = len(time)
-    t = tab.getcol("TIME", start, n)
+    with _casacore_errors("cannot read Measurement Set", path, BadInput):
+        t = tab.getcol("TIME", start, n)
+        b1, b2 = tab.getcol("ANTENNA1", start, n), tab.getcol("ANTENNA2", start, n)
     if np.abs(t - time).max() > _TIME_TOL:
         raise BadInput(f"{path}: times differ from {first_path} (near row {start})")
-    if not (np.array_equal(tab.getcol("ANTENNA1", start, n), a1)
-            and np.array_equal(tab.getcol("ANTENNA2", start, n), a2)):
+    if not (np.array_equal(b1, a1) and np.array_equal(b2, a2)):
         raise BadInput(f"{path}: baseline order differs from {first_path} (near row {start})")
