@@ -371,3 +371,11 @@ def test_exported_calibrated_data_of_a_dp3_written_run_is_dp3s_concatenation(sam
         ours = cal / f"facet1_calibrated_data_chunk{c}.ms"
         assert_same(ours, theirs)
         assert_same_layout(ours, theirs)
+
+
+def test_a_failing_dp3_run_is_one_line_naming_what_it_was_writing(tmp_path):
+    with pytest.raises(FactorArchiveError) as err:
+        run_dp3([Dp3Run(tmp_path, ("msin=nothere.ms", "msout=out.ms", "steps=[]"))])
+    msg = str(err.value)
+    assert str(tmp_path / "out.ms") in msg and "nothere.ms" in msg and "\n" not in msg
+    assert not (tmp_path / "out.ms").exists()
