@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from . import signals
+from .containers.base import disk_full, is_disk_full, written_path
 from .containers.detect import open_writer
-from .errors import BadInput
+from .errors import BadInput, FactorArchiveError
 from .manifest import Manifest, Member
-from .ms.concat import concat_in_frequency
+from .ms.table_codec import run_in_worker, worker_session
 from .plan import ArchivePlan, Options, PlanItem, make_plan
 from .progress import Reporter, human
 from .run.model import load_run
@@ -46,13 +49,17 @@ def _check_output(plan: ArchivePlan, output: str) -> None:
 
 def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
                   quiet: bool = False, log: Callable[[str], None] | None = None) -> Manifest:
+    """Write the archive; on any failure or interruption the writer's abort leaves nothing that
+    looks complete (the directory form keeps what it wrote, for a rerun to complete)."""
     _check_output(plan, output)
     writer = open_writer(plan.options.form, output, clobber=clobber)
     reporter = Reporter(plan.total_bytes, "archiving", quiet=quiet)
     for miss in plan.missing:
         reporter.message(f"warning: {miss.source}: {miss.reason}")
+    staging: list[Path] = []  # where calibrated data was built, once it is
     try:
-        members = _write_members(plan.items, writer, reporter)
+        with worker_session():  # casacore writes (-d) run in worker processes
+            members = _write_members(plan.items, writer, reporter, staging)
         manifest = Manifest(
             container=plan.options.form, run=plan.run_info(),
             options={"resumable": plan.options.resumable, "directions": plan.options.directions,
@@ -61,16 +68,56 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
             created=_creation_time(),
         )
         writer.close(manifest)
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        if is_disk_full(exc) and signals.received() is None:
+            raise _output_full(exc, output, plan.options.form, staging) from None
         raise
     finally:
         reporter.close()
     return manifest
 
 
-def _write_members(items: list[PlanItem], writer, progress) -> list[Member]:
+def _output_full(exc: BaseException, output: str, form: str, staging: list[Path]) -> FactorArchiveError:
+    """The full-disk error naming the output (or the staging area, where -d builds calibrated
+    data) and its file system, never a source in the run, and saying what was left."""
+    if output == "-":
+        after = "; the tar written to standard output is incomplete"
+        out = Path(_stdout_path() or "/dev/stdout")
+    else:
+        out = Path(os.path.abspath(output))
+        after = ("; the archive is incomplete: free space, then run the same command again to "
+                 "complete it, or add -c to start over") if form == "dir" else "; nothing was kept"
+    roots = staging + [out]
+    where = written_path(exc, roots)
+    if staging and where is not None and (where == staging[0] or staging[0] in where.parents):
+        full = disk_full(staging[0], during=" while building calibrated data")
+        if output != "-":
+            full = disk_full(out, during=f" while building calibrated data in {staging[0]}")
+    else:
+        full = disk_full(where or out)
+    return type(full)(f"{full}{after}", full.path)
+
+
+def _stdout_path() -> str | None:
+    """The file standard output is redirected to, if it is one (for naming its file system)."""
+    try:
+        target = os.readlink("/proc/self/fd/1")
+    except OSError:
+        return None
+    return target if target.startswith("/") else None
+
+
+def _write_members(items: list[PlanItem], writer, progress, staging: list[Path]) -> list[Member]:
+    failed = threading.Event()  # a member failed (or a signal came): the others stop
+
+    def stopping() -> bool:
+        return failed.is_set() or signals.received() is not None
+
     def one(item: PlanItem) -> Member:
+        signals.check()
+        if failed.is_set():
+            raise FactorArchiveError("not started: another member failed")
         if item.concat is None:
             return writer.write(item.member, item.source, progress)
         reuse = getattr(writer, "already_written", None)
@@ -78,17 +125,28 @@ def _write_members(items: list[PlanItem], writer, progress) -> list[Member]:
         if done is not None:
             progress(done.size)
             return done
-        staged = writer.staging_dir() / Path(item.member.path).name
-        concat_in_frequency(item.concat, staged)
+        place = writer.staging_dir()
+        if not staging:
+            staging.append(place)
+        staged = place / Path(item.member.path).name
+        run_in_worker("concat_in_frequency", list(item.concat), str(staged), stop=stopping)
         _stamp_like_inputs(staged, [Path(s) for s in item.concat if s])
         kwargs = {"move": True} if getattr(writer, "form", "") == "dir" else {}
         member = writer.write(item.member, staged, progress, **kwargs)
         return member
 
-    if getattr(writer, "parallel", False):
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            return list(pool.map(one, items))
-    return [one(item) for item in items]
+    if not getattr(writer, "parallel", False):
+        return [one(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = [pool.submit(one, item) for item in items]
+    try:
+        return [f.result() for f in futures]
+    except BaseException:
+        failed.set()
+        raise
+    finally:
+        # Never leave with a thread still writing: the caller's clean-up comes next.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _stamp_like_inputs(table: Path, inputs: list[Path]) -> None:

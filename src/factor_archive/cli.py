@@ -5,36 +5,95 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
-from . import __version__
+from . import __version__, signals
 from .errors import FactorArchiveError
-from .progress import human
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 
 
-def _guard(prog: str, func: Callable[[], int]) -> int:
-    """One line on stderr and a status, never a traceback, for the errors users can meet."""
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _say(prog: str, text: str) -> None:
     try:
-        return func() or 0
+        print(f"{prog}: {_one_line(text)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr gone (a closed terminal): the status still says it
+        pass
+
+
+def _interrupted(prog: str, hint: str, *, after_work: bool = False) -> int:
+    signum = signals.received() or signal.SIGINT
+    name = signal.Signals(signum).name
+    if after_work:
+        _say(prog, f"interrupted ({name}) after the work was complete")
+    else:
+        _say(prog, f"interrupted ({name}); {hint}" if hint else f"interrupted ({name})")
+    return 128 + signum
+
+
+def _guard(prog: str, func: Callable[[], int], hint: Callable[[], str] = lambda: "") -> int:
+    """One line on stderr and a status, never a traceback, for the errors users can meet.
+
+    A signal (see signals.py) wins over whatever error the unwinding it caused produced.
+    """
+    try:
+        code = func() or 0
+    except KeyboardInterrupt:
+        return _interrupted(prog, hint())
     except FactorArchiveError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if signals.received() is not None:
+            return _interrupted(prog, hint())
+        _say(prog, f"error: {exc}")
         return exc.exit_code
     except BrokenPipeError:
         # `factor-archive ls x | head`: the reader left; not an error worth a message.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; run the same command again to complete the work", file=sys.stderr)
-        return 130
     except OSError as exc:
+        if signals.received() is not None:
+            return _interrupted(prog, hint())
         where = f"{exc.filename}: " if exc.filename else ""
         what = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or exc)
-        print(f"{prog}: error: {where}{what}", file=sys.stderr)
+        _say(prog, f"error: {where}{what}")
         return EXIT_FAILURE
+    except Exception:
+        if signals.received() is not None:
+            return _interrupted(prog, hint())
+        raise
+    if signals.received() is not None:
+        return _interrupted(prog, hint(), after_work=True)
+    return code
+
+
+def _leave(code: int) -> int:
+    """The exit status; after a signal, leave at once (os._exit) once everything is cleaned up.
+
+    Interpreter shutdown would otherwise run while threads that belong to libraries (zarr's event
+    loop, blosc) may still be inside native code, and finalise objects that wrap C++ state: either
+    can abort the process instead of exiting with the status the user expects.
+    """
+    if signals.received() is None:
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _quiet_library_logs() -> None:
+    """Errors reach the user through _guard, one line each; asyncio would also log every failed
+    task of zarr's event loop ("Task exception was never retrieved") with its traceback."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 # -- archive ------------------------------------------------------------------------------------
@@ -64,9 +123,19 @@ def _guess_form(output: str) -> str:
     return "dir"
 
 
+def _archive_hint(args: argparse.Namespace) -> str:
+    """What an interrupted archive leaves, as docs/usage.md describes it."""
+    if args.output == "-":
+        return "the tar written to standard output is incomplete (it has no index)"
+    if (args.format or _guess_form(args.output)) == "dir":
+        return "the archive is incomplete: run the same command again to complete it (-c starts over)"
+    return "nothing was kept; run the same command again"
+
+
 def _run_archive(args: argparse.Namespace) -> int:
     from .archive import describe_plan, plan_archive, write_archive
     from .plan import Options
+    from .progress import human
 
     dirs = [d.strip() for d in args.directions.split(",") if d.strip()]
     form = args.format or _guess_form(args.output)
@@ -99,6 +168,13 @@ def _unarchive_arguments(p: argparse.ArgumentParser) -> None:
                    help="with -s and a tar or zarr archive: where the chunks are materialised once "
                         "(default: beside the archive)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def _unarchive_hint(args: argparse.Namespace) -> str:
+    from .restore.unarchive import MARKER
+
+    return (f"the restore is incomplete ({MARKER} marks it): run the same command with -c to "
+            "complete it")
 
 
 def _run_unarchive(args: argparse.Namespace) -> int:
@@ -169,26 +245,38 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 # -- entry points ------------------------------------------------------------------------------
 
-def _command(prog: str, description: str, add_arguments, run, argv: Sequence[str] | None) -> int:
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return _guard(prog, lambda: run(args))
+def _command(prog: str, description: str, add_arguments, run, argv: Sequence[str] | None,
+             hint=None) -> int:
+    with signals.handled():
+        _quiet_library_logs()
+        p = argparse.ArgumentParser(prog=prog, description=description)
+        p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+        add_arguments(p)
+        parsed: list[argparse.Namespace] = []
+
+        def work() -> int:
+            parsed.append(p.parse_args(argv))
+            return run(parsed[0])
+
+        code = _guard(prog, work, lambda: hint(parsed[0]) if hint and parsed else "")
+    return _leave(code)
 
 
 def archivefactor_main(argv: Sequence[str] | None = None) -> int:
-    return _command("archivefactor", "Archive a Factor run.", _archive_arguments, _run_archive, argv)
+    return _command("archivefactor", "Archive a Factor run.", _archive_arguments, _run_archive, argv,
+                    _archive_hint)
 
 
 def unarchivefactor_main(argv: Sequence[str] | None = None) -> int:
     return _command("unarchivefactor", "Restore a resumable Factor archive.", _unarchive_arguments,
-                    _run_unarchive, argv)
+                    _run_unarchive, argv, _unarchive_hint)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="factor-archive", description="Archive and restore Factor runs.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+_RUNS = {"archive": (_run_archive, _archive_hint), "unarchive": (_run_unarchive, _unarchive_hint),
+         "ls": (_run_ls, None), "verify": (_run_verify, None), "sample": (_run_sample, None)}
+
+
+def _main_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="command", required=True)
     _archive_arguments(sub.add_parser("archive", help="archive a run (as archivefactor)"))
     _unarchive_arguments(sub.add_parser("unarchive", help="restore a run (as unarchivefactor)"))
@@ -199,10 +287,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("-q", "--quiet", action="store_true")
     sample = sub.add_parser("sample", help="write a small realistic Factor run to try the tool on")
     sample.add_argument("directory")
-    args = p.parse_args(argv)
-    run = {"archive": _run_archive, "unarchive": _run_unarchive, "ls": _run_ls,
-           "verify": _run_verify, "sample": _run_sample}[args.command]
-    return _guard("factor-archive", lambda: run(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def run(args: argparse.Namespace) -> int:
+        return _RUNS[args.command][0](args)
+
+    def hint(args: argparse.Namespace) -> str:
+        h = _RUNS[args.command][1]
+        return h(args) if h else ""
+
+    return _command("factor-archive", "Archive and restore Factor runs.", _main_arguments, run, argv, hint)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,17 @@ class FactorArchiveError(Exception):
     exit_code = 1
 
 
+class DiskFull(FactorArchiveError):
+    """Writing failed because a file system is full or a quota is reached: exit status 1.
+
+    ``path`` is the file being written when that is known.
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
 class BadInput(FactorArchiveError):
     """The user's input is wrong (parset, paths, archive contents): exit status 2."""
 

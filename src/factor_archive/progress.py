@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from tqdm import tqdm
+from .signals import check as check_interrupted
 
 
 class Reporter:
@@ -23,10 +23,13 @@ class Reporter:
         self.start = self.last = time.monotonic()
         self.bar = None
         if not quiet and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm  # only for a terminal: importing it takes a while
+
             self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                             file=self.stream, dynamic_ncols=True, leave=True)
 
     def __call__(self, nbytes: int) -> None:
+        check_interrupted()  # every copy loop calls this per block: pipeline threads stop here
         with self.lock:
             self.done += nbytes
             if self.done > self.total:  # generated members (calibrated data) are estimates

@@ -279,8 +279,15 @@ class DirectoryReader:
                 raise
 
     def _extract_one(self, member: Member, dest: Path, progress: Progress) -> None:
-        src = self._src(member)
         partial = dest.with_name(f".{dest.name}.partial")
+        try:
+            self._extract_partial(member, dest, partial, progress)
+        except BaseException:
+            _remove(partial)  # a full disk gets its space back; the restore marker stays
+            raise
+
+    def _extract_partial(self, member: Member, dest: Path, partial: Path, progress: Progress) -> None:
+        src = self._src(member)
         if partial.exists():
             _remove(partial)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,7 @@ import struct
 import threading
 import warnings
 from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -1923,17 +1924,45 @@ def table_content_sha256(table_path: str | Path) -> str:
 # they would take turns. A worker process runs the casacore calls instead; row blocks travel
 # through shared memory (a memfd both map), commands and small values through pipes. The
 # worker imports only numpy and casacore, so it starts in about 0.1 s.
-_WORKER_SOURCE = r'''
-import mmap, os, pickle, signal, struct, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us if need be
+#
+# The worker is also where casacore writes go inside a worker_session() (the commands open one):
+# casacore aborts the process (std::terminate) when a write fails in a destructor, which a full
+# disk makes happen, so its writes must not run in ours. The worker's standard error goes to a
+# memfd: an abort's "what()" line becomes our one-line error, and nothing of it reaches the user.
+_WORKER_SOURCE = r"""
+import os, signal, sys
+# The parent decides when we stop: Ctrl-C and SIGTERM reach the whole process group, and the
+# parent stops its threads first, then ends us. If the parent dies, we die with it (parent-death
+# signal; EOF on the command pipe where there is no prctl).
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[3]):  # the parent died before prctl
+    os._exit(0)
+import importlib, mmap, pickle, struct
 import numpy as np
 from casacore import tables as ct
+
+RUN = {"concat_in_frequency": "factor_archive.ms.concat"}  # what the "run" command may call
+
+
+def kind(e):
+    names = {c.__name__ for c in type(e).__mro__}
+    return "bad_input" if "BadInput" in names else "ours" if "FactorArchiveError" in names else "other"
+
 
 def main():
     rd = os.fdopen(int(sys.argv[1]), "rb")
     wr = os.fdopen(int(sys.argv[2]), "wb")
     shm = None
     tables = {}
+    # Failed calls are kept, with their frames: a casacore table in them that failed to write
+    # would write again in its destructor, and abort. The parent never reuses a worker that failed.
+    failed = []
 
     def value(a):
         if isinstance(a, tuple) and len(a) == 4 and a[0] == "__shm__":
@@ -1965,19 +1994,34 @@ def main():
                     del tables[tid]
                 elif isinstance(out, np.ndarray) and out.base is not None:
                     out = np.array(out)
+            elif op[0] == "run":
+                _o, name, args = op
+                out = getattr(importlib.import_module(RUN[name]), name)(*args)
             elif op[0] == "exit":
                 for t in tables.values():
                     t.close()
                 return
             reply = (True, out)
         except BaseException as e:
-            reply = (False, f"{type(e).__name__}: {e}")
+            failed.append(e)
+            reply = (False, (type(e).__name__, kind(e), " ".join(str(e).split())))
         data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         wr.write(struct.pack("<Q", len(data)) + data)
         wr.flush()
 
-main()
-'''
+
+try:
+    main()
+except BaseException:  # the parent went away (broken pipe): nobody to tell
+    pass
+os._exit(0)  # no interpreter shutdown: nothing left for destructors to write
+"""
+
+_IDLE_WORKERS = 2  # finished workers kept for the next table within a worker_session
+_session_lock = threading.Lock()
+_sessions = 0
+_idle: list["_Worker"] = []
+_spawner = None  # the thread that starts workers (see _spawn)
 
 
 class _WorkerError(FactorArchiveError):
@@ -1986,6 +2030,44 @@ class _WorkerError(FactorArchiveError):
 
 class _WorkerGone(_WorkerError):
     """The worker process is not there any more."""
+
+
+class _WorkerStopped(_WorkerError):
+    """The caller stopped waiting (interrupted, or another member failed)."""
+
+
+def _reply_error(value) -> FactorArchiveError:
+    """Our error for a failed call in the worker: the worker's own one-line text."""
+    from ..errors import BadInput
+
+    tname, kind, text = value
+    if kind == "bad_input":
+        return BadInput(text)
+    if kind == "ours":
+        return FactorArchiveError(text)
+    return _WorkerError(f"{tname}: {text}")
+
+
+def _last_words(text: str) -> str:
+    """What a worker that died said last: casacore's what() line for an abort, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "what():" in line:
+            return line.split("what():", 1)[1].strip()
+    return lines[-1] if lines else ""
+
+
+def _spawn(*args, **kwargs):
+    """subprocess.Popen, from one long-lived thread: the worker's parent-death signal fires when
+    the *thread* that started it ends, and a pipeline thread may end before a kept worker does."""
+    global _spawner
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _session_lock:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(1, thread_name_prefix="casacore-worker-spawner")
+    return _spawner.submit(subprocess.Popen, *args, **kwargs).result()
 
 
 class _Worker:
@@ -2009,15 +2091,19 @@ class _Worker:
         self.buf = np.frombuffer(self.shm, np.uint8)
         self.base = self.buf.__array_interface__["data"][0]
         self.size = shm_bytes
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+        package_root = str(Path(__file__).resolve().parents[2])  # for the "run" command's imports
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
         # Own pipes, not stdin/stdout: whatever casacore prints cannot garble the replies.
         cmd_r, cmd_w = os.pipe()
         rep_r, rep_w = os.pipe()
+        self._stderr = os.memfd_create("factor-archive-worker-stderr", 0)
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_SOURCE, str(cmd_r), str(rep_w)],
-                                         stdin=subprocess.DEVNULL, pass_fds=(self.fd, cmd_r, rep_w), env=env)
+            self.proc = _spawn([sys.executable, "-c", _WORKER_SOURCE, str(cmd_r), str(rep_w), str(os.getpid())],
+                               stdin=subprocess.DEVNULL, stderr=self._stderr,
+                               pass_fds=(self.fd, cmd_r, rep_w), env=env)
         except BaseException:
-            for fd in (cmd_r, cmd_w, rep_r, rep_w, self.fd):
+            for fd in (cmd_r, cmd_w, rep_r, rep_w, self.fd, self._stderr):
                 os.close(fd)
             raise
         os.close(cmd_r)
@@ -2027,6 +2113,8 @@ class _Worker:
         self._lock = threading.Lock()
         self._waiting: deque = deque()
         self._error: BaseException | None = None
+        self._failed = False  # a call failed: never reused (see _WORKER_SOURCE)
+        self._open: set[int] = set()  # tables made or opened and not yet closed
         # Commands are written by a sender thread, so a caller never waits for the worker to
         # read (only when _WORKER_QUEUE_BYTES of commands are queued already).
         self._queue: deque = deque()
@@ -2055,17 +2143,33 @@ class _Worker:
                 if ok:
                     fut.set_result(value)
                 else:
-                    fut.set_exception(_WorkerError(value))
+                    self._failed = True
+                    fut.set_exception(_reply_error(value))
         except BaseException as e:  # noqa: BLE001
             self._error = _WorkerGone(f"casacore worker process failed: {e}")
         with self._lock:
             pending = list(self._waiting)
             self._waiting.clear()
-            self._error = self._error or _WorkerGone("casacore worker process ended")
+            if self._error is None:
+                said = self._said()
+                self._error = _WorkerGone("casacore worker process ended" + (f": {said}" if said else ""))
         for fut in pending:
             fut.set_exception(self._error)
         with self._qcond:
             self._qcond.notify_all()
+
+    def _said(self) -> str:
+        """The worker's last words on its standard error (see _last_words)."""
+        try:
+            self.proc.wait(timeout=5)  # the replies ended: it is exiting, or gone
+        except Exception:  # noqa: BLE001 - still running: read what there is
+            pass
+        try:
+            size = os.fstat(self._stderr).st_size
+            text = os.pread(self._stderr, 8192, max(0, size - 8192))
+        except OSError:
+            return ""
+        return _last_words(text.decode("utf-8", errors="replace"))
 
     def _send_commands(self) -> None:
         while True:
@@ -2133,15 +2237,49 @@ class _Worker:
         """The table, opened for reading in the worker (asynchronously)."""
         self._ntables += 1
         tid = self._ntables
+        self._open.add(tid)
         return _RemoteTable(self, tid, self.send(("open", tid, str(path))))
 
     def table(self, path, desc, nrow, dminfo, endian) -> "_RemoteTable":
         self._ntables += 1
         tid = self._ntables
+        self._open.add(tid)
         # Not waited for: the columns are read meanwhile.
         return _RemoteTable(self, tid, self.send(("new", tid, str(path), desc, nrow, dminfo, endian)))
 
+    def run(self, name: str, args: tuple, stop: Callable[[], bool]):
+        """The allow-listed function ``name`` (see RUN in _WORKER_SOURCE) called in the worker.
+
+        ``stop`` is polled while waiting (a pipeline thread does not see KeyboardInterrupt):
+        when it says so, _WorkerStopped is raised and the worker, left busy, is killed on exit.
+        """
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        fut = self.send(("run", name, args))
+        while True:
+            try:
+                return fut.result(timeout=0.2)
+            except FutureTimeout:
+                if stop():
+                    raise _WorkerStopped(f"stopped while {name} ran") from None
+
     def close(self, kill: bool = False) -> None:
+        """Keep the worker for the next table (inside a worker_session, when it is clean), or end it."""
+        if not kill and self._keep():
+            return
+        self._end(kill)
+
+    def _keep(self) -> bool:
+        if self._failed or self._error is not None or self._open or self._waiting \
+                or self.proc.poll() is not None:
+            return False
+        with _session_lock:
+            if _sessions and len(_idle) < _IDLE_WORKERS:
+                _idle.append(self)
+                return True
+        return False
+
+    def _end(self, kill: bool = False) -> None:
         try:
             if kill:
                 self.proc.kill()
@@ -2151,7 +2289,11 @@ class _Worker:
                 except _WorkerError:
                     pass
             self._stop_sender()
-            self.proc.wait()
+            try:
+                self.proc.wait(timeout=None if kill else 30)
+            except Exception:  # noqa: BLE001 - a worker that does not leave is killed
+                self.proc.kill()
+                self.proc.wait()
         finally:
             self._reader.join(timeout=10)
             self._replies.close()
@@ -2161,6 +2303,7 @@ class _Worker:
             except BufferError:  # a view still exists; the mapping goes with the process
                 pass
             os.close(self.fd)
+            os.close(self._stderr)
 
 
 class _NoWorker:
@@ -2171,15 +2314,55 @@ class _NoWorker:
         return False
 
 
-def _worker_for(nbytes: int):
-    """A casacore worker (context manager) when a table of ``nbytes`` warrants one and the
-    platform allows it; else a context giving None (casacore runs in this process)."""
-    if _WORKER_MIN_BYTES is None or nbytes < _WORKER_MIN_BYTES or not hasattr(os, "memfd_create"):
+def _worker_for(nbytes: int, *, writes: bool = False):
+    """A casacore worker (context manager) when a table of ``nbytes`` warrants one, or when the
+    table is written inside a worker_session, and the platform allows it; else a context giving
+    None (casacore runs in this process). Inside a session a kept worker is reused."""
+    if not hasattr(os, "memfd_create"):
         return _NoWorker()
+    if not (writes and _sessions) and (_WORKER_MIN_BYTES is None or nbytes < _WORKER_MIN_BYTES):
+        return _NoWorker()
+    with _session_lock:
+        if _idle:
+            return _idle.pop()
     try:
         return _Worker(_BUFFERS * BLOCK_BYTES)
     except Exception:  # noqa: BLE001 - cannot start a process here: casacore in this one
         return _NoWorker()
+
+
+@contextmanager
+def worker_session():
+    """Within this block every casacore write runs in a worker process, and workers that finished
+    cleanly are kept (at most _IDLE_WORKERS) for the next table; leaving it ends the kept ones.
+
+    A full disk can make casacore abort the process it runs in: in a worker that is our one-line
+    error, in this process it would be an abort. The commands open a session around their work.
+    """
+    global _sessions
+    with _session_lock:
+        _sessions += 1
+    try:
+        yield
+    finally:
+        with _session_lock:
+            _sessions -= 1
+            done = list(_idle) if _sessions == 0 else []
+            if _sessions == 0:
+                _idle.clear()
+        for worker in done:
+            worker._end()
+
+
+def run_in_worker(name: str, *args, stop: Callable[[], bool] = lambda: False):
+    """Call the casacore-writing function ``name`` (``concat_in_frequency``) in a worker inside a
+    worker_session (in this process otherwise); its errors come back as they were raised."""
+    with _worker_for(0, writes=True) as worker:
+        if worker is None:
+            from . import concat
+
+            return getattr(concat, name)(*args)
+        return worker.run(name, args, stop)
 
 
 class _RemoteTable:
@@ -2229,6 +2412,7 @@ class _RemoteTable:
             for f in pending:
                 f.result()
             fut.result()
+            self.worker._open.discard(self.tid)
         except _WorkerError:
             if not quiet:
                 raise
@@ -2464,7 +2648,7 @@ def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None) -> N
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
-            with _worker_for(_uniform_bytes(st)) as worker, _Work(worker and worker.buf) as work:
+            with _worker_for(_uniform_bytes(st), writes=True) as worker, _Work(worker and worker.buf) as work:
                 _decode_into(group, st, tmp, content, progress, out.name, work, worker)
         os.rename(tmp, out)
     except BaseException:
@@ -2520,9 +2704,11 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
         for s in st["subtables"]:
             sg = group[s["group"]]
             sub_content = (content or {}).get("subtables", {}).get(s["name"]) if content else None
-            # Subtables (small) are written by this process while the worker catches up.
+            # Subtables (small) are written by this process while the worker catches up; inside
+            # a worker_session by the worker too (every casacore write is isolated there).
             subs[s["name"]] = _decode_into(sg, _static(sg), path / s["name"], sub_content,
-                                           progress, f"{where}/{s['name']}", work)
+                                           progress, f"{where}/{s['name']}", work,
+                                           worker if _sessions else None)
             tables[s["name"]] = str((path / s["name"]).resolve())
         for k, v in _dec_kw(st["keywords"], tables).items():
             tb.putkeyword(k, v)

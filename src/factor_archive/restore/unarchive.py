@@ -11,10 +11,12 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..containers.base import write_atomic
+from .. import signals
+from ..containers.base import disk_full, is_disk_full, write_atomic, written_path
 from ..containers.detect import open_reader
 from ..errors import BadInput, FactorArchiveError
 from ..manifest import Manifest, Member, safe_relpath
+from ..ms.table_codec import worker_session
 from ..progress import Reporter
 from ..run.mapfile import MapfileError, rewrite_mapfile
 from ..run.parset import rewrite_parset
@@ -70,6 +72,7 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
     new_wd = Path(os.path.abspath(output))
     scratch = new_wd / SCRATCH
     reader = open_reader(archive, staging=scratch)
+    links = None
     try:
         if getattr(reader, "seekable", True):
             _check_resumable(reader.manifest, archive)  # before anything is written
@@ -97,7 +100,8 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
             dest_for(m).parent.mkdir(parents=True, exist_ok=True)
         reporter = Reporter(sum(m.size for m in todo), "restoring", quiet=quiet)
         try:
-            reader.extract(todo, dest_for, reporter)
+            with worker_session():  # tables decoded from zarr are written by worker processes
+                reader.extract(todo, dest_for, reporter)
         finally:
             reporter.close()
         if links is not None:
@@ -108,6 +112,15 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
             _write_parset(manifest, scratch / "parset", new_wd)
         (new_wd / MARKER).unlink()
         return manifest
+    except BaseException as exc:
+        if is_disk_full(exc) and signals.received() is None:
+            roots = [new_wd] + ([Path(os.path.abspath(store))] if store else [])
+            if links is not None and links.pending:
+                roots.append(links.store_dir())
+            full = disk_full(written_path(exc, roots) or new_wd)
+            raise type(full)(f"{full}; the restore is incomplete ({MARKER} marks it): free space, "
+                             f"then run the same command with -c to complete it", full.path) from None
+        raise
     finally:
         reader.close()
         shutil.rmtree(scratch, ignore_errors=True)
