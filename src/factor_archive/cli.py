@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-import errno
 import os
-import signal
 import sys
-from typing import Callable, Sequence
 
-from . import __version__, signals
-from .errors import FactorArchiveError
+from . import signals
+
+if __name__ == "__main__" or os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "") \
+        in ("archivefactor", "unarchivefactor", "factor-archive"):
+    signals.remember_early()  # run as a program: a Ctrl-C from here on ends as "interrupted"
+
+import argparse  # noqa: E402 - after the line above, which should come as early as it can
+import errno  # noqa: E402
+import signal  # noqa: E402
+from typing import Callable, Sequence  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .errors import FactorArchiveError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -43,7 +50,8 @@ def _guard(prog: str, func: Callable[[], int], hint: Callable[[], str] = lambda:
     A signal (see signals.py) wins over whatever error the unwinding it caused produced.
     """
     try:
-        code = func() or 0
+        with signals.handled():  # inside the try: a signal at any moment of the work lands below
+            code = func() or 0
     except KeyboardInterrupt:
         return _interrupted(prog, hint())
     except FactorArchiveError as exc:
@@ -52,33 +60,40 @@ def _guard(prog: str, func: Callable[[], int], hint: Callable[[], str] = lambda:
         _say(prog, f"error: {exc}")
         return exc.exit_code
     except BrokenPipeError:
+        if signals.received() is not None:  # Ctrl-C stopped the reader of our pipe too
+            return _interrupted(prog, hint())
         # `factor-archive ls x | head`: the reader left; not an error worth a message.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:
         if signals.received() is not None:
             return _interrupted(prog, hint())
-        where = f"{exc.filename}: " if exc.filename else ""
-        what = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or exc)
-        _say(prog, f"error: {where}{what}")
+        if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            from .containers.base import io_error
+
+            _say(prog, f"error: {io_error(os.fsdecode(exc.filename), exc)}")
+        else:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _say(prog, f"error: {where}{exc.strerror or exc}")
         return EXIT_FAILURE
     except Exception:
         if signals.received() is not None:
             return _interrupted(prog, hint())
         raise
-    if signals.received() is not None:
-        return _interrupted(prog, hint(), after_work=True)
     return code
 
 
-def _leave(code: int) -> int:
-    """The exit status; after a signal, leave at once (os._exit) once everything is cleaned up.
+def _leave(prog: str, code: int) -> int:
+    """The exit status. A program leaves with os._exit once everything is closed and cleaned up.
 
     Interpreter shutdown would otherwise run while threads that belong to libraries (zarr's event
     loop, blosc) may still be inside native code, and finalise objects that wrap C++ state: either
-    can abort the process instead of exiting with the status the user expects.
+    can abort the process; and it restores the default signal handlers, so a Ctrl-C arriving then
+    would end the process by the signal instead of with the status the user expects.
     """
-    if signals.received() is None:
+    if signals.received() is not None and code == 0:
+        code = _interrupted(prog, "", after_work=True)
+    if not signals.is_program() and signals.received() is None:
         return code
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -170,11 +185,13 @@ def _unarchive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
-def _unarchive_hint(args: argparse.Namespace) -> str:
-    from .restore.unarchive import MARKER
+RESTORE_MARKER = ".factor-archive-restore-incomplete"  # restore.unarchive.MARKER, not imported:
+# a hint is written after an interruption, which may have broken an import half-way
 
-    return (f"the restore is incomplete ({MARKER} marks it): run the same command with -c to "
-            "complete it")
+
+def _unarchive_hint(args: argparse.Namespace) -> str:
+    return (f"the restore is incomplete ({RESTORE_MARKER} marks it): run the same command with -c "
+            "to complete it")
 
 
 def _run_unarchive(args: argparse.Namespace) -> int:
@@ -247,19 +264,18 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 def _command(prog: str, description: str, add_arguments, run, argv: Sequence[str] | None,
              hint=None) -> int:
-    with signals.handled():
+    parsed: list[argparse.Namespace] = []
+
+    def work() -> int:
+        signals.check()  # a signal that came while the program started
         _quiet_library_logs()
         p = argparse.ArgumentParser(prog=prog, description=description)
         p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
         add_arguments(p)
-        parsed: list[argparse.Namespace] = []
+        parsed.append(p.parse_args(argv))
+        return run(parsed[0])
 
-        def work() -> int:
-            parsed.append(p.parse_args(argv))
-            return run(parsed[0])
-
-        code = _guard(prog, work, lambda: hint(parsed[0]) if hint and parsed else "")
-    return _leave(code)
+    return _leave(prog, _guard(prog, work, lambda: hint(parsed[0]) if hint and parsed else ""))
 
 
 def archivefactor_main(argv: Sequence[str] | None = None) -> int:

@@ -1,30 +1,36 @@
 """Ctrl-C and SIGTERM: stop the work in order, clean up, leave with status 128 + the signal number.
 
-The first SIGINT or SIGTERM raises :class:`Interrupted` in the main thread (as Python raises
-KeyboardInterrupt for Ctrl-C) and is remembered, so pipeline threads stop too: they call
-:func:`check` at every block (the progress callback does), and code that waits for a thread or a
-child process polls :func:`received`. Later signals are only counted, so the clean-up the first one
-started (stopping threads and the casacore worker, removing or marking partial output) is not
-itself cut short; a third one gives up on cleaning and leaves at once.
+Within :func:`handled`, the first SIGINT or SIGTERM raises :class:`Interrupted` in the main thread
+(as Python raises KeyboardInterrupt for Ctrl-C) and is remembered, so pipeline threads stop too:
+they call :func:`check` at every block (the progress callback does), and code that waits for a
+thread or a child process polls :func:`received`. Later signals are only counted, so the clean-up
+the first one started (stopping threads and the casacore worker, removing or marking partial
+output) is not itself cut short; a third one gives up on cleaning and leaves at once.
 
 A signal that arrives while Python runs a finaliser or a weakref callback raises there and is
 swallowed by the interpreter ("Exception ignored in ..."); because it is remembered, the next
 :func:`check` raises it again and the command still ends as interrupted.
+
+When the command-line module runs as a program it calls :func:`remember_early` before importing
+anything else: until :func:`handled` begins, and again after it ends, signals are only remembered.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 _GIVE_UP_AFTER = 3  # signals
 
 _received: int | None = None
 _count = 0
+_raising = False  # inside handled(): the first signal raises
+_program = False  # remember_early() was called: no handler of anybody else to restore
 
 
 class Interrupted(KeyboardInterrupt):
@@ -40,7 +46,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def received() -> int | None:
-    """The first signal received while :func:`handled` was active, or None."""
+    """The first signal received (since :func:`remember_early` or :func:`handled` began), or None."""
     return _received
 
 
@@ -55,7 +61,9 @@ def _handler(signum: int, _frame) -> None:
     _count += 1
     if _received is None:
         _received = signum
-        raise Interrupted(signum)
+        if _raising:
+            raise Interrupted(signum)
+        return
     if _count >= _GIVE_UP_AFTER:
         try:
             os.write(2, b"interrupted again: leaving without cleaning up\n")
@@ -63,19 +71,52 @@ def _handler(signum: int, _frame) -> None:
             os._exit(128 + _received)
 
 
+def remember_early() -> None:
+    """Signals are remembered from now on (and raised by the first :func:`check`), not raised
+    wherever the interpreter happens to be: for a program, before it imports the rest."""
+    global _program
+    if threading.current_thread() is threading.main_thread():
+        for sig in HANDLED:
+            signal.signal(sig, _handler)
+        _program = True
+        sys.unraisablehook = _quiet_unraisable
+
+
+def is_program() -> bool:
+    """:func:`remember_early` was called: this process is one of our commands."""
+    return _program
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """A signal raised inside a finaliser or weakref callback is swallowed there; it is remembered
+    (see :func:`check`), so the interpreter's "Exception ignored in ..." report is noise."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 @contextmanager
 def handled() -> Iterator[None]:
-    """Within this block SIGINT and SIGTERM raise :class:`Interrupted` (main thread only)."""
-    global _received, _count
+    """Within this block SIGINT and SIGTERM raise :class:`Interrupted` (main thread only).
+
+    A signal remembered since :func:`remember_early` is raised by the first :func:`check`.
+    Afterwards a program keeps remembering signals; in-process callers (tests) get their own
+    handlers back.
+    """
+    global _received, _count, _raising
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received, _count = None, 0
+    if not _program:
+        _received, _count = None, 0
     previous = {sig: signal.getsignal(sig) for sig in HANDLED}
     for sig in HANDLED:
         signal.signal(sig, _handler)
+    _raising = True
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        _raising = False
+        if not _program:
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
