@@ -261,3 +261,31 @@ def handles_signals(pid: int) -> bool:
     except OSError:
         pass
     return False
+
+
+# -- the run and its archives, built once per test session ---------------------------------------
+
+ARCHIVE_FORMS = {  # form -> (output name, extra archivefactor options)
+    "dir": ("run", []), "tar": ("run.tar", []), "stream": ("-", []),
+    "zarr": ("run.zarr", []), "zarr.zip": ("run.zarr.zip", []),
+}
+ARCHIVE_ARGS = ["-q", "-r", "-d", "all"]  # everything: chunks, state, calibrated data (-d)
+_built: dict[str, dict] = {}
+
+
+def session_run(tmp_path_factory) -> dict:
+    """The sample run and a complete archive of it in every form (dir, tar, zarr, zarr.zip)."""
+    from factor_archive.cli import archivefactor_main
+    from factor_archive.sample import write_sample_run
+
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _built:
+        base = tmp_path_factory.mktemp("faults")
+        parset = write_sample_run(base / "site ø" / "run with spaces")
+        archives = {}
+        for form in ("dir", "tar", "zarr", "zarr.zip"):
+            out = base / "archives" / ARCHIVE_FORMS[form][0]
+            assert archivefactor_main(ARCHIVE_ARGS + [str(parset), str(out)]) == 0
+            archives[form] = out
+        _built[key] = {"parset": parset, "archives": archives}
+    return _built[key]

@@ -52,12 +52,15 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
     """Write the archive; on any failure or interruption the writer's abort leaves nothing that
     looks complete (the directory form keeps what it wrote, for a rerun to complete)."""
     _check_output(plan, output)
-    writer = open_writer(plan.options.form, output, clobber=clobber)
-    reporter = Reporter(plan.total_bytes, "archiving", quiet=quiet)
-    for miss in plan.missing:
-        reporter.message(f"warning: {miss.source}: {miss.reason}")
     staging: list[Path] = []  # where calibrated data was built, once it is
-    try:
+    reporter = None
+    signals.hold()  # a Ctrl-C while the writer is made is raised inside the try below
+    writer = open_writer(plan.options.form, output, clobber=clobber)
+    try:  # from here on every failure, Ctrl-C included, goes through writer.abort()
+        signals.check()
+        reporter = Reporter(plan.total_bytes, "archiving", quiet=quiet)
+        for miss in plan.missing:
+            reporter.message(f"warning: {miss.source}: {miss.reason}")
         with worker_session():  # casacore writes (-d) run in worker processes
             members = _write_members(plan.items, writer, reporter, staging)
         manifest = Manifest(
@@ -74,7 +77,8 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
             raise _output_full(exc, output, plan.options.form, staging) from None
         raise
     finally:
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
     return manifest
 
 

@@ -30,6 +30,7 @@ _GIVE_UP_AFTER = 3  # signals
 _received: int | None = None
 _count = 0
 _raising = False  # inside handled(): the first signal raises
+_holding = False  # hold() was called inside handled(): the next check() raises again
 _program = False  # remember_early() was called: no handler of anybody else to restore
 
 
@@ -51,9 +52,26 @@ def received() -> int | None:
 
 
 def check() -> None:
-    """Raise :class:`Interrupted` if a signal arrived: pipeline threads call this between blocks."""
+    """Raise :class:`Interrupted` if a signal arrived: pipeline threads call this between blocks.
+
+    After :func:`hold`, signals raise again from here on.
+    """
+    global _raising, _holding
+    if _holding:
+        _raising, _holding = True, False
     if _received is not None:
         raise Interrupted(_received)
+
+
+def hold() -> None:
+    """Until the next :func:`check`, a signal is only remembered.
+
+    For code that makes something it must clean up and then enters the ``try`` that cleans it up:
+    a signal in between would otherwise skip the clean-up (``hold(); x = make(); try: check() ...``).
+    """
+    global _raising, _holding
+    if _raising:
+        _raising, _holding = False, True
 
 
 def _handler(signum: int, _frame) -> None:
@@ -103,7 +121,7 @@ def handled() -> Iterator[None]:
     Afterwards a program keeps remembering signals; in-process callers (tests) get their own
     handlers back.
     """
-    global _received, _count, _raising
+    global _received, _count, _raising, _holding
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -116,7 +134,7 @@ def handled() -> Iterator[None]:
     try:
         yield
     finally:
-        _raising = False
+        _raising = _holding = False
         if not _program:
             for sig, old in previous.items():
                 signal.signal(sig, old if old is not None else signal.SIG_DFL)

@@ -298,7 +298,12 @@ class TarWriter:
             f = open(self._partial, "wb")
         except OSError as exc:
             raise io_error(self._partial, exc) from None
-        self._sink = _Sink(f, str(self.path))
+        try:
+            self._sink = _Sink(f, str(self.path))
+        except BaseException:  # interrupted (Ctrl-C) before the caller holds the writer to abort
+            f.close()
+            os.unlink(self._partial)
+            raise
 
     # -- ArchiveWriter -------------------------------------------------------------------------
 

@@ -384,13 +384,14 @@ class ZarrWriter:
             except OSError as exc:
                 raise io_error(final.parent, exc) from None
             self.tmp = final.with_name(f".{final.name}.partial-{pid}")
-            _remove(self.tmp)
-            if self.loc.kind == "dir":
-                from zarr.storage import LocalStore
-                self.store = LocalStore(self.tmp)
-            else:
-                self.store = _zip_store(self.tmp, "w")
         try:
+            if self.tmp is not None:
+                _remove(self.tmp)
+                if self.loc.kind == "dir":
+                    from zarr.storage import LocalStore
+                    self.store = LocalStore(self.tmp)
+                else:
+                    self.store = _zip_store(self.tmp, "w")
             self.root = zarr.create_group(self.store, attributes={ATTR: {
                 "layout": LAYOUT, "layout_version": LAYOUT_VERSION, "members": MEMBERS,
                 "manifest": MANIFEST_NODE}})
@@ -400,6 +401,9 @@ class ZarrWriter:
             if self.loc.kind == "url":
                 raise _url_error(self.loc, exc) from None
             raise io_error(self.tmp or self.loc.text, exc) from None
+        except BaseException:  # interrupted (Ctrl-C) before the caller holds the writer to abort
+            self.abort()
+            raise
 
     # -- object stores --------------------------------------------------------------------------
     def _prepare_url(self) -> None:
@@ -502,6 +506,7 @@ class ZarrWriter:
                 except Exception:  # noqa: BLE001 - best effort: without a manifest it is incomplete
                     pass
             else:
+                _wait_for_zarr()                # an interrupted write goes on in zarr's loop
                 try:
                     self.store.close()
                 except Exception:  # noqa: BLE001
@@ -620,6 +625,32 @@ class ZarrWriter:
         member.extra = {**member.extra, "zarr": {
             "node": node, "stored": "raw-files", "raw_group": raw_name, "checksum": "tree-digest",
             "raw_reason": reason}}
+
+
+def _wait_for_zarr(timeout: float = 30.0) -> None:
+    """Wait until zarr's event loop has finished what it was doing.
+
+    zarr runs every store operation as a task on its own thread; a caller interrupted (Ctrl-C)
+    while waiting for one stops waiting, but the task goes on writing. Removing the partial store
+    before it ends would leave the files it writes afterwards behind.
+    """
+    import asyncio
+
+    from zarr.core import sync
+
+    loop = sync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def others() -> None:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(others(), loop).result(timeout + 5)
+    except Exception:  # noqa: BLE001 - best effort: the removal below retries anyway
+        pass
 
 
 def _remove_objects(fs, path: str) -> None:
