@@ -70,10 +70,12 @@ def has_children(pid: int) -> bool:
 
 
 def run(argv: list[str], *, when: Callable[[float, subprocess.Popen], bool] | None = None,
-        sig: int = signal.SIGINT, stdin_file: Path | None = None, stdout_file: Path | None = None,
+        sig: int = signal.SIGINT, action: Callable[[], None] | None = None,
+        stdin_file: Path | None = None, stdout_file: Path | None = None,
         env: dict | None = None, timeout: float = 120.0) -> Outcome:
     """Run ``argv``; when ``when(elapsed, proc)`` first holds, deliver ``sig`` to its process group
-    (``elapsed``: seconds since the command began to handle signals).
+    (``elapsed``: seconds since the command began to handle signals), or instead run ``action``
+    while the command is stopped (filling its disk, say).
 
     Standard output goes to ``stdout_file`` or a pipe drained as fast as it fills (like
     ``| mbuffer``); standard input comes from ``stdin_file`` through a pipe (like ``cat run.tar |``).
@@ -102,7 +104,7 @@ def run(argv: list[str], *, when: Callable[[float, subprocess.Popen], bool] | No
         while proc.poll() is None and time.monotonic() - start < timeout:
             at = time.monotonic() - start
             if when(at, proc):
-                interrupted = _deliver(proc, sig)
+                interrupted = _deliver(proc, sig, action)
                 break
             time.sleep(0.003)
     try:
@@ -116,8 +118,8 @@ def run(argv: list[str], *, when: Callable[[float, subprocess.Popen], bool] | No
     return Outcome(proc.returncode, b"".join(errors).decode("utf-8", "replace"), interrupted, at, proc.pid)
 
 
-def _deliver(proc: subprocess.Popen, sig: int) -> bool:
-    """Freeze the group, and signal it only if the command has not ended meanwhile."""
+def _deliver(proc: subprocess.Popen, sig: int, action: Callable[[], None] | None) -> bool:
+    """Freeze the group, and signal it (or act) only if the command has not ended meanwhile."""
     try:
         os.killpg(proc.pid, signal.SIGSTOP)
     except ProcessLookupError:
@@ -125,7 +127,10 @@ def _deliver(proc: subprocess.Popen, sig: int) -> bool:
     try:
         if proc.poll() is not None:  # it ended before it could be stopped
             return False
-        os.killpg(proc.pid, sig)
+        if action is not None:
+            action()
+        else:
+            os.killpg(proc.pid, sig)
         return True
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -289,3 +294,18 @@ def session_run(tmp_path_factory) -> dict:
             archives[form] = out
         _built[key] = {"parset": parset, "archives": archives}
     return _built[key]
+
+
+def fill(where: Path, leave: int = 0) -> Callable[[], None]:
+    """An action: take all the free space of the file system at ``where`` but ``leave`` bytes
+    (another program filling the disk while the command runs)."""
+    def action() -> None:
+        st = os.statvfs(where)
+        free = st.f_bavail * st.f_frsize
+        fd = os.open(where / "ballast", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            if free > leave:
+                os.posix_fallocate(fd, 0, free - leave)
+        finally:
+            os.close(fd)
+    return action

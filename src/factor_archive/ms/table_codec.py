@@ -2057,6 +2057,31 @@ def _last_words(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _full_disk_note(text: str, path: str | None) -> str:
+    """``text`` (a casacore failure), saying so when the disk it was writing to is full.
+
+    casacore does not always report a full disk as such (a short write can surface as "Failed
+    AlwaysAssert tracePWRITE(...)"); the free space of the table's file system, looked at at once,
+    still says what happened.
+    """
+    if not path or "no space left on device" in text.lower():
+        return text
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return text
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    if free >= _FULL_BELOW:
+        return text
+    return f"{path}: No space left on device ({text})" if text else f"{path}: No space left on device"
+
+
+_FULL_BELOW = 1 << 20  # bytes free under which a failed casacore write is put down to a full disk
+
+
 def _spawn(*args, **kwargs):
     """subprocess.Popen, from one long-lived thread: the worker's parent-death signal fires when
     the *thread* that started it ends, and a pipeline thread may end before a kept worker does."""
@@ -2115,6 +2140,7 @@ class _Worker:
         self._error: BaseException | None = None
         self._failed = False  # a call failed: never reused (see _WORKER_SOURCE)
         self._open: set[int] = set()  # tables made or opened and not yet closed
+        self._paths: dict[int, str] = {}  # table id -> path, of the tables made here
         # Commands are written by a sender thread, so a caller never waits for the worker to
         # read (only when _WORKER_QUEUE_BYTES of commands are queued already).
         self._queue: deque = deque()
@@ -2139,21 +2165,22 @@ class _Worker:
                     break
                 ok, value = pickle.loads(out.read(struct.unpack("<Q", head)[0]))
                 with self._lock:
-                    fut = self._waiting.popleft()
+                    fut, path = self._waiting.popleft()
                 if ok:
                     fut.set_result(value)
                 else:
                     self._failed = True
-                    fut.set_exception(_reply_error(value))
+                    tname, kind, text = value
+                    fut.set_exception(_reply_error((tname, kind, _full_disk_note(text, path))))
         except BaseException as e:  # noqa: BLE001
             self._error = _WorkerGone(f"casacore worker process failed: {e}")
         with self._lock:
             pending = list(self._waiting)
             self._waiting.clear()
             if self._error is None:
-                said = self._said()
+                said = _full_disk_note(self._said(), pending[0][1] if pending else None)
                 self._error = _WorkerGone("casacore worker process ended" + (f": {said}" if said else ""))
-        for fut in pending:
+        for fut, _path in pending:
             fut.set_exception(self._error)
         with self._qcond:
             self._qcond.notify_all()
@@ -2207,11 +2234,22 @@ class _Worker:
             with self._lock:
                 if self._error is not None:
                     raise self._error
-                self._waiting.append(fut)
+                self._waiting.append((fut, self._written_by(op)))
             self._queue.append(data)
             self._queued += len(data)
             self._qcond.notify_all()
         return fut
+
+    def _written_by(self, op: tuple) -> str | None:
+        """The table a command writes (for _full_disk_note), as far as the client knows it."""
+        if op[0] == "new":
+            self._paths[op[1]] = op[2]
+            return op[2]
+        if op[0] == "call":
+            return self._paths.get(op[1])
+        if op[0] == "run" and len(op[2]) > 1:
+            return str(op[2][1])  # concat_in_frequency(slots, out_path)
+        return None
 
     def _stop_sender(self) -> None:
         with self._qcond:
