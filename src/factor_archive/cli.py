@@ -91,15 +91,15 @@ def _leave(prog: str, code: int) -> int:
     can abort the process; and it restores the default signal handlers, so a Ctrl-C arriving then
     would end the process by the signal instead of with the status the user expects.
     """
-    if signals.received() is not None and code == 0:
-        code = _interrupted(prog, "", after_work=True)
-    if not signals.is_program() and signals.received() is None:
-        return code
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
+    if signals.last_received() is not None and code == 0:
+        code = _interrupted(prog, "", after_work=True)
+    if not signals.is_program() and signals.received() is None:
+        return code
     os._exit(code)
 
 

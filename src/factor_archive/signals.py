@@ -92,12 +92,36 @@ def _handler(signum: int, _frame) -> None:
 def remember_early() -> None:
     """Signals are remembered from now on (and raised by the first :func:`check`), not raised
     wherever the interpreter happens to be: for a program, before it imports the rest."""
-    global _program
+    global _program, _wakeup
     if threading.current_thread() is threading.main_thread():
         for sig in HANDLED:
             signal.signal(sig, _handler)
         _program = True
         sys.unraisablehook = _quiet_unraisable
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)  # see last_received
+        _wakeup = r
+
+
+_wakeup: int | None = None  # read end of the interpreter's signal wakeup pipe (programs only)
+
+
+def last_received() -> int | None:
+    """For a program about to exit: stop taking signals and return the first one received,
+    including one that arrived so late that no Python handler ran for it (still pending, or only
+    noted on the wakeup pipe), so the exit status can say so."""
+    global _received
+    if not _program:
+        return _received
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    late = list(signal.sigpending() & set(HANDLED))
+    try:
+        late += [n for n in os.read(_wakeup, 4096) if n in HANDLED]
+    except (BlockingIOError, OSError, TypeError):
+        pass
+    if _received is None and late:
+        _received = late[0]
+    return _received
 
 
 def is_program() -> bool:
