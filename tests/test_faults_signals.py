@@ -48,14 +48,18 @@ def assert_same_run(restored: Path, clean: Path) -> None:
     """Every file is back, and every table has the same content. (Table files themselves may
     differ: the zarr form rebuilds tables from their columns. Files holding paths, such as the
     parset and mapfiles, name their own output: compared by name only.)"""
-    from factor_archive.ms.table_codec import table_content_sha256
+    from factor_archive.ms.table_codec import RawTableRequired, table_content_sha256
 
-    assert sorted(snapshot(restored)) == sorted(snapshot(clean))
+    files = snapshot(restored)
+    assert sorted(files) == sorted(snapshot(clean))
     tables = sorted({p.parent for p in clean.rglob("table.dat")})
     assert len(tables) > 10
     for table in tables:
         rel = table.relative_to(clean)
-        assert table_content_sha256(restored / rel) == table_content_sha256(table), rel
+        try:
+            assert table_content_sha256(restored / rel) == table_content_sha256(table), rel
+        except RawTableRequired:  # a table every form keeps byte for byte (Dysco)
+            assert snapshot(restored / rel) == snapshot(table), rel
 
 
 def snapshot(root: Path) -> dict[str, str]:
