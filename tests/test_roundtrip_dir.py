@@ -12,6 +12,7 @@ import pytest
 
 from conftest import assert_tables_equal, tree_snapshot
 from factor_archive.cli import archivefactor_main, main, unarchivefactor_main
+from factor_archive.manifest import TAG_MANIFEST_NAME, tag_manifest_text
 from factor_archive.run.mapfile import parse_mapfile
 from factor_archive.run.model import read_pickle
 from factor_archive.run.parset import read_parset
@@ -312,6 +313,10 @@ def test_hostile_manifest_cannot_write_outside_the_output(sample_run, tmp_path, 
     manifest = manifest_of(archive)
     manifest["members"][0]["restore_path"] = "../../escaped.txt"
     (archive / "manifest.json").write_text(json.dumps(manifest))
+    # checksums are no signature: an attacker rewrites the tag manifest as well
+    (archive / TAG_MANIFEST_NAME).write_text(tag_manifest_text({
+        "manifest.json": (archive / "manifest.json").read_bytes(),
+        "manifest-sha256.txt": (archive / "manifest-sha256.txt").read_bytes()}))
     assert unarchivefactor_main(["-q", str(archive), str(tmp_path / "r")]) == 2
     assert "refusing" in capsys.readouterr().err
     assert not (tmp_path / "escaped.txt").exists()

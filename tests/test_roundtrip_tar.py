@@ -53,7 +53,7 @@ def test_gnu_tar_extracts_the_directory_form_tree(sample_run, tmp_path):
     assert done.returncode == 0 and done.stderr == ""
     subprocess.run(["sha256sum", "--quiet", "-c", "manifest-sha256.txt"], cwd=out, check=True)
     extracted, directory = content_snapshot(out), content_snapshot(tmp_path / "run")
-    for name in ("manifest.json", "manifest-sha256.txt", ".factor-archive-index"):
+    for name in ("manifest.json", "manifest-sha256.txt", "tagmanifest-sha256.txt", ".factor-archive-index"):
         extracted.pop(name, None)
         directory.pop(name, None)
     assert extracted == directory

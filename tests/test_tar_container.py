@@ -18,7 +18,8 @@ import pytest
 from factor_archive.containers import tar as tarmod
 from factor_archive.containers.tar import TarReader, TarWriter, looks_like_tar
 from factor_archive.errors import BadInput, UnsafeArchive
-from factor_archive.manifest import CHECKSUMS_NAME, MANIFEST_NAME, Manifest, Member
+from factor_archive.manifest import (CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME, Manifest, Member,
+                                     tag_manifest_text)
 
 SPACE_NAME = "field image ñ é.fits"      # a space and non-ASCII characters
 CREATED = "2024-05-01T12:00:00+00:00"
@@ -126,7 +127,7 @@ def test_gnu_tar_lists_and_extracts_the_directory_layout_silently(tmp_path, run,
     assert listing.returncode == 0 and listing.stderr == ""
     names = listing.stdout.splitlines()
     assert names[0] == f"images/{SPACE_NAME}"            # order of the write() calls
-    assert names[-3:] == [MANIFEST_NAME, CHECKSUMS_NAME, tarmod.INDEX_NAME]
+    assert names[-4:] == [MANIFEST_NAME, CHECKSUMS_NAME, TAG_MANIFEST_NAME, tarmod.INDEX_NAME]
 
     dest = tmp_path / "gnu"
     dest.mkdir()
@@ -136,12 +137,13 @@ def test_gnu_tar_lists_and_extracts_the_directory_layout_silently(tmp_path, run,
     got = tree(dest)
     expect = source_tree(run, items)
     assert {k: v for k, v in got.items()
-            if k not in (MANIFEST_NAME, CHECKSUMS_NAME, tarmod.INDEX_NAME)} == expect
+            if k not in (MANIFEST_NAME, CHECKSUMS_NAME, TAG_MANIFEST_NAME, tarmod.INDEX_NAME)} == expect
     assert Manifest.from_json(got[MANIFEST_NAME]).container == "tar"
-    # sha256sum -c accepts the checksums file from the extracted root
-    check = subprocess.run(["sha256sum", "--quiet", "-c", CHECKSUMS_NAME], cwd=dest,
-                           capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
+    # sha256sum -c accepts the checksums file and the tag manifest from the extracted root
+    for sums in (CHECKSUMS_NAME, TAG_MANIFEST_NAME):
+        check = subprocess.run(["sha256sum", "--quiet", "-c", sums], cwd=dest,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
     # mtimes to the nanosecond, modes from the sources; symlinked source stored as data
     src = run / "misc" / "factor.parset"
     assert os.stat(dest / "misc/factor.parset").st_mtime_ns == os.stat(src).st_mtime_ns
@@ -186,6 +188,10 @@ def test_index_is_found_from_the_end_with_tail_and_sha256sum(archive):
     text = subprocess.run(f"tail -c +{int(offset) + 1} '{out}' | head -c {size}", shell=True,
                           capture_output=True, check=True).stdout
     assert json.loads(text)["members"][0]["path"] == f"images/{SPACE_NAME}"
+    # the index's last line is the sha256 of the lines above it
+    covered = subprocess.run(f"tail -c 1536 '{out}' | head -c 512 | head -n 4 | sha256sum",
+                             shell=True, capture_output=True, check=True).stdout.split()[0]
+    assert lines[4] == f"index-sha256 {covered.decode()}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,14 +581,14 @@ def craft(entries: list[tuple[tarfile.TarInfo, bytes | None, Member | None]]) ->
                 member.sha256 = hashlib.sha256(data or b"").hexdigest()
                 members.append(member)
         manifest = Manifest(container="tar", run={}, options={}, members=members)
-        blobs = []
+        blobs = {}
         for name, body in ((MANIFEST_NAME, manifest.to_json().encode()), (CHECKSUMS_NAME, b"")):
             info = tarfile.TarInfo(name)
             info.size = len(body)
             tf.addfile(info, io.BytesIO(body))
-            blobs.append((data_offset(tf, body), len(body), hashlib.sha256(body).hexdigest()))
+            blobs[name] = (data_offset(tf, body), len(body), hashlib.sha256(body).hexdigest())
         end = tf.offset
-    return buf.getvalue()[:end] + tarmod.index_entry(blobs[0], blobs[1], 0) + b"\0" * 1024
+    return buf.getvalue()[:end] + tarmod.index_entry(blobs, 0) + b"\0" * 1024
 
 
 def file_info(name: str, data: bytes) -> tarfile.TarInfo:
@@ -662,12 +668,14 @@ def retail(data: bytes, mutate) -> bytes:
     manifest = Manifest.from_json(data[m_off:m_off + index[MANIFEST_NAME][1]])
     mutate(manifest)
     out = bytearray(data[:start])
-    blobs = []
-    for name, body in ((MANIFEST_NAME, manifest.to_json().encode()), (CHECKSUMS_NAME, b"")):
+    bodies = {MANIFEST_NAME: manifest.to_json().encode(), CHECKSUMS_NAME: b""}
+    bodies[TAG_MANIFEST_NAME] = tag_manifest_text(bodies).encode()   # an attacker redoes them all
+    blobs = {}
+    for name, body in bodies.items():
         out += tarmod.entry_headers(name, b"0", len(body), 0o644, 0)
-        blobs.append((len(out), len(body), hashlib.sha256(body).hexdigest()))
+        blobs[name] = (len(out), len(body), hashlib.sha256(body).hexdigest())
         out += body + b"\0" * (-len(body) % 512)
-    return bytes(out) + tarmod.index_entry(blobs[0], blobs[1], 0) + b"\0" * 1024
+    return bytes(out) + tarmod.index_entry(blobs, 0) + b"\0" * 1024
 
 
 @pytest.mark.parametrize("seekable", [True, False], ids=["file", "pipe"])

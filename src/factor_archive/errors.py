@@ -26,3 +26,13 @@ class BadInput(FactorArchiveError):
 
 class UnsafeArchive(BadInput):
     """An archive asks for something we refuse to do (escape the output, run code)."""
+
+
+class DamagedArchive(BadInput):
+    """The archive's bytes are not what was written (truncated, flipped, missing): exit status 1.
+
+    A BadInput (the archive is input, and callers that refuse bad input refuse this too), but
+    with the status of a failure: the archive was ours and something happened to it.
+    """
+
+    exit_code = 1

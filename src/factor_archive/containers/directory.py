@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from ..errors import BadInput, FactorArchiveError
-from ..manifest import (CHECKSUMS_NAME, MANIFEST_NAME, FileEntry, Manifest, Member, checksums_text,
-                        safe_relpath, tree_digest)
+from ..errors import BadInput, DamagedArchive, FactorArchiveError
+from ..manifest import (CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME, FileEntry, Manifest, Member,
+                        check_checksums_file, checksums_text, safe_relpath, tag_manifest_text,
+                        tag_problems, tree_digest)
 from .base import (Progress, copy_stream, fill_file_member, finish_table_member, fsync_dir, hash_file,
                    io_error, start_writeback, stat_entry, sync_filesystem, walk_table, write_atomic)
 
@@ -97,6 +98,7 @@ class DirectoryWriter:
                 raise BadInput(f"{self.root}: already holds a complete archive; use -c to overwrite it")
             manifest.unlink()  # from now on it no longer looks complete
             (self.root / CHECKSUMS_NAME).unlink(missing_ok=True)
+            (self.root / TAG_MANIFEST_NAME).unlink(missing_ok=True)
         elif self.root.is_dir() and any(self.root.iterdir()) and not (self.root / JOURNAL_NAME).exists() \
                 and not clobber:
             raise BadInput(f"{self.root}: directory is not empty and holds no archive; use -c or another name")
@@ -192,11 +194,16 @@ class DirectoryWriter:
 
     def close(self, manifest: Manifest) -> None:
         manifest.container = self.form
+        manifest.tag_manifest = TAG_MANIFEST_NAME
         shutil.rmtree(self.root / STAGING_NAME, ignore_errors=True)
+        sums = checksums_text(manifest).encode("utf-8")
+        document = manifest.to_json().encode("utf-8")
+        tags = tag_manifest_text({MANIFEST_NAME: document, CHECKSUMS_NAME: sums}).encode("utf-8")
         try:
             sync_filesystem(self.root)  # the data is durable before the manifest says it is there
-            write_atomic(self.root / CHECKSUMS_NAME, checksums_text(manifest).encode("utf-8"))
-            write_atomic(self.root / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+            write_atomic(self.root / CHECKSUMS_NAME, sums)
+            write_atomic(self.root / TAG_MANIFEST_NAME, tags)
+            write_atomic(self.root / MANIFEST_NAME, document)   # last: now the archive is complete
         except OSError as exc:
             raise io_error(self.root / MANIFEST_NAME, exc) from None
         self._journal_file.close()
@@ -210,6 +217,16 @@ class DirectoryWriter:
         except OSError:
             pass
         shutil.rmtree(self.root / STAGING_NAME, ignore_errors=True)
+
+
+def _read_metadata(path: Path) -> bytes | None:
+    """A metadata file's bytes, None if absent; unreadable is one error line."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DamagedArchive(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _source_size(path: Path) -> int:
@@ -235,11 +252,28 @@ class DirectoryReader:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(os.path.abspath(root))
         path = self.root / MANIFEST_NAME
-        try:
-            text = path.read_bytes()
-        except FileNotFoundError:
-            raise BadInput(f"{self.root}: not a complete archive (no {MANIFEST_NAME})") from None
+        text = _read_metadata(path)
+        if text is None:
+            raise BadInput(f"{self.root}: not a complete archive (no {MANIFEST_NAME})")
+        self._checksums = _read_metadata(self.root / CHECKSUMS_NAME)
+        tags = _read_metadata(self.root / TAG_MANIFEST_NAME)
+        # The manifest is trusted only once its checksum is: the tag manifest holds it.
+        self.metadata_problems: list[str] = []
+        if tags is not None:
+            found = tag_problems(str(self.root), tags, {MANIFEST_NAME: text, CHECKSUMS_NAME: self._checksums})
+            if MANIFEST_NAME in found:
+                raise DamagedArchive(found[MANIFEST_NAME])
+            self.metadata_problems = list(found.values())
         self.manifest = Manifest.from_json(text, str(path))
+        if tags is None and self.manifest.tag_manifest:
+            raise DamagedArchive(f"{self.root / TAG_MANIFEST_NAME}: missing (the manifest cannot be "
+                                 "checked; archive damaged)")
+        if tags is None and self._checksums is not None:
+            # An archive from before tag manifests: manifest-sha256.txt, derived from the manifest,
+            # is the only witness; if they disagree, one of them is damaged.
+            if check_checksums_file(str(self.root), self.manifest, self._checksums):
+                raise DamagedArchive(f"{path}: disagrees with {CHECKSUMS_NAME}; one of them is "
+                                     "damaged")
 
     def _src(self, member: Member) -> Path:
         return self.root / safe_relpath(member.path, str(self.root))
@@ -317,7 +351,9 @@ class DirectoryReader:
         os.rename(partial, dest)
 
     def verify(self, progress: Progress) -> list[str]:
-        problems = []
+        problems = list(self.metadata_problems)
+        if not any(CHECKSUMS_NAME in line for line in problems):
+            problems += check_checksums_file(str(self.root), self.manifest, self._checksums)
         for member in self.manifest.members:
             src = self._src(member)
             if member.kind == "table":

@@ -21,10 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from ..errors import BadInput, FactorArchiveError, UnsafeArchive
+from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
 from ..manifest import (
-    CHECKSUMS_NAME, MANIFEST_NAME, FileEntry, Manifest, Member, check_member_paths,
-    checksums_text, safe_relpath, tree_digest,
+    CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME, FileEntry, Manifest, Member,
+    check_checksums_file, check_member_paths, checksums_text, safe_relpath, tag_manifest_text,
+    tag_problems, tree_digest,
 )
 from .base import (
     Progress, copy_stream, fill_file_member, finish_table_member, fsync_dir, io_error, walk_table,
@@ -36,6 +37,8 @@ MAX_OCTAL = 8 ** 11 - 1            # largest size or mtime an 11-digit ustar fie
 PAX_HEADER_NAME = "././@PaxHeader"
 INDEX_NAME = ".factor-archive-index"
 INDEX_MAGIC = "factor-archive-index 1"
+INDEX_CHECKSUM = "index-sha256"    # last line of the index: sha256 of the lines above it
+METADATA_NAMES = (MANIFEST_NAME, CHECKSUMS_NAME, TAG_MANIFEST_NAME)   # in archive order
 MEMBER_MAGIC = "factor-archive-member "
 TRAILER_SIZE = 4 * BLOCKSIZE       # index header + index record + two zero blocks
 MAX_MANIFEST = 1 << 30
@@ -132,17 +135,19 @@ def entry_headers(path: str, typeflag: bytes, size: int, mode: int, mtime_ns: in
             + _padding(len(data)) + ustar_header(path, typeflag, size, mode, mtime))
 
 
-def index_entry(manifest: tuple[int, int, str], checksums: tuple[int, int, str],
-                mtime: int) -> bytes:
+def index_entry(entries: dict[str, tuple[int, int, str]], mtime: int) -> bytes:
     """The fixed-size index: a plain ustar file (no pax header) of exactly one block.
 
+    ``entries`` maps each metadata file to (offset, size, sha256). The last line is the
+    checksum of the lines above it, so a flipped bit anywhere in the index is noticed.
     A regular file rather than a pax global header because Python's tarfile rejects a global
     header directly before the end-of-archive blocks.
     """
-    body = (f"{INDEX_MAGIC}\n"
-            f"{MANIFEST_NAME} {manifest[0]} {manifest[1]} {manifest[2]}\n"
-            f"{CHECKSUMS_NAME} {checksums[0]} {checksums[1]} {checksums[2]}\n").encode("ascii")
-    data = body + b" " * (BLOCKSIZE - len(body) - 1) + b"\n"
+    body = f"{INDEX_MAGIC}\n" + "".join(f"{name} {offset} {size} {sha}\n"
+                                         for name, (offset, size, sha) in entries.items())
+    body += f"{INDEX_CHECKSUM} {hashlib.sha256(body.encode('ascii')).hexdigest()}\n"
+    data = body.encode("ascii")
+    data += b" " * (BLOCKSIZE - len(data) - 1) + b"\n"
     assert len(data) == BLOCKSIZE
     return ustar_header(INDEX_NAME, b"0", BLOCKSIZE, 0o644, mtime) + data
 
@@ -205,19 +210,35 @@ def parse_pax(data: bytes) -> dict[str, str]:
 
 
 def parse_index(data: bytes) -> dict[str, tuple[int, int, str]] | None:
-    """The index's entries, or None if ``data`` is not a factor-archive index."""
+    """The index's entries, or None if ``data`` is not an intact factor-archive index.
+
+    An index with an ``index-sha256`` line must match it; after the lines, only the padding
+    the writer puts there (spaces, a final newline) is allowed. Indexes written before the
+    checksum line existed have none and are accepted as they are.
+    """
     try:
-        lines = data.decode("ascii").split("\n")
+        text = data.decode("ascii")
     except UnicodeDecodeError:
         return None
-    if len(data) != BLOCKSIZE or lines[0] != INDEX_MAGIC:
+    if len(data) != BLOCKSIZE or not text.endswith("\n"):
+        return None
+    body, _sep, padding = text[:-1].rpartition("\n")
+    if padding.strip(" ") or not body:
+        return None
+    lines = body.split("\n")
+    if lines[0] != INDEX_MAGIC:
         return None
     index = {}
-    for line in lines[1:]:
+    for at, line in enumerate(lines[1:], start=1):
         parts = line.split(" ")
-        if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit() and len(parts[3]) == 64:
+        if parts[0] == INDEX_CHECKSUM:
+            covered = "".join(f"{previous}\n" for previous in lines[:at]).encode("ascii")
+            if len(parts) != 2 or at != len(lines) - 1 \
+                    or hashlib.sha256(covered).hexdigest() != parts[1]:
+                return None
+        elif len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit() and len(parts[3]) == 64:
             index[parts[0]] = (int(parts[1]), int(parts[2]), parts[3])
-        # anything else: padding, or a line a later version added
+        # anything else: a line a later version added
     if MANIFEST_NAME not in index:
         return None
     return index
@@ -312,7 +333,7 @@ class TarWriter:
             raise FactorArchiveError("internal error: write() after close() or abort()")
         path = safe_relpath(member.path, "archive member")
         ancestors = {path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1)}
-        if path != member.path or path in (MANIFEST_NAME, CHECKSUMS_NAME, INDEX_NAME) \
+        if path != member.path or path in (*METADATA_NAMES, INDEX_NAME) \
                 or path in self._paths or path in self._parents or ancestors & self._paths:
             raise BadInput(f"{member.path}: archive path clashes with another member or is "
                            "not in normal form")
@@ -348,12 +369,13 @@ class TarWriter:
         if self._done:
             raise FactorArchiveError("internal error: close() after close() or abort()")
         manifest.container = "tar"
+        manifest.tag_manifest = TAG_MANIFEST_NAME
         mtime_ns = _created_ns(manifest)
-        manifest_at = self._write_blob(MANIFEST_NAME, manifest.to_json().encode("utf-8"),
-                                       mtime_ns)
-        sums_at = self._write_blob(CHECKSUMS_NAME, checksums_text(manifest).encode("utf-8"),
-                                   mtime_ns)
-        self._sink.write(index_entry(manifest_at, sums_at, mtime_ns // 10 ** 9))
+        blobs = {MANIFEST_NAME: manifest.to_json().encode("utf-8"),
+                 CHECKSUMS_NAME: checksums_text(manifest).encode("utf-8")}
+        blobs[TAG_MANIFEST_NAME] = tag_manifest_text(blobs).encode("utf-8")
+        entries = {name: self._write_blob(name, blobs[name], mtime_ns) for name in METADATA_NAMES}
+        self._sink.write(index_entry(entries, mtime_ns // 10 ** 9))
         self._sink.write(ZERO_BLOCK * 2)
         out = self._sink.f
         try:
@@ -534,11 +556,11 @@ class _Scanner:
         try:
             block = self.read_exact(BLOCKSIZE)
         except _Truncated:
-            raise BadInput(f"{self.origin}: archive truncated after {self.last}") from None
+            raise DamagedArchive(f"{self.origin}: archive truncated after {self.last}") from None
         try:
             return parse_header(block)
         except ValueError:
-            raise BadInput(f"{self.origin}: damaged tar header at byte {at} "
+            raise DamagedArchive(f"{self.origin}: damaged tar header at byte {at} "
                            f"(after {self.last})") from None
 
     def _small_data(self, size: int, what: str) -> bytes:
@@ -548,7 +570,7 @@ class _Scanner:
             data = self.read_exact(size)
             self.read_exact(-size % BLOCKSIZE)
         except _Truncated:
-            raise BadInput(f"{self.origin}: archive truncated in {what} after "
+            raise DamagedArchive(f"{self.origin}: archive truncated in {what} after "
                            f"{self.last}") from None
         return data
 
@@ -563,7 +585,7 @@ class _Scanner:
                 try:
                     pax.update(parse_pax(self._small_data(header.size, "pax header")))
                 except (ValueError, UnicodeDecodeError):
-                    raise BadInput(f"{self.origin}: damaged pax header after "
+                    raise DamagedArchive(f"{self.origin}: damaged pax header after "
                                    f"{self.last}") from None
                 continue
             if header.typeflag == b"g":
@@ -576,7 +598,7 @@ class _Scanner:
                 name = pax["path"] if "path" in pax else header.name.decode("utf-8")
                 size = int(pax["size"]) if "size" in pax else header.size
             except (ValueError, UnicodeDecodeError):
-                raise BadInput(f"{self.origin}: undecodable entry after {self.last}") from None
+                raise DamagedArchive(f"{self.origin}: undecodable entry after {self.last}") from None
             if size < 0:
                 raise BadInput(f"{self.origin}: bad size in entry {name!r}")
             self.last = repr(name)
@@ -591,11 +613,11 @@ class _Scanner:
             raise io_error(dst_name or self.origin, exc) from None
         self.pos += n
         if n < entry.size:
-            raise BadInput(f"{self.origin}: archive truncated in {entry.name!r}")
+            raise DamagedArchive(f"{self.origin}: archive truncated in {entry.name!r}")
         try:
             self.read_exact(-entry.size % BLOCKSIZE)
         except _Truncated:
-            raise BadInput(f"{self.origin}: archive truncated in {entry.name!r}") from None
+            raise DamagedArchive(f"{self.origin}: archive truncated in {entry.name!r}") from None
         return sha
 
     def skip_data(self, entry: _Entry) -> None:
@@ -605,7 +627,7 @@ class _Scanner:
         skip = entry.size + (-entry.size % BLOCKSIZE)
         end = self.f.seek(0, os.SEEK_END)
         if self.base + self.pos + skip > end:
-            raise BadInput(f"{self.origin}: archive truncated in {entry.name!r}")
+            raise DamagedArchive(f"{self.origin}: archive truncated in {entry.name!r}")
         self.pos += skip
         self.f.seek(self.base + self.pos)
 
@@ -854,20 +876,21 @@ class TarReader:
                     and tail[2 * BLOCKSIZE:] == ZERO_BLOCK * 2:
                 index = parse_index(tail[BLOCKSIZE:2 * BLOCKSIZE])
         if index is None:
-            raise BadInput(self._diagnose())
+            raise self._diagnose()
         offset, size, sha = index[MANIFEST_NAME]
         if offset % BLOCKSIZE or offset < BLOCKSIZE or size > MAX_MANIFEST \
                 or offset + size > self._size - TRAILER_SIZE:
-            raise BadInput(f"{self.name}: the index points outside the archive")
+            raise DamagedArchive(f"{self.name}: the index points outside the archive")
         self._check_header(MANIFEST_NAME, offset, size, "the manifest")
         data = self._read_at(offset, size)
         if hashlib.sha256(data).hexdigest() != sha:
-            raise BadInput(f"{self.name}: the manifest is damaged (sha256 mismatch)")
+            raise DamagedArchive(f"{self.name}: the manifest is damaged (sha256 mismatch)")
         self._manifest = Manifest.from_json(data, f"{self.name}: {MANIFEST_NAME}")
+        self._check_tag_listed(self._manifest, index)
         self._data_end = offset - BLOCKSIZE
         self._consumed = True
 
-    def _diagnose(self) -> str:
+    def _diagnose(self) -> BadInput:
         """Why there is no index: walk the headers (seeking over data) to name where it ends."""
         self._f.seek(self._base)
         scanner = _Scanner(self._f, self.name, self._base)
@@ -875,24 +898,43 @@ class TarReader:
             while True:
                 entry = scanner.next()
                 if entry is None:
-                    return (f"{self.name}: no factor-archive index at the end (not written by "
-                            "factor-archive, or damaged)")
+                    return BadInput(f"{self.name}: no factor-archive index at the end (not written "
+                                    "by factor-archive, or damaged)")
                 scanner.skip_data(entry)
                 if entry.name == INDEX_NAME:
-                    return f"{self.name}: damaged or misplaced factor-archive index"
+                    return DamagedArchive(f"{self.name}: damaged or misplaced factor-archive index")
         except BadInput as exc:
-            return str(exc) + " (the index is missing)"
+            return DamagedArchive(str(exc) + " (the index is missing)")
+
+    def _check_tag_listed(self, manifest: Manifest, index: dict[str, tuple[int, int, str]]) -> None:
+        if manifest.tag_manifest and manifest.tag_manifest not in index:
+            raise DamagedArchive(f"{self.name}: the index does not list {manifest.tag_manifest} "
+                                 "(damaged)")
+
+    def _metadata_problems(self, manifest: Manifest, blobs: dict[str, tuple[int, bytes]]) -> list[str]:
+        """verify: the tag manifest and manifest-sha256.txt agree with the manifest."""
+        files = {name: blobs[name][1] if name in blobs else None
+                 for name in (MANIFEST_NAME, CHECKSUMS_NAME)}
+        problems: list[str] = []
+        if TAG_MANIFEST_NAME in blobs:
+            try:
+                problems += tag_problems(self.name, blobs[TAG_MANIFEST_NAME][1], files).values()
+            except DamagedArchive as exc:
+                problems.append(str(exc))
+        if not any(CHECKSUMS_NAME in line for line in problems):
+            problems += check_checksums_file(self.name, manifest, files[CHECKSUMS_NAME])
+        return problems
 
     def _check_header(self, path: str, offset: Any, size: Any, what: str) -> None:
         """The manifest's offset must point just after the ustar header of that very file."""
         if not isinstance(offset, int) or not isinstance(size, int) or offset % BLOCKSIZE \
                 or offset < BLOCKSIZE or size < 0 \
                 or offset + size > getattr(self, "_data_end", self._size):
-            raise BadInput(f"{self.name}: {what}: manifest offset points outside the archive")
+            raise DamagedArchive(f"{self.name}: {what}: manifest offset points outside the archive")
         try:
             header = parse_header(self._read_at(offset - BLOCKSIZE, BLOCKSIZE))
         except ValueError:
-            raise BadInput(f"{self.name}: {what}: damaged tar header") from None
+            raise DamagedArchive(f"{self.name}: {what}: damaged tar header") from None
         if header is not None and header.typeflag not in (b"0", b"\0", b"x", b"g", b"5"):
             raise UnsafeArchive(f"{self.name}: {what}: manifest points at a "
                                 f"{_describe(header.typeflag)} entry")
@@ -900,7 +942,7 @@ class TarReader:
         if header is None or header.typeflag not in (b"0", b"\0") or header.name_field != name \
                 or header.prefix_field != prefix \
                 or header.size != (size if size <= MAX_OCTAL else 0):
-            raise BadInput(f"{self.name}: {what}: manifest offset does not point at its data")
+            raise DamagedArchive(f"{self.name}: {what}: manifest offset does not point at its data")
 
     def _copy_checked(self, path: str, offset: int, size: int, sha: str, dst: Path,
                       progress: Progress, what: str) -> None:
@@ -916,9 +958,9 @@ class TarReader:
             except OSError as exc:
                 raise io_error(dst, exc) from None
         if n != size:
-            raise BadInput(f"{self.name}: archive truncated in member {what}")
+            raise DamagedArchive(f"{self.name}: archive truncated in member {what}")
         if got != sha:
-            raise BadInput(f"{self.name}: member {what} is damaged (sha256 mismatch)")
+            raise DamagedArchive(f"{self.name}: member {what} is damaged (sha256 mismatch)")
 
     def _extract_file(self, member: Member, dest: Path, progress: Progress) -> None:
         cleanup = _Cleanup()
@@ -937,7 +979,7 @@ class TarReader:
 
     def _extract_table(self, member: Member, dest: Path, progress: Progress) -> None:
         if tree_digest(member.files) != member.sha256:
-            raise BadInput(f"{self.name}: manifest entry of {member.path!r} is inconsistent "
+            raise DamagedArchive(f"{self.name}: manifest entry of {member.path!r} is inconsistent "
                            "(tree digest)")
         cleanup = _Cleanup()
         try:
@@ -983,9 +1025,11 @@ class TarReader:
             blobs, index = self._scan(scanner, dest_for, wanted, progress, placed, cleanup)
             manifest = self._check_pass(blobs, index)
             problems = self._compare(manifest, placed, dest_for if strict else None, wanted)
+            if not strict:
+                problems = self._metadata_problems(manifest, blobs) + problems
             if strict and problems:
                 more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-                raise BadInput(problems[0] + more)
+                raise DamagedArchive(problems[0] + more)
             if strict:
                 self._finish(manifest, placed)
             self._manifest = self._manifest or manifest
@@ -1015,7 +1059,7 @@ class TarReader:
             if entry.name == INDEX_NAME and entry.typeflag in (b"0", b"\0"):
                 entry.index = parse_index(self._read_blob(scanner, entry))
                 if entry.index is None:
-                    raise BadInput(f"{origin}: damaged factor-archive index")
+                    raise DamagedArchive(f"{origin}: damaged factor-archive index")
                 index = entry
                 continue
             if entry.typeflag not in (b"0", b"\0", b"5", b"7"):
@@ -1030,7 +1074,7 @@ class TarReader:
                 current = self._announce(entry, name, is_dir, dest_for, wanted, placed,
                                          cleanup, scanner, progress)
                 continue
-            if name in (MANIFEST_NAME, CHECKSUMS_NAME) and not is_dir:
+            if name in METADATA_NAMES and not is_dir:
                 if entry.size > MAX_MANIFEST:
                     raise BadInput(f"{origin}: oversized {name}")
                 at = entry.data_offset
@@ -1094,7 +1138,7 @@ class TarReader:
                                  extra=fields.get("extra") or {}, size=0, mode=0, mtime=0.0,
                                  sha256="")
         except (ValueError, TypeError, AttributeError):
-            raise BadInput(f"{origin}: damaged member announcement at {name!r}") from None
+            raise DamagedArchive(f"{origin}: damaged member announcement at {name!r}") from None
         check_member_paths(provisional, origin)
         if provisional.path != name or provisional.kind != ("table" if is_dir else "file"):
             raise UnsafeArchive(f"{origin}: member announcement does not match entry {name!r}")
@@ -1132,13 +1176,15 @@ class TarReader:
     def _check_pass(self, blobs: dict[str, tuple[int, bytes]], index: _Entry | None) -> Manifest:
         origin = self.name
         if index is None or MANIFEST_NAME not in blobs:
-            raise BadInput(f"{origin}: archive truncated or incomplete: no "
+            raise DamagedArchive(f"{origin}: archive truncated or incomplete: no "
                            f"{'index' if MANIFEST_NAME in blobs else 'manifest'} found")
         for name, (offset, size, sha) in index.index.items():
             at, data = blobs.get(name, (None, b""))
             if at != offset or len(data) != size or hashlib.sha256(data).hexdigest() != sha:
-                raise BadInput(f"{origin}: {name} does not match the index (damaged)")
-        return Manifest.from_json(blobs[MANIFEST_NAME][1], f"{origin}: {MANIFEST_NAME}")
+                raise DamagedArchive(f"{origin}: {name} does not match the index (damaged)")
+        manifest = Manifest.from_json(blobs[MANIFEST_NAME][1], f"{origin}: {MANIFEST_NAME}")
+        self._check_tag_listed(manifest, index.index)
+        return manifest
 
     def _compare(self, manifest: Manifest, placed: dict[str, _Placed],
                  dest_for: Callable[[Member], Path | None] | None,
