@@ -32,6 +32,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "full: a long test that runs only with --full")
     full = config.getoption("--full") or os.environ.get("FACTOR_ARCHIVE_FULL") == "1"
     config._factor_archive_full = full
+    config._fault_ledger = []   # cases of the fault-injection suites (tests/fault_cases.py)
     if settings is not None and not config.getoption("--hypothesis-profile", default=None):
         settings.load_profile("full" if full else "ci")
 
@@ -43,6 +44,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("full") is not None:  # not keywords: a test id may say "full"
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The fault-injection suites' table: cases tried per suite and form, and their outcomes.
+
+    Also kept in .pytest_cache (``pytest --cache-show 'factor-archive/*'``) for docs/reliability.md.
+    """
+    cases = getattr(config, "_fault_ledger", [])
+    if not cases:
+        return
+    from fault_cases import summary_lines
+
+    lines = summary_lines(cases)
+    terminalreporter.write_sep("=", "fault injection")
+    for line in lines:
+        terminalreporter.write_line(line)
+    if config.cache is not None:
+        config.cache.set("factor-archive/faults", {"full": config._factor_archive_full,
+                                                   "summary": lines, "cases": cases})
 
 
 @pytest.fixture

@@ -505,7 +505,7 @@ def test_an_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, run):
     writer.write(*items[0], nothing)
     staging = writer.staging_dir()
     assert staging.parent == tmp_path
-    assert not out.exists() and (tmp_path / ".run.tar.partial").exists()
+    assert not out.exists() and (tmp_path / f".run.tar.partial-{os.getpid()}").exists()
     writer.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 

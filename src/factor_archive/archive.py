@@ -59,6 +59,8 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
     try:  # from here on every failure, Ctrl-C included, goes through writer.abort()
         signals.check()
         reporter = Reporter(plan.total_bytes, "archiving", quiet=quiet)
+        for notice in getattr(writer, "notices", []):
+            reporter.message(notice)
         for miss in plan.missing:
             reporter.message(f"warning: {miss.source}: {miss.reason}")
         with worker_session():  # casacore writes (-d) run in worker processes

@@ -107,6 +107,8 @@ class DirectoryWriter:
         except OSError as exc:
             raise io_error(self.root, exc) from None
         self._load_journal()
+        self.notices = [f"{self.root}: continuing an interrupted archive ({len(self.journal)} members "
+                        "already written are kept where intact)"] if self.journal else []
         self._journal_file = open(self.root / JOURNAL_NAME, "a", encoding="utf-8")
 
     def _load_journal(self) -> None:

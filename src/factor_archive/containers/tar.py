@@ -28,7 +28,8 @@ from ..manifest import (
     tag_problems, tree_digest,
 )
 from .base import (
-    Progress, copy_stream, fill_file_member, finish_table_member, fsync_dir, io_error, walk_table,
+    Progress, copy_stream, fill_file_member, finish_table_member, fsync_dir, io_error,
+    remove_stale_partials, walk_table,
 )
 
 BLOCKSIZE = 512
@@ -299,6 +300,7 @@ class TarWriter:
         self._paths: set[str] = set()
         self._parents: set[str] = set()       # every ancestor of a stored path
         self._done = False
+        self.notices: list[str] = []           # for the user: leftovers of killed runs removed
         if self._stream:
             self.path: Path | None = None
             self._partial: Path | None = None
@@ -314,7 +316,8 @@ class TarWriter:
             raise BadInput(f"{self.path.parent}: no such directory")
         if not clobber and os.path.lexists(self.path):
             raise BadInput(f"{path}: already exists (use --clobber to replace it)")
-        self._partial = self.path.with_name(f".{self.path.name}.partial")
+        self.notices = remove_stale_partials(self.path)
+        self._partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
         try:
             f = open(self._partial, "wb")
         except OSError as exc:
@@ -357,10 +360,15 @@ class TarWriter:
 
     def staging_dir(self) -> Path:
         if self._staging is None:
-            where = tempfile.gettempdir() if self._stream else self.path.parent
-            name = "stdout" if self._stream else self.path.name
+            where = Path(tempfile.gettempdir()) if self._stream else self.path.parent
             try:
-                self._staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=where))
+                if self._stream:
+                    self._staging = Path(tempfile.mkdtemp(prefix=".stdout.staging-", dir=where))
+                else:   # named after this process, so a rerun after kill -9 can remove it
+                    staging = where / f".{self.path.name}.staging-{os.getpid()}"
+                    _remove(staging)
+                    staging.mkdir()
+                    self._staging = staging
             except OSError as exc:
                 raise io_error(where, exc) from None
         return self._staging

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -56,15 +57,24 @@ def _check_resumable(manifest: Manifest, archive: str) -> None:
                        f"cannot be resumed; list it with 'factor-archive ls' instead")
 
 
-def _prepare_output(output: Path, clobber: bool) -> None:
+def _prepare_output(output: Path, clobber: bool) -> str | None:
+    """Check (and make) the output directory; a notice when it continues an interrupted restore.
+
+    An output holding the marker of an interrupted restore is that restore's, so running the
+    same command again overwrites what it left, as the interruption message promises.
+    """
     if output.exists() and not output.is_dir():
         raise BadInput(f"{output}: exists and is not a directory")
+    notice = None
     if output.is_dir() and any(output.iterdir()) and not clobber:
-        raise BadInput(f"{output}: directory is not empty; use -c to overwrite files in it")
+        if not (output / MARKER).is_file():
+            raise BadInput(f"{output}: directory is not empty; use -c to overwrite files in it")
+        notice = f"{output}: continuing an interrupted restore (what it left is replaced)"
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInput(f"{output}: cannot create ({exc.strerror})") from None
+    return notice
 
 
 def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool = False,
@@ -76,9 +86,12 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
     try:
         if getattr(reader, "seekable", True):
             _check_resumable(reader.manifest, archive)  # before anything is written
-        _prepare_output(new_wd, clobber)
-        scratch.mkdir(exist_ok=True)
+        notice = _prepare_output(new_wd, clobber)
+        if notice and not quiet:
+            print(notice, file=sys.stderr)
+        # The marker first: whatever a kill leaves in the output from now on, a rerun recognises.
         (new_wd / MARKER).write_text("restore in progress or interrupted\n")
+        scratch.mkdir(exist_ok=True)
         manifest = reader.manifest  # a tar on a pipe is read (spooled to scratch) here
         _check_resumable(manifest, archive)
         parset_member = _parset_member(manifest)

@@ -1,0 +1,252 @@
+"""Story: the machine went down (kill -9) while archiving or restoring, maybe several times.
+
+Running the same command again completes the work: it removes (or reuses) what the killed runs
+left, says so, and the result equals a clean run's (the same manifest, member for member; the same
+restored tree). Nothing the killed runs left ever looks complete. Hypothesis chooses when each
+kill lands (a fraction of a clean run's duration); a chain of kills, each on the rerun of the one
+before, ends with one rerun left to finish. The counts are printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from fault_cases import (EPOCH, FORMS, GOOD, MARKER, Case, Workspace, manifest_json, record,
+                    restore_differences, workspace)  # noqa: F401 - workspace is a fixture
+# (kills per chain, chains) in the full suite: 4*4*2*2 + 3*3*2*2 = 100 kill points. CI: one
+# chain of one kill for each (form, operation) marked fast below.
+FULL_CHAINS = {"dir": (4, 4), "tar": (4, 4), "zarr": (3, 3), "zip": (3, 3)}
+CI_FAST = {("dir", "archive"), ("dir", "restore"), ("tar", "archive"), ("tar", "restore"),
+           ("zarr", "archive"), ("zip", "restore")}
+NO_SHRINK = (Phase.explicit, Phase.generate)
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from factor_archive.cli import main; "
+            "sys.exit(main(sys.argv[1:]))", *args]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "SOURCE_DATE_EPOCH": EPOCH}
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(command(*args), stdout=out, stderr=subprocess.STDOUT,
+                                env=environment(), start_new_session=True)
+
+
+def kill_after(proc: subprocess.Popen, seconds: float) -> bool:
+    """kill -9 the process after ``seconds`` (its own process only, as a crash would); True if it
+    was still running. Helpers it started (a casacore worker) are reaped afterwards."""
+    try:
+        proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.3)         # a worker process notices its parent died and exits by itself
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return True
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args), capture_output=True, text=True, env=environment())
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    """Hidden temporary names of the output beside it (``.<name>.partial-<pid>``, staging, ...)."""
+    return sorted(n for n in os.listdir(parent) if n.startswith(f".{name}."))
+
+
+def inside_leftovers(root: Path) -> list[str]:
+    """Temporary names a run leaves inside an archive directory or a restored run."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.rglob("*"):
+        n = p.name
+        if n in (".factor-archive-journal.jsonl", ".factor-archive-staging", MARKER,
+                 ".factor-archive-restore") or ".partial" in n:
+            found.append(str(p.relative_to(root)))
+    return sorted(found)
+
+
+def _params():
+    for form in FORMS:
+        for op in ("archive", "restore"):
+            marks = [] if (form, op) in CI_FAST else [pytest.mark.full]
+            yield pytest.param(form, op, marks=marks, id=f"{form}-{op}")
+
+
+def _judge_chain(form: str, op: str, workspace: Workspace, fractions: list[float],
+                 workdir: Path) -> tuple[Case, list[str]]:
+    kills: list[str] = []
+    return _chain(form, op, workspace, fractions, workdir, kills), kills
+
+
+def _chain(form: str, op: str, workspace: Workspace, fractions: list[float], workdir: Path,
+           kills: list[str]) -> Case:
+    ref = workspace[form]
+    if op == "archive":
+        target = workdir / FORMS[form]
+        args = ["archive", "-r", str(workspace.parset), str(target)]
+        seconds = ref.archive_seconds
+    else:
+        target = ref.restore_to
+        args = ["unarchive", str(ref.archive), str(target)]
+        seconds = ref.restore_seconds
+    shutil.rmtree(target, ignore_errors=True)
+    for i, fraction in enumerate(fractions):
+        proc = start(args + ["-q"], workdir / f"killed-{i}.log")
+        if kill_after(proc, fraction * seconds):
+            kills.append(f"{fraction * seconds:.2f}s")
+        killed_text = (workdir / f"killed-{i}.log").read_text(errors="replace")
+        if "Traceback" in killed_text:
+            return Case("kill", form, op, f"kills at {kills}", "traceback",
+                        f"the killed run printed: {killed_text[-800:]}")
+        if _complete(form, op, target):
+            break       # the kill came after the work was done: nothing left to complete
+    what = f"{op} killed at {', '.join(kills) or 'no point (it finished first)'}"
+    before = leftovers(target.parent, target.name) + inside_leftovers(target)
+    if not _complete(form, op, target):
+        rerun = run(args)
+        if rerun.returncode != 0 or "Traceback" in rerun.stdout + rerun.stderr:
+            return Case("kill", form, op, what, "traceback" if "Traceback" in rerun.stderr
+                        else "incomplete", f"rerun exit {rerun.returncode}: {rerun.stderr[-800:]}")
+        said = rerun.stderr
+        removed = [n for n in before if n.startswith(f".{target.name}.")]
+        if removed and not all(n in said for n in removed):
+            return Case("kill", form, op, what, "incomplete",
+                        f"leftovers {removed} removed without saying so: {said[-500:]}")
+        continued = (op == "restore" and target.is_dir() and any(before)) or \
+            (op == "archive" and ".factor-archive-journal.jsonl" in before)
+        if continued and "continuing an interrupted" not in said:
+            return Case("kill", form, op, what, "incomplete",
+                        f"the rerun did not say it continued: {said[-500:]}")
+    left = [n for n in leftovers(target.parent, target.name)] + inside_leftovers(target)
+    if left:
+        return Case("kill", form, op, what, "incomplete", f"leftovers after the rerun: {left}")
+    if op == "archive":
+        if manifest_json(target) != ref.manifest:
+            return Case("kill", form, op, what, "incomplete", "the manifest differs from a clean run's")
+        from factor_archive.cli import main
+
+        if main(["verify", "-q", str(target)]) != 0:
+            return Case("kill", form, op, what, "incomplete", "verify found problems")
+    else:
+        diffs = restore_differences(ref.expected, target)
+        if diffs:
+            return Case("kill", form, op, what, "incomplete", f"the restore differs: {diffs[:5]}")
+    return Case("kill", form, op, what, "completed", f"{len(kills)} kill(s)")
+
+
+def _complete(form: str, op: str, target: Path) -> bool:
+    """What a finished run leaves: the archive under its name; a restore without its marker."""
+    if op == "restore":
+        return target.is_dir() and not (target / MARKER).exists() and any(target.glob("*.parset"))
+    if form == "dir":
+        return (target / "manifest.json").is_file()
+    return target.exists()
+
+
+@pytest.mark.parametrize("form, op", list(_params()))
+def test_a_killed_run_is_completed_by_running_it_again(form, op, workspace, tmp_path, request,
+                                                      full_suite):
+    kills, chains = FULL_CHAINS[form] if full_suite else (1, 1)
+    results: list[Case] = []
+
+    @settings(max_examples=chains, phases=NO_SHRINK, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(fractions=st.lists(st.floats(0.1, 0.9), min_size=kills, max_size=kills))
+    def chain(fractions):
+        workdir = tmp_path / f"chain-{len(results)}"
+        workdir.mkdir()
+        case, points = _judge_chain(form, op, workspace, fractions, workdir)
+        results.append(case)
+        for point in points:        # the ledger counts kill points, each with its chain's outcome
+            record(request.config, Case(case.suite, form, op, f"{point} ({case.what})",
+                                        case.outcome, case.detail))
+        assert case.outcome in GOOD, f"{case.what}: {case.outcome}: {case.detail}"
+
+    chain()
+
+
+# ---------------------------------------------------------------------------------------------
+# Story: the object store went away in the middle of an upload, or of a restore
+
+def _wait_until(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _judge_stopped_store(op: str, proc: subprocess.Popen, config) -> subprocess.Popen:
+    try:
+        _out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        err += "\n(still running 120 s after the store stopped)"
+    lines = err.strip().splitlines()
+    if proc.returncode == 0:
+        outcome = "silent"             # it cannot have finished: the store was stopped first
+    elif len(lines) != 1 or "Traceback" in err:
+        outcome = "traceback"
+    else:
+        outcome = "detected"
+    record(config, Case("s3", "zarr", op, f"store stopped during {op}", outcome, err.strip()[-800:]))
+    assert outcome in GOOD, err
+    return proc
+
+
+def test_an_object_store_that_stops_gives_one_line(workspace, tmp_path, request):
+    """The S3 server stops mid-upload: archivefactor fails in one line (no aiohttp noise after
+    it) and leaves no manifest; it stops mid-restore: unarchivefactor fails in one line and the
+    output does not look like a run ready to resume."""
+    from s3server import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the SeaweedFS 'weed' binary is not installed")
+    url = "s3://faults/run"
+    restored = tmp_path / "restored"
+    with SeaweedS3(tmp_path / "s3-upload") as s3:
+        s3.make_bucket("faults")
+        env = {**environment(), **s3.env}
+        fs = s3.filesystem()
+
+        def uploaded_some() -> bool:
+            fs.invalidate_cache()
+            return fs.exists("faults/run/members") and len(fs.find("faults/run")) > 100
+
+        proc = subprocess.Popen(command("archive", "-q", "-r", str(workspace.parset), url),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        _wait_until(uploaded_some, proc)
+        s3.stop()
+        _judge_stopped_store("upload", proc, request.config)
+    with SeaweedS3(tmp_path / "s3-restore") as s3:
+        s3.make_bucket("faults")
+        env = {**environment(), **s3.env}
+        done = subprocess.run(command("archive", "-q", "-r", str(workspace.parset), url),
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        proc = subprocess.Popen(command("unarchive", "-q", url, str(restored)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        _wait_until(lambda: (restored / "chunks").is_dir(), proc)
+        s3.stop()
+        _judge_stopped_store("restore", proc, request.config)
+    assert (restored / MARKER).exists() and not (restored / workspace.parset.name).exists()
