@@ -4,8 +4,9 @@ commands run as a user runs them, and a ledger that counts what happened.
 Every case ends in one of a few outcomes. Good ones: ``detected`` (verify exits 1 and says
 what, restore refuses in one line or writes exactly the clean result), ``no effect`` (verify
 passes and restore writes exactly the clean result), ``refused`` (a hostile input is refused
-in one line, nothing written outside the output), ``completed`` (a rerun after kill -9 finishes
-and equals a clean result). Bad ones: ``silent`` (restore wrote something else and said
+in one line, nothing written outside the output), ``contained`` (a hostile run archived as plain
+data, no code run, nothing written outside), ``completed`` (a rerun after kill -9 finishes and
+equals a clean result). Bad ones: ``silent`` (restore wrote something else and said
 nothing), ``traceback`` (a Python traceback, or a message of more than one line), ``missed``
 (verify passed but restore failed), ``escaped`` (something written outside the output),
 ``incomplete`` (a rerun failed or differs).
@@ -31,7 +32,7 @@ import pytest
 from factor_archive.cli import main
 from factor_archive.containers import tar as tarmod
 
-GOOD = ("detected", "no effect", "refused", "completed")
+GOOD = ("detected", "no effect", "refused", "contained", "completed")
 BAD = ("silent", "traceback", "missed", "escaped", "incomplete")
 # archive name per form: the name alone chooses the form
 FORMS = {"dir": "run-archive", "tar": "run.tar", "zarr": "run.zarr", "zip": "run.zarr.zip"}

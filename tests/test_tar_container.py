@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fault_cases import Case, record
 from factor_archive.containers import tar as tarmod
 from factor_archive.containers.tar import TarReader, TarWriter, looks_like_tar
 from factor_archive.errors import BadInput, UnsafeArchive
@@ -627,7 +628,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("seekable", [True, False], ids=["file", "pipe"])
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_archives_are_refused_and_nothing_escapes(tmp_path, case, seekable):
+def test_hostile_archives_are_refused_and_nothing_escapes(tmp_path, case, seekable, request):
     data = craft(HOSTILE[case]())
     work = tmp_path / "work"
     work.mkdir()
@@ -657,6 +658,8 @@ def test_hostile_archives_are_refused_and_nothing_escapes(tmp_path, case, seekab
     assert all(p == dest or dest in p.parents or p.name == "damaged.tar" for p in created), \
         created
     assert not Path("/tmp/evil").exists()
+    record(request.config, Case("hostile", "tar", case, f"{case} ({'file' if seekable else 'pipe'})",
+                                "refused"))
 
 
 def retail(data: bytes, mutate) -> bytes:
@@ -679,7 +682,7 @@ def retail(data: bytes, mutate) -> bytes:
 
 
 @pytest.mark.parametrize("seekable", [True, False], ids=["file", "pipe"])
-def test_manifest_offsets_pointing_elsewhere_are_refused(tmp_path, archive, seekable):
+def test_manifest_offsets_pointing_elsewhere_are_refused(tmp_path, archive, seekable, request):
     out, _, _ = archive
 
     def swap(manifest: Manifest) -> None:
@@ -693,10 +696,12 @@ def test_manifest_offsets_pointing_elsewhere_are_refused(tmp_path, archive, seek
         reader.extract(None, to_dest(dest), nothing)
     assert_one_line(err.value, "misc/factor.parset", "does not point at its data")
     assert not (dest / "misc/factor.parset").exists()
+    record(request.config, Case("hostile", "tar", "manifest offsets pointing elsewhere",
+                                "offsets swapped", "refused"))
 
 
 @pytest.mark.parametrize("seekable", [True, False], ids=["file", "pipe"])
-def test_manifest_naming_an_escape_is_refused(tmp_path, archive, seekable):
+def test_manifest_naming_an_escape_is_refused(tmp_path, archive, seekable, request):
     out, _, _ = archive
 
     def escape(manifest: Manifest) -> None:
@@ -706,6 +711,8 @@ def test_manifest_naming_an_escape_is_refused(tmp_path, archive, seekable):
         reader = open_either(retail(out.read_bytes(), escape), tmp_path, seekable)
         reader.extract(None, to_dest(tmp_path / "restored"), nothing)
     assert not (tmp_path / "restored").exists()
+    record(request.config, Case("hostile", "tar", "manifest naming an escape", "table file ../../../evil",
+                                "refused"))
 
 
 # ---------------------------------------------------------------------------------------------

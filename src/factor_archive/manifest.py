@@ -94,8 +94,8 @@ class Manifest:
     def from_json(cls, text: str | bytes, origin: str = "manifest") -> "Manifest":
         try:
             raw = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadInput(f"{origin}: not a valid manifest ({exc})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise BadInput(f"{origin}: not a valid manifest ({_first_line(exc)})") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise BadInput(f"{origin}: not a factor-archive manifest")
         if not _is_int(raw.get("format_version")):

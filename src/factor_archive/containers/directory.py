@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from ..errors import BadInput, DamagedArchive, FactorArchiveError
+from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
 from ..manifest import (CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME, FileEntry, Manifest, Member,
                         check_checksums_file, checksums_text, safe_relpath, tag_manifest_text,
                         tag_problems, tree_digest)
@@ -278,7 +278,21 @@ class DirectoryReader:
                                      "damaged")
 
     def _src(self, member: Member) -> Path:
-        return self.root / safe_relpath(member.path, str(self.root))
+        """Where a member's data lies. We never write symbolic links into an archive, so one
+        there was put by someone else and could point anywhere: refuse it."""
+        rel = safe_relpath(member.path, str(self.root))
+        src = self.root
+        for part in rel.split("/"):
+            src = src / part
+            if src.is_symlink():
+                raise UnsafeArchive(f"{src}: a symbolic link inside the archive; refusing to follow it")
+        if member.kind == "table" and src.is_dir():
+            for dirpath, dirnames, filenames in os.walk(src):
+                for name in dirnames + filenames:
+                    if os.path.islink(os.path.join(dirpath, name)):
+                        raise UnsafeArchive(f"{os.path.join(dirpath, name)}: a symbolic link inside "
+                                            "the archive; refusing to follow it")
+        return src
 
     def local_path(self, member: Member) -> Path | None:
         return self._src(member)
@@ -357,7 +371,11 @@ class DirectoryReader:
         if not any(CHECKSUMS_NAME in line for line in problems):
             problems += check_checksums_file(str(self.root), self.manifest, self._checksums)
         for member in self.manifest.members:
-            src = self._src(member)
+            try:
+                src = self._src(member)
+            except UnsafeArchive as exc:
+                problems.append(str(exc))
+                continue
             if member.kind == "table":
                 for f in member.files:
                     p = src / f.path

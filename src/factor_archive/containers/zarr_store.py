@@ -1106,8 +1106,9 @@ def _shard_len(arr) -> int:
     return (arr.shards or arr.chunks)[0]
 
 
-def missing_shards(arr) -> list[tuple[int, int]]:
-    """Index ranges (first, last along axis 0) of shards absent from the store.
+def missing_shards(arr, limit: int | None = None) -> list[tuple[int, int]]:
+    """Index ranges (first, last along axis 0) of shards absent from the store, at most
+    ``limit`` of them.
 
     Every shard is written when archiving (``write_empty_chunks``), so an absent one is damage;
     zarr itself would silently return fill values for it.
@@ -1121,6 +1122,8 @@ def missing_shards(arr) -> list[tuple[int, int]]:
         key = arr.metadata.encode_chunk_key((i,) + (0,) * (nd - 1))
         if not _store_exists(arr.store, f"{arr.path}/{key}" if arr.path else key):
             out.append((i * step, min(arr.shape[0], (i + 1) * step) - 1))
+            if limit is not None and len(out) >= limit:
+                break
     return out
 
 
@@ -1164,7 +1167,7 @@ def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
         shape = getattr(arr, "shape", None)
         raise DamagedArchive(f"{what}: stored array does not match the manifest (shape {shape}, "
                              f"{size} bytes expected; metadata damaged)")
-    gone = missing_shards(arr)
+    gone = missing_shards(arr, limit=1)
     if gone:
         a, b = gone[0]
         raise FactorArchiveError(f"{what}: bytes {a}-{b}: stored data is missing (archive damaged)")
