@@ -10,6 +10,9 @@ The counts are printed at the end of the session (see docs/reliability.md).
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -135,3 +138,78 @@ def test_the_regions_cover_every_byte_of_a_tar(workspace, regions):
         assert start == at, (start, at)
         at = end
     assert at == size
+
+
+# ---------------------------------------------------------------------------------------------
+# Story: archives made before the tag manifest and the index checksum existed
+
+def _as_previous_version(form: str, archive: Path, dest: Path) -> Path:
+    """The archive as the previous version wrote it: no tag manifest, no ``tag_manifest`` key,
+    and for tar an index of two lines without its checksum line (formats/tar.md, version 1)."""
+    import hashlib
+    import json
+
+    from factor_archive.containers import tar as tarmod
+    from factor_archive.manifest import CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME
+
+    def old_manifest(data: bytes) -> bytes:
+        doc = json.loads(data)
+        del doc["tag_manifest"]
+        return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
+
+    if form == "dir":
+        shutil.copytree(archive, dest)
+        (dest / TAG_MANIFEST_NAME).unlink()
+        (dest / MANIFEST_NAME).write_bytes(old_manifest((dest / MANIFEST_NAME).read_bytes()))
+        return dest
+    data = archive.read_bytes()
+    index = tarmod.parse_index(data[-1536:-1024])
+    start = index[MANIFEST_NAME][0] - 3 * 512          # pax header, pax records, ustar header
+    checksums = data[index[CHECKSUMS_NAME][0]:index[CHECKSUMS_NAME][0] + index[CHECKSUMS_NAME][1]]
+    out = bytearray(data[:start])
+    at = {}
+    for name, body in ((MANIFEST_NAME, old_manifest(data[index[MANIFEST_NAME][0]:
+                                                         index[MANIFEST_NAME][0] + index[MANIFEST_NAME][1]])),
+                       (CHECKSUMS_NAME, checksums)):
+        out += tarmod.entry_headers(name, b"0", len(body), 0o644, 0)
+        at[name] = (len(out), len(body), hashlib.sha256(body).hexdigest())
+        out += body + b"\0" * (-len(body) % 512)
+    body = f"{tarmod.INDEX_MAGIC}\n" + "".join(f"{n} {o} {s} {h}\n" for n, (o, s, h) in at.items())
+    block = body.encode() + b" " * (511 - len(body)) + b"\n"
+    out += tarmod.ustar_header(tarmod.INDEX_NAME, b"0", 512, 0o644, 0) + block + b"\0" * 1024
+    dest.write_bytes(bytes(out))
+    return dest
+
+
+@pytest.mark.parametrize("form", ["dir", "tar"])
+def test_an_archive_of_the_previous_version_still_restores_and_verifies(form, workspace, tmp_path,
+                                                                        capfd):
+    from fault_cases import restore_differences, run_cli
+
+    base = workspace[form]
+    old = _as_previous_version(form, base.archive, tmp_path / base.archive.name)
+    assert run_cli(["verify", "-q", str(old)], capfd).code == 0
+    shutil.rmtree(base.restore_to, ignore_errors=True)
+    try:
+        assert run_cli(["unarchive", "-q", str(old), str(base.restore_to)], capfd).code == 0
+        assert restore_differences(base.expected, base.restore_to) == []
+    finally:
+        shutil.rmtree(base.restore_to, ignore_errors=True)
+
+
+def test_a_renamed_member_in_an_old_directory_archive_is_caught(workspace, tmp_path, capfd):
+    """The flip the issue found: `input_bands.mapfile` became `i,put_bands.mapfile` in the
+    manifest and nothing noticed. Without a tag manifest, manifest-sha256.txt (derived from the
+    manifest) is the witness: the two disagree, so verify and restore both refuse."""
+    from fault_cases import run_cli
+    from factor_archive.manifest import MANIFEST_NAME
+
+    old = _as_previous_version("dir", workspace["dir"].archive, tmp_path / "old")
+    text = (old / MANIFEST_NAME).read_text()
+    assert "/input_bands.mapfile" in text
+    (old / MANIFEST_NAME).write_text(text.replace("/input_bands.mapfile", "/i,put_bands.mapfile", 1))
+    for argv in (["verify", "-q", str(old)], ["unarchive", "-q", str(old), str(tmp_path / "out")]):
+        run = run_cli(argv, capfd)
+        assert run.code == 1 and run.one_line_error() and not run.traceback(), run.text
+        assert "manifest-sha256.txt" in run.err and "damaged" in run.err
+    assert not (tmp_path / "out" / "factor.parset").exists()
