@@ -153,10 +153,17 @@ def restored_tree(root: Path) -> dict[str, tuple]:
 
 
 def table_contents(root: Path, tables: set[str]) -> dict[str, str]:
-    """The content checksum (values, description, keywords) of each restored table named."""
-    from factor_archive.ms.table_codec import table_content_sha256
+    """The content checksum (values, description, keywords) of each restored table named;
+    "" for a table it cannot be computed for (Dysco: stored, and restored, as raw files)."""
+    from factor_archive.ms.table_codec import RawTableRequired, table_content_sha256
 
-    return {t: table_content_sha256(root / t) for t in sorted(tables)}
+    out = {}
+    for t in sorted(tables):
+        try:
+            out[t] = table_content_sha256(root / t)
+        except RawTableRequired:
+            out[t] = ""
+    return out
 
 
 # casacore leaves unused bytes of the index file of an incremental storage manager
@@ -185,8 +192,11 @@ def expected_restore(trees: list[dict], root: Path, casacore_writes: bool) -> Ex
                      or (casacore_writes and UNINITIALISED_BYTES.fullmatch(Path(k).name)))}
     stable_mtimes = {k for k, v in first.items() if v[0] == "file"
                      and all(t.get(k, (None,) * 5)[4] == v[4] for t in trees[1:])}
-    tables = {str(Path(k).parent) for k in unstable}
-    return Expected(first, stable_mtimes, unstable, table_contents(root, tables))
+    tables = table_contents(root, {str(Path(k).parent) for k in unstable})
+    raw = {t for t, sha in tables.items() if not sha}     # restored byte for byte: compare bytes
+    differing = {k for k in unstable if any(t.get(k, (None,) * 4)[3] != first[k][3] for t in trees[1:])}
+    unstable = {k for k in unstable if str(Path(k).parent) not in raw or k in differing}
+    return Expected(first, stable_mtimes, unstable, {t: sha for t, sha in tables.items() if sha})
 
 
 def restore_differences(expected: Expected, root: Path) -> list[str]:
@@ -395,11 +405,13 @@ class Workspace:
     One per session: the corruption and kill suites share the archives.
     """
 
-    def __init__(self, top: Path) -> None:
+    def __init__(self, top: Path, ms_cache: Path | None = None) -> None:
         from factor_archive.sample import write_sample_run
 
         self.top = top
-        self.parset = write_sample_run(top / "run")
+        # as conftest's sample_run: DP3-written MSs, below a path with spaces and non-ASCII
+        self.parset = write_sample_run(top / "site ø" / "run with spaces", dp3=True,
+                                       ms_cache=ms_cache)
         self._clean: dict[str, CleanArchive] = {}
         began = time.monotonic()
         subprocess.run([sys.executable, "-c", "import factor_archive.cli, zarr, casacore.tables"],
@@ -450,8 +462,8 @@ def manifest_json(archive: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("faults"))
+def workspace(tmp_path_factory, dp3_ms_cache) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("faults"), dp3_ms_cache)
 
 
 def judge_damaged_archive(base: CleanArchive, capfd) -> tuple[str, str]:

@@ -146,6 +146,7 @@ class _Location:
     def open_url_store(self, *, read_only: bool):
         from zarr.storage import FsspecStore
 
+        _sync(_quiet_lost_connections())
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -159,6 +160,25 @@ def _sync(coro):
     from zarr.core.sync import sync
 
     return sync(coro)
+
+
+async def _quiet_lost_connections() -> None:
+    """When an object store goes away, aiohttp's own tasks fail too, and asyncio would print
+    their tracebacks ("Task exception was never retrieved") after our one line: the failure is
+    reported once, by us. Other errors reach asyncio's handler as before."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    if loop.get_exception_handler() is not None:
+        return                      # ours already (or someone else's: theirs stays)
+
+    def handler(loop, context) -> None:
+        exc = context.get("exception")
+        if exc is not None and _is_transport(exc):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _store_exists(store, key: str) -> bool:
