@@ -122,14 +122,6 @@ def run_cli(argv: list[str], capfd) -> Run:
     return Run(code, captured.out, captured.err, crash)
 
 
-def run_subprocess(argv: list[str], **kwargs) -> Run:
-    """The real command line, in a fresh interpreter (for what only a process shows)."""
-    proc = subprocess.run([sys.executable, "-c", "import sys; from factor_archive.cli import main; "
-                           "sys.exit(main(sys.argv[1:]))", *argv],
-                          capture_output=True, text=True, **kwargs)
-    return Run(proc.returncode, proc.stdout, proc.stderr)
-
-
 # ---------------------------------------------------------------------------------------------
 # What a restore wrote, to compare with a clean restore
 

@@ -41,7 +41,7 @@ CI_CATEGORIES = {
     "zarr": {"manifest", "array metadata", "group metadata"},
     "zip": {"zip structure", "manifest"},
 }
-FULL_FLIPS = {"dir": 30, "tar": 30, "zarr": 11, "zip": 11}
+FULL_FLIPS = {"dir": 35, "tar": 30, "zarr": 9, "zip": 9}
 # In CI: Hypothesis's first example is the simplest (the first byte of the first region), so the
 # cheap forms get a second, random one.
 CI_FLIPS = {"dir": 2, "tar": 2, "zarr": 1, "zip": 1}

@@ -287,3 +287,22 @@ def test_leftovers_of_a_killed_archive_are_removed_and_reported(form, workspace,
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_directory_archive_killed_between_rename_and_journal_completes(workspace, tmp_path, capfd):
+    """The window the kill suite found: a member renamed into place, then kill -9 before its
+    journal line. The rerun must take the member for its own leftover, not a stranger's file."""
+    from fault_cases import run_cli
+    from factor_archive.containers.directory import JOURNAL_NAME
+    from factor_archive.manifest import CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME
+
+    out = tmp_path / "run-archive"
+    shutil.copytree(workspace["dir"].archive, out)
+    for name in (MANIFEST_NAME, TAG_MANIFEST_NAME, CHECKSUMS_NAME):
+        (out / name).unlink()
+    (out / JOURNAL_NAME).write_text("")            # every member in place, no journal line yet
+    run = run_cli(["archive", "-r", str(workspace.parset), str(out)], capfd)
+    assert run.code == 0 and not run.traceback(), run.text
+    assert "continuing an interrupted archive" in run.err
+    assert run_cli(["verify", "-q", str(out)], capfd).code == 0
+    assert not (out / JOURNAL_NAME).exists()

@@ -106,9 +106,12 @@ class DirectoryWriter:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise io_error(self.root, exc) from None
+        # A journal here means an earlier run of ours was interrupted: the directory was empty
+        # (or ours) when it began, so whatever lies at a member's path is that run's work.
+        self.continuing = (self.root / JOURNAL_NAME).exists()
         self._load_journal()
         self.notices = [f"{self.root}: continuing an interrupted archive ({len(self.journal)} members "
-                        "already written are kept where intact)"] if self.journal else []
+                        "already written are kept where intact)"] if self.continuing else []
         self._journal_file = open(self.root / JOURNAL_NAME, "a", encoding="utf-8")
 
     def _load_journal(self) -> None:
@@ -160,9 +163,9 @@ class DirectoryWriter:
             progress(kept.size)
             return kept
         if dest.exists() or dest.is_symlink():
-            if not self.clobber and member.path not in self.journal:
+            if not self.clobber and not self.continuing:
                 raise BadInput(f"{dest}: exists; use -c to overwrite")
-            _remove(dest)
+            _remove(dest)       # (continuing: killed after its rename, before its journal line)
         partial = dest.with_name(f".{dest.name}.partial")
         if partial.exists() or partial.is_symlink():
             _remove(partial)

@@ -569,7 +569,7 @@ class _Scanner:
             return parse_header(block)
         except ValueError:
             raise DamagedArchive(f"{self.origin}: damaged tar header at byte {at} "
-                           f"(after {self.last})") from None
+                                 f"(after {self.last})") from None
 
     def _small_data(self, size: int, what: str) -> bytes:
         if size > MAX_PAX:
@@ -579,7 +579,7 @@ class _Scanner:
             self.read_exact(-size % BLOCKSIZE)
         except _Truncated:
             raise DamagedArchive(f"{self.origin}: archive truncated in {what} after "
-                           f"{self.last}") from None
+                                 f"{self.last}") from None
         return data
 
     def next(self) -> _Entry | None:
@@ -594,7 +594,7 @@ class _Scanner:
                     pax.update(parse_pax(self._small_data(header.size, "pax header")))
                 except (ValueError, UnicodeDecodeError):
                     raise DamagedArchive(f"{self.origin}: damaged pax header after "
-                                   f"{self.last}") from None
+                                         f"{self.last}") from None
                 continue
             if header.typeflag == b"g":
                 raise BadInput(f"{self.origin}: unexpected pax global header after "
@@ -988,7 +988,7 @@ class TarReader:
     def _extract_table(self, member: Member, dest: Path, progress: Progress) -> None:
         if tree_digest(member.files) != member.sha256:
             raise DamagedArchive(f"{self.name}: manifest entry of {member.path!r} is inconsistent "
-                           "(tree digest)")
+                                 "(tree digest)")
         cleanup = _Cleanup()
         try:
             cleanup.makedirs(dest.parent)
@@ -1185,7 +1185,7 @@ class TarReader:
         origin = self.name
         if index is None or MANIFEST_NAME not in blobs:
             raise DamagedArchive(f"{origin}: archive truncated or incomplete: no "
-                           f"{'index' if MANIFEST_NAME in blobs else 'manifest'} found")
+                                 f"{'index' if MANIFEST_NAME in blobs else 'manifest'} found")
         for name, (offset, size, sha) in index.index.items():
             at, data = blobs.get(name, (None, b""))
             if at != offset or len(data) != size or hashlib.sha256(data).hexdigest() != sha:
