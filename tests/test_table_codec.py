@@ -334,11 +334,12 @@ def test_tiled_storage_managers_and_tile_shapes_are_recreated(tiled_ms, tmp_path
 def test_odd_table_with_ragged_columns_and_typed_keywords(custom, tmp_path, kind):
     info, out = _roundtrip(custom, tmp_path, kind)
     assert_tables_equal(custom, out)
-    assert info["column_info"]["VAR"]["layout"] == "ragged"
-    assert info["column_info"]["EMPTY"]["layout"] == "ragged"
+    assert info["column_info"]["VAR"]["layout"] == "shaped"
+    assert info["column_info"]["VAR"]["shapes"] == [[4], [2, 3], [0]]
+    assert info["column_info"]["EMPTY"]["layout"] == "shaped"  # every cell undefined
     assert info["column_info"]["SFIX"]["layout"] == "fixed"
     assert info["column_info"]["ZERO"]["layout"] == "fixed"
-    assert info["column_info"]["TSM"]["layout"] == "ragged"
+    assert info["column_info"]["TSM"]["layout"] == "shaped"
     assert set(info["subtables"]) == {"SUBT", "instrument"}
     with ct.table(str(out), ack=False) as t:
         assert t.endianformat() == "big"
@@ -357,22 +358,27 @@ def test_group_layout_is_self_describing(custom, tmp_path):
     g = root.create_group("T")
     encode_table(custom, g)
     st = g.attrs["casacore_table"]
-    assert st["format"] == "factor-archive/casacore-table" and st["version"] == 1
+    assert st["format"] == "factor-archive/casacore-table" and st["version"] == 2
     assert st["nrows"] == 23 and st["endian"] == "big"
     cols = {c["name"]: c for c in st["columns"]}
-    assert cols["VAR"]["layout"] == "ragged" and cols["TIME"]["layout"] == "scalar"
+    assert cols["VAR"]["layout"] == "shaped" and cols["TIME"]["layout"] == "scalar"
     assert cols["TIME"]["desc"]["valueType"] == "double"
     kw = dict(st["keywords"]["fields"])
     assert kw["MS_VERSION"] == {"type": "Float", "value": 2.0}
     assert kw["SUBT"] == {"type": "Table", "value": "SUBT"}
     assert kw["I16K"]["type"] == "Short" and kw["U32K"]["type"] == "uInt"
     assert {s["name"]: s["referenced"] for s in st["subtables"]} == {"SUBT": True, "instrument": False}
-    rg = g["ragged/VAR"]
-    defined = rg["defined"][:]
-    assert defined.tolist() == [bool(r % 3) for r in range(23)]
-    assert rg["ndim"][:][defined].min() >= 1 and (rg["ndim"][:][~defined] == 0).all()
-    shapes = rg["shape"][:]
-    assert rg["values"].shape[0] == sum(int(np.prod(shapes[r, :rg["ndim"][r]])) for r in np.flatnonzero(defined))
+    # VAR has cells of four shapes and undefined cells: a group per shape, cells + their rows
+    sg = g["shaped/VAR"]
+    assert sg.attrs["shapes"] == [[4], [2, 3], [0]]
+    rows = {name: sg[f"{name}/row"][:] for name in ("4", "2x3", "0")}
+    assert sorted(np.concatenate(list(rows.values())).tolist()) == [r for r in range(23) if r % 3]
+    with ct.table(str(custom), ack=False) as t:
+        for r in rows["2x3"]:
+            want = t.getcell("VAR", int(r))
+            got = sg["2x3/VAR"][list(rows["2x3"]).index(r)]
+            assert got.shape == (2, 3) and got.tobytes() == want.tobytes()
+    assert list(g["shaped/EMPTY"].keys()) == [] and g["shaped/EMPTY"].attrs["shapes"] == []
     assert g["subtables/SUBT"].attrs["casacore_table"]["nrows"] == 3
     assert g["NAME"].dtype.kind in "TOU"  # zarr string
     content = g.attrs["casacore_content"]
@@ -747,7 +753,7 @@ def test_verify_table_notices_altered_description(ms, tmp_path):
     st = dict(g.attrs["casacore_table"])
     st["info"] = {**st["info"], "readme": "changed\n"}
     tc._quiet_attrs_update(g, {"casacore_table": st})
-    assert tc.verify_table(g, name="T") == ["T: table content differs from the stored checksum"]
+    assert tc.verify_table(g, name="T") == ["T: table description differs from its stored checksum"]
     g2 = _local(tmp_path, "other.zarr")[1].create_group("E")
     assert tc.verify_table(g2, name="E") == [
         "E: no content checksum (the table was not stored completely)",
