@@ -133,7 +133,8 @@ READ_VERSIONS = (1, 2)  # versions of the table group decode_table and verify_ta
 ATTR = "casacore_table"
 CONTENT_ATTR = "casacore_content"
 CONTENT_VERSION = 2  # casacore_content with metadata checksums (version 1: none, no "version")
-MAX_SHAPES = 32  # a column with more distinct cell shapes than this is stored "ragged"
+MAX_SHAPES = 32  # a column with more distinct cell shapes than this is stored "ragged" ...
+MIN_CELLS_PER_SHAPE = 4  # ... and so is one with fewer cells per shape (variable-length lists)
 CHUNK_BYTES = 2 << 20
 SHARD_BYTES = 64 << 20
 LEVEL = 5
@@ -792,9 +793,9 @@ def _plan_column(tb, path, name, nrows, desc, row_block, work, *, cells=None, re
 
 def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block, track_runs=False) -> None:
     """Layout of an array column without a fixed shape: *fixed* if every cell is defined and of
-    one shape, else *shaped* (up to MAX_SHAPES distinct shapes) or *ragged*; with the shapes in
-    the order first seen, their counts and the runs of rows (which the tiled data managers'
-    layout follows)."""
+    one shape, else *shaped* (up to MAX_SHAPES distinct shapes with MIN_CELLS_PER_SHAPE cells
+    each on average) or *ragged*; with the shapes in the order first seen, their counts and
+    the runs of rows (which the tiled data managers' layout follows)."""
     counts: dict[tuple, int] = {}
     undefined = 0
     total = 0
@@ -850,7 +851,8 @@ def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block, track_runs=False) 
         col.layout = "fixed"
         col.cell_shape = tuple(int(x) for x in desc["shape"])
     else:
-        col.layout = "shaped" if len(counts) <= MAX_SHAPES else "ragged"
+        few = len(counts) <= MAX_SHAPES and sum(counts.values()) >= MIN_CELLS_PER_SHAPE * len(counts)
+        col.layout = "shaped" if few else "ragged"
         col.max_ndim = max_ndim
         col.total = total
         col.max_cell = max_cell
