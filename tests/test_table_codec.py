@@ -397,7 +397,7 @@ def assert_tables_equal(a: Path, b: Path) -> None:
                 d = ta.iscelldefined(col, r)
                 assert tb.iscelldefined(col, r) == d, (col, r)
                 if d and ta.coldatatype(col) == "record":
-                    assert _norm_kw(tb.getcell(col, r), base_b) == _norm_kw(ta.getcell(col, r), base_a)
+                    assert _norm_kw(tb.getcell(col, r), base_b) == _norm_kw(ta.getcell(col, r), base_a), (col, r)
                 elif d:
                     assert _cell_bytes(tb.getcell(col, r)) == _cell_bytes(ta.getcell(col, r)), (col, r)
         subs_a = sorted(p.name for p in Path(a).iterdir() if p.is_dir())

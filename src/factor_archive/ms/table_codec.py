@@ -508,6 +508,7 @@ class _Col:
     runs: int = 0  # runs of rows of one shape (or undefined) up to the last defined cell
     defined_runs: list | None = None  # [(shape, cells)] of the defined cells in row order
     first_run: tuple = (0, 0)  # (first row, rows) of the first run of defined cells
+    per_cell: bool = False  # read and written cell by cell (TiledCellStMan, see _getcol)
     dims: tuple = ()
     block_rows: int = 1
     chunk_rows: int = 1
@@ -690,7 +691,7 @@ def _plan_open(tb, path: Path, row_block, work) -> _Plan:
         tiled_cell = {c for c in colnames if dm_of.get(c, {}).get("TYPE") == "TiledCellStMan"}
         order = sorted(colnames, key=lambda c: tb.isscalarcol(c))
         planned = {c: _plan_column(tb, path, c, nrows, desc[c], row_block, work,
-                                   cells=cells, refs=refs, track_runs=c in tiled_cell) for c in order}
+                                   cells=cells, refs=refs, per_cell=c in tiled_cell) for c in order}
     finally:
         if cells is not None:
             cells.close()
@@ -730,12 +731,13 @@ def _plan_open(tb, path: Path, row_block, work) -> _Plan:
 
 
 def _plan_column(tb, path, name, nrows, desc, row_block, work, *, cells=None, refs=None,
-                 track_runs=False) -> _Col:
+                 per_cell=False) -> _Col:
     ctype = tb.coldatatype(name)
     if ctype not in _CTYPES:
         raise RawTableRequired(path, f"column {name} has unsupported type {ctype}")
     dtype = _CTYPES[ctype]
-    col = _Col(name=name, ctype=ctype, dtype=dtype, layout="scalar", node=_column_node(name))
+    col = _Col(name=name, ctype=ctype, dtype=dtype, layout="scalar", node=_column_node(name),
+               per_cell=per_cell)
     if ctype == "record":
         col.layout = "record"
         for r in range(nrows):  # every cell must be one python-casacore writes back exactly
@@ -751,7 +753,7 @@ def _plan_column(tb, path, name, nrows, desc, row_block, work, *, cells=None, re
         col.layout = "fixed"
         col.cell_shape = tuple(int(x) for x in desc["shape"])
     else:
-        _scan_shapes(tb, path, col, nrows, desc, row_block, track_runs)
+        _scan_shapes(tb, path, col, nrows, desc, row_block, track_runs=per_cell)
     if col.layout in ("shaped", "ragged"):
         col.node = f"{col.layout}/{col.node}"
         col.block_rows = max(1, min(row_block or nrows or 1,
@@ -763,7 +765,7 @@ def _plan_column(tb, path, name, nrows, desc, row_block, work, *, cells=None, re
             row, n = col.first_run
             n = max(1, min(n, _SAMPLE_BYTES // max(1, cell_bytes)))
             try:
-                sample = _as_cells(tb.getcol(name, row, n), col, (n,) + tuple(col.shapes[0]))
+                sample = _as_cells(_getcol(tb, col, row, n), col, (n,) + tuple(col.shapes[0]))
             except Exception as e:  # noqa: BLE001
                 raise RawTableRequired(path, f"column {name} rows {row}-{row + n - 1}: {e}") from e
             col.choice = _start_choice(col, col.total * col.itemsize, sample, work)
@@ -1493,14 +1495,14 @@ def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = No
     """Rows [start, start + n) of a uniform column; into ``out`` (C-contiguous, the column's
     dtype and shape) when given: getcolnp into a reused buffer is several times faster than
     getcol, which allocates (and page-faults) a new array each time."""
-    if out is not None and col.dtype in _GETCOLNP and out.dtype == col.dtype:
+    if out is not None and col.dtype in _GETCOLNP and out.dtype == col.dtype and not col.per_cell:
         try:
             tb.getcolnp(col.name, out, start, n)
         except Exception as e:  # noqa: BLE001
             raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
         return out
     try:
-        v = tb.getcol(col.name, start, n)
+        v = _getcol(tb, col, start, n)
     except Exception as e:  # noqa: BLE001
         raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
     a = _as_cells(v, col, (n,) + tuple(col.cell_shape), start)
@@ -1512,6 +1514,14 @@ def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = No
 
 # Types python-casacore's getcolnp reads (it converts silently, so only exact matches are used).
 _GETCOLNP = {np.dtype(t) for t in (bool, np.int32, np.float32, np.float64, np.complex64, np.complex128)}
+
+
+def _getcol(tb, col: _Col, start: int, n: int):
+    """getcol; cell by cell for a TiledCellStMan column, whose row-range access casacore gets
+    wrong (it fails or reads other cells when a tile does not fit the cell)."""
+    if not col.per_cell:
+        return tb.getcol(col.name, start, n)
+    return np.stack([np.asarray(tb.getcell(col.name, start + i)) for i in range(n)])
 
 
 def _as_cells(v, col: _Col, want: tuple, start: int = 0) -> np.ndarray:
@@ -1544,7 +1554,7 @@ def _read_runs(tb, col: _Col, start: int, n: int, cache: dict):
             if len(s) > col.max_ndim:
                 raise _ReadFailure(f"column {col.name} row {start + i}: ndim changed while reading")
             try:
-                v = tb.getcol(col.name, start + i, j - i)
+                v = _getcol(tb, col, start + i, j - i)
             except Exception as e:  # noqa: BLE001
                 raise _ReadFailure(f"column {col.name} rows {start + i}-{start + j - 1}: {e}") from e
             runs.append((i, j - i, s, _as_cells(v, col, (j - i,) + s, start + i)))
@@ -1575,8 +1585,9 @@ class _StoredRecords:
     """The bytes casacore stores for the cells of record columns (see casacore_record), which
     python-casacore only hands out with their types lost. casacore keeps a record cell as an
     array of uChar in the column's data manager; a scratch table in a temporary directory has
-    the same data managers with each record column described as that array, and the original
-    data-manager files linked in, so reading it reads the stored bytes."""
+    the same data managers with each record column described as that array (and the same
+    sequence numbers, which their files record: placeholder data managers fill the gaps), and
+    the original data-manager files linked in, so reading it reads the stored bytes."""
 
     _FILE = __import__("re").compile(r"table\.f(\d+)(\D.*)?$")
 
@@ -1599,33 +1610,43 @@ class _StoredRecords:
                      "dataManagerGroup": d.get("dataManagerGroup", ""), "keywords": {}}
             sdesc[c] = d
         sdesc.update({"_define_hypercolumn_": {}, "_keywords_": {}, "_private_keywords_": {}})
+        sdm = []  # data managers in sequence order, placeholders before each
+        for dm in dms:
+            while len(sdm) < dm["SEQNR"]:
+                name = f"__placeholder{len(sdm)}"
+                while name in sdesc:
+                    name += "_"
+                sdesc[name] = {**_ct().makescacoldesc(name, 0)["desc"], "keywords": {}}
+                sdm.append({"TYPE": "StandardStMan", "NAME": name, "SPEC": {}, "COLUMNS": [name]})
+            sdm.append(dm)
         self.dir = tempfile.mkdtemp(prefix="factor-archive-records-")
         self.tb = None
         try:
             scratch = os.path.join(self.dir, "t")
-            t = _table(scratch, sdesc, nrow=tb.nrows(), dminfo={f"*{i + 1}": dm for i, dm in enumerate(dms)},
+            t = _table(scratch, sdesc, nrow=tb.nrows(), dminfo={f"*{i + 1}": dm for i, dm in enumerate(sdm)},
                        ack=False, endian=tb.endianformat())
             try:
                 seq = {dm["NAME"]: dm["SEQNR"] for dm in t.getdminfo().values()}
             finally:
                 t.close()
             for dm in dms:  # the scratch table's files of each data manager -> the original's
-                self._relink(scratch, seq[dm["NAME"]], str(path), dm["SEQNR"])
+                if seq[dm["NAME"]] != dm["SEQNR"]:
+                    raise RawTableRequired(path, f"record columns of data manager {dm['NAME']} cannot be read")
+                self._relink(scratch, str(path), dm["SEQNR"])
             self.tb = _table(scratch, ack=False)
         except BaseException:
             self.close()
             raise
 
-    def _relink(self, scratch: str, new: int, original: str, old: int) -> None:
+    def _relink(self, scratch: str, original: str, seq: int) -> None:
         for entry in os.listdir(scratch):
             m = self._FILE.match(entry)
-            if m and int(m.group(1)) == new:
+            if m and int(m.group(1)) == seq:
                 os.remove(os.path.join(scratch, entry))
         for entry in os.listdir(original):
             m = self._FILE.match(entry)
-            if m and int(m.group(1)) == old:
-                os.symlink(os.path.join(os.path.realpath(original), entry),
-                           os.path.join(scratch, f"table.f{new}{m.group(2) or ''}"))
+            if m and int(m.group(1)) == seq:
+                os.symlink(os.path.join(os.path.realpath(original), entry), os.path.join(scratch, entry))
 
     def cell(self, name: str, row: int) -> bytes | None:
         """The stored bytes of a cell; None if it was never written."""
@@ -1865,9 +1886,9 @@ def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None, 
     numeric uniform columns are read there, a few blocks ahead; ``records`` is
     (_StoredRecords, _Refs) for a record column."""
     if col.layout == "record":
-        cells, refs = records
         h = _ColumnHash(col.name, col.ctype, True)
         for start in range(0, nrows, col.block_rows):
+            cells, refs = records
             n = min(col.block_rows, nrows - start)
             texts = np.empty(n, dtype=object)
             for i in range(n):
@@ -1915,6 +1936,8 @@ def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None, 
         return h.hexdigest()
     row_bytes = row_items * col.itemsize
     step = _block_rows(col.chunk_rows, col.block_rows, row_bytes)
+    if col.per_cell:
+        rtb = None  # read cell by cell, here
     hashed = []
     ahead: deque = deque()  # blocks being read by the worker
     limit = max(1, _BUFFERS - 2) if rtb is not None else 1
@@ -3201,8 +3224,16 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
     desc["_keywords_"] = {}
     desc["_private_keywords_"] = {}
     dminfo = {f"*{i + 1}": _unjsonable(dm) for i, dm in enumerate(st["dminfo"])}
-    if worker is not None and _has_ushort(st):
-        worker = None  # it makes tables with python-casacore's own class, which refuses uShort
+    dm_type = {c: dm.get("TYPE") for dm in st["dminfo"] if isinstance(dm, dict) for c in dm.get("COLUMNS", [])}
+    per_cell = {c for c, t in dm_type.items() if t == "TiledCellStMan"}
+    # IncrementalStMan gives a cell never written the value of the row before it, unless the
+    # table was closed and reopened since it was made: such columns (whose cells may be
+    # undefined) are written last, after a reopen. (StManAipsIO, by contrast, loses what is
+    # written after its table was first flushed: its columns go before.)
+    reopen = [c for c in cols if dm_type.get(c["name"]) == "IncrementalStMan"
+              and c["layout"] in ("shaped", "ragged", "record")]
+    if worker is not None and (_has_ushort(st) or reopen):
+        worker = None  # it neither reopens tables nor makes them with a class that takes uShort
     if worker is not None:
         tb = worker.table(str(path), desc, nrows, dminfo, st["endian"])
     else:
@@ -3210,16 +3241,20 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
     resolve = _resolver(path)
     digests = {}
     done = False
+
+    def read(c: dict) -> None:
+        digests[c["name"]] = _read_column(group, c, nrows, work, f"{where}: column {c['name']}", tb=tb,
+                                          progress=progress, resolve=resolve, per_cell=c["name"] in per_cell)
+
     try:
         info = dict(st["info"])
         if info.get("readme", "").endswith("\n"):  # putinfo ends every readme line itself
             info["readme"] = info["readme"][:-1]
         tb.putinfo(info)
-        later = [c for c in cols if c["layout"] == "record"]  # their cells may refer to subtables
-        for c in sorted((c for c in cols if c not in later), key=lambda c: -_column_bytes(nrows, c)):
-            # biggest first (see _scan_table)
-            digests[c["name"]] = _read_column(group, c, nrows, work, f"{where}: column {c['name']}",
-                                              tb=tb, progress=progress)
+        records = [c for c in cols if c["layout"] == "record" and c not in reopen]  # may refer to subtables
+        for c in sorted((c for c in cols if c not in records and c not in reopen),
+                        key=lambda c: -_column_bytes(nrows, c)):
+            read(c)  # biggest first (see _scan_table)
         subs = {}
         if st["subtables"] and worker is not None:
             tb.wait_created()  # the subtables go inside its directory
@@ -3231,9 +3266,13 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
             subs[s["name"]] = _decode_into(sg, _static(sg), path / s["name"], sub_content, version,
                                            progress, f"{where}/{s['name']}", work,
                                            worker if _sessions else None)
-        for c in later:
-            digests[c["name"]] = _read_column(group, c, nrows, work, f"{where}: column {c['name']}",
-                                              tb=tb, progress=progress, resolve=resolve)
+        for c in records:
+            read(c)
+        if reopen:
+            tb.close()
+            tb = _table(str(path), readonly=False, ack=False)
+            for c in reopen:
+                read(c)
         for k, v in _dec_kw(st["keywords"], resolve).items():
             tb.putkeyword(k, v)
         for c in cols:
@@ -3303,8 +3342,14 @@ def _check_restored_header(path: Path, st: dict, header: dict, where: str) -> No
         raise FactorArchiveError(f"{where}: restored table differs from the stored one in {diff}")
 
 
-def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scalar: bool):
-    """putcol; returns what it returns (a future when a worker writes)."""
+def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scalar: bool,
+                 per_cell: bool = False):
+    """putcol (cell by cell for a TiledCellStMan column, see _getcol); returns what it returns
+    (a future when a worker writes)."""
+    if per_cell:
+        for i in range(n):
+            put = tb.putcell(name, start + i, block[i])
+        return put if n else None
     if is_string:
         vals = [str(s) for s in block.reshape(-1)]
         if scalar:
@@ -3322,12 +3367,14 @@ def _column_node_of(c: dict) -> str:
 
 
 def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None, progress=None,
-                 problems: list | None = None, resolve: Callable[[str], str] | None = None):
+                 problems: list | None = None, resolve: Callable[[str], str] | None = None,
+                 per_cell: bool = False):
     """Read one stored column, hash it and (with ``tb``) write it into the casacore table.
 
     Returns the column digest (or a future of it). Damage raises CorruptTableData, or, with
     ``problems``, is appended there (one line per damaged range) and None is returned.
-    ``resolve`` turns the subtable references in record cells into paths.
+    ``resolve`` turns the subtable references in record cells into paths; ``per_cell``: write
+    cell by cell (see _getcol).
     """
 
     def bad(line: str) -> None:
@@ -3342,7 +3389,7 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
         return None
     col = _Col(name=c["name"], ctype=c["type"], dtype=_CTYPES[c["type"]], layout=layout,
                node=_column_node_of(c), max_ndim=int(c.get("max_ndim", 0)),
-               block_rows=max(1, int(c.get("block_rows", 1))))
+               block_rows=max(1, int(c.get("block_rows", 1))), per_cell=per_cell)
     h = _ColumnHash(col.name, col.ctype, layout in ("scalar", "record"))
     try:
         if layout == "ragged":
@@ -3403,7 +3450,8 @@ def _read_uniform_column(group, col: _Col, nrows, work, what, h, tb, progress, b
                 data = block
                 if by_value:  # a copy goes with the command: the buffer is free at once
                     data, put = np.array(block), None
-                put = _put_uniform(tb, name, data, start, stop - start, col.is_string, scalar)
+                put = _put_uniform(tb, name, data, start, stop - start, col.is_string, scalar,
+                                   col.per_cell)
                 if by_value:
                     put = None
         finally:
@@ -3526,7 +3574,8 @@ def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, pro
                     used[k] += j - i
                     parts.append(block.reshape(-1))
                     if tb is not None:
-                        _put_uniform(tb, col.name, block, start + i, j - i, col.is_string, False)
+                        _put_uniform(tb, col.name, block, start + i, j - i, col.is_string, False,
+                                     col.per_cell)
                 i = j
             values = np.concatenate(parts) if parts else np.empty(0, object if col.is_string else col.dtype)
             h.ragged(defined, ndim, shp, values)
