@@ -1,33 +1,54 @@
 """Store a casacore table (with its subtables) in a zarr v3 group and restore it bit for bit.
 
-Format ``factor-archive/casacore-table`` version 1
-=================================================
+Format ``factor-archive/casacore-table`` version 2 (version 1 groups are still read)
+===================================================================================
 
 One casacore table is one zarr v3 group (the *table group*)::
 
     <table group>/                      attrs: "casacore_table" (static), and on the group that
                                         was handed to encode_table also "casacore_content"
-      <COL>                             scalar or fixed-shape column: one array
-      ragged/<COL>/defined              bool (nrows,): cell is defined
-      ragged/<COL>/ndim                 int32 (nrows,): cell ndim, 0 where undefined
-      ragged/<COL>/shape                int64 (nrows, max_ndim): cell shape, zero padded
-      ragged/<COL>/values               (total,): every defined cell flattened, in row order
+      <COL>                             a scalar column, an array column whose cells all have
+                                        one shape ("fixed"), or a record column: one array
+      shaped/<COL>/                     an array column with several cell shapes or undefined
+                                        cells; attrs {"column", "shapes", "counts"}
+      shaped/<COL>/<SHAPE>/<COL>        (count, *shape): its cells of one shape, in row order
+      shaped/<COL>/<SHAPE>/row          int64 (count,): the rows of those cells, ascending
+      ragged/<COL>/defined              bool (nrows,): cell is defined      } an array column
+      ragged/<COL>/ndim                 int32 (nrows,): cell ndim, 0 where  } with many cell
+                                        undefined                           } shapes (more than
+      ragged/<COL>/shape                int64 (nrows, max_ndim): cell shape } MAX_SHAPES, or
+                                        zero padded                         } fewer than
+      ragged/<COL>/values               (total,): every defined cell        } MIN_CELLS_PER_SHAPE
+                                        flattened, in row order             } cells per shape)
       subtables/<NAME>/                 a table group (same layout, recursively)
+
+Node names
+  ``<COL>`` is the column name with ``%`` written ``%25`` and ``/`` written ``%2F``; a name the
+  table group uses itself (``ragged``, ``shaped``, ``subtables``, ``zarr.json``), one starting
+  with ``__`` (reserved by zarr) and ``.``/``..`` have their first character percent-encoded
+  too (``%72agged``). In a shape group a column named ``row`` is ``%72ow``. ``<SHAPE>`` is the
+  cell shape in numpy order joined by ``x`` (``64x4``; ``0d`` for no axes). Each column's entry
+  in ``casacore_table`` names its node, so a reader need not know these rules.
 
 Arrays
   ``<COL>`` has shape ``(nrows, *cell_shape)`` (numpy axis order, i.e. casacore's reversed)
   and ``dimension_names`` ``("row", ...)``; well-known Measurement Set columns get shared names
   (DATA/FLAG/WEIGHT_SPECTRUM/...: ``("row", "chan", "corr")``, UVW: ``("row", "uvw")``,
   WEIGHT/SIGMA: ``("row", "corr")``), every other axis ``<COL>_<i>``, so
-  ``xarray.open_zarr(store, group=...)`` gives a Dataset of the uniform columns. A column is
-  *ragged* when some cell is undefined or cell shapes differ; xarray does not see those.
-  Values are stored in their casacore type: bool, uint8 (uChar), int16, int32, uint32, int64,
-  float32, float64, complex64, complex128 (native zarr complex), or zarr's variable-length
-  UTF-8 ``string``. ``ragged/<COL>/values`` holds the cells one after another, each in C order
-  of its numpy shape, so cell *i* is the slice after the cells of the defined rows before it.
+  ``xarray.open_zarr(store, group=...)`` gives a Dataset of those columns. Each shape group of
+  a shaped column is such a group too (``<COL>`` with ``("row", ...)``, ``row`` its
+  coordinate): ``xarray.open_zarr(store, group=".../shaped/DATA/64x4")`` gives the cells of
+  that shape with their table rows.
+  Values are stored in their casacore type: bool, uint8 (uChar), int16, uint16 (uShort),
+  int32, uint32, int64, float32, float64, complex64, complex128 (native zarr complex), or
+  zarr's variable-length UTF-8 ``string``. A record column is a string array of one tagged
+  record per cell (below, as canonical JSON), ``""`` for a cell never written.
+  ``ragged/<COL>/values`` holds the cells one after another, each in C order of its numpy
+  shape, so cell *i* is the slice after the cells of the defined rows before it.
   Every array is sharded along its first axis only (inner chunks of ~2 MiB, shards of ~64 MiB
-  or ``row_block`` rows), in zarr's ``sharding_indexed`` layout with the index at the end
-  (``bytes`` little endian + ``crc32c``), and each inner chunk ends in a crc32c checksum.
+  or ``row_block`` rows; the arrays of a shaped column share that: 64 MiB / shapes each), in
+  zarr's ``sharding_indexed`` layout with the index at the end (``bytes`` little endian +
+  ``crc32c``), and each inner chunk ends in a crc32c checksum.
   Every shard, and every inner chunk of a shard that lies within the array, is stored (also
   when it holds only fill values), so an absent one is damage, never fill values. (Numeric
   arrays are written and read shard by shard without zarr's per-chunk machinery, exactly as
@@ -41,10 +62,11 @@ Arrays
   ``packbits-zstd``   numcodecs packbits then zstd (bool)
   ``delta-zstd``      numcodecs delta then zstd (integers; float64 scalars only when
                       delta decoding was verified bit-exact on every chunk)
-  ``zstd`` / ``zstd1`` zstd level 5 / 1 (strings, auxiliary arrays)
+  ``zstd`` / ``zstd1`` zstd level 5 / 1 (strings, records, auxiliary arrays)
 
   Per column the candidates for its type are tried on a sample (the first chunk; at most
-  256 KiB of it for a column under 64 MiB) and the smallest wins. A column of 64 MiB or more
+  256 KiB of it for a column under 64 MiB; for a shaped column the first cells of its first
+  shape) and the smallest wins. A column of 64 MiB or more
   also tries the clevel-1 and lz4 chains, and the one with the least (encode + decode CPU
   seconds, best of up to three runs) + (stored bytes / 20 MB) wins: saving 20 MB is worth a
   second of CPU, so noisy visibilities get a fast chain and smooth columns a strong one. The
@@ -53,50 +75,89 @@ Arrays
   truth.
 
 ``casacore_table`` attribute (JSON)
-  ``format``, ``version``, ``nrows``, ``endian`` ("little"/"big"), ``info`` (the table.info
-  record: type, subType, readme), ``hypercolumns`` (``_define_hypercolumn_``), ``dminfo``
-  (list of the data-manager records, SPEC included, so tile shapes are recreated),
-  ``keywords`` (tagged record, below), ``subtables`` (list of ``{"name", "group",
-  "referenced"}``; ``name`` is the directory inside the table) and ``columns``: a list in table
-  order of ``{"name", "type" (casacore data type), "layout" ("scalar"|"fixed"|"ragged"),
-  "cell_shape", "max_ndim", "dims", "block_rows", "codec", "desc" (column description without
-  keywords), "keywords" (tagged record)}``. Numpy arrays inside ``desc``/``dminfo``/
-  ``hypercolumns`` are ``{"__ndarray__": [...], "dtype": "<i4"}``.
+  ``format``, ``version`` (2), ``nrows``, ``endian`` ("little"/"big"), ``info`` (the
+  table.info record: type, subType, readme), ``hypercolumns`` (``_define_hypercolumn_``),
+  ``private_keywords`` (``_private_keywords_``: casacore keeps only the hypercolumn definitions
+  there, and makes them again from ``hypercolumns``), ``dminfo`` (list of the data-manager
+  records, SPEC included, so bucket and tile shapes are recreated), ``keywords`` (tagged
+  record, below), ``subtables`` (list of ``{"name", "group", "referenced"}``; ``name`` is the
+  directory inside the table) and ``columns``: a list in table order of ``{"name", "type"
+  (casacore data type: boolean, uchar, short, ushort, int, uint, int64, float, double,
+  complex, dcomplex, string, record), "layout" ("scalar"|"fixed"|"shaped"|"ragged"|"record"),
+  "node", "cell_shape", "max_ndim", "dims", "block_rows", "codec", "desc" (column description
+  without keywords), "keywords" (tagged record)}``, shaped columns also ``"shapes"`` (numpy
+  order, first seen first) and ``"counts"`` (cells of each). Numpy arrays inside
+  ``desc``/``dminfo``/``hypercolumns`` are ``{"__ndarray__": [...], "dtype": "<i4"}``.
+  (Version 1 has no ``private_keywords`` and no ``node``: every column's node is its name, or
+  ``ragged/<name>``; its multi-shape columns are all ragged.)
 
-Tagged keyword values keep the exact casacore type: ``{"type": T, "value": v}`` for scalars
-(T one of Bool, Short, Int, uInt, Int64, Float, Double, Complex ([re, im]), DComplex,
-String; a float that is not finite is ``{"bits": "<hex of the float64>"}``),
-``{"type": "Table", "value": NAME}`` for a subtable (NAME relative to the table directory),
+Tagged values (keywords, record cells) keep the exact casacore type: ``{"type": T, "value": v}``
+for scalars (T one of Bool, Short, Int, uInt, Int64, Float, Double, Complex ([re, im]),
+DComplex, String; a float that is not finite is ``{"bits": "<hex of the float64>"}``),
+``{"type": "Table", "value": PATH}`` for a table (PATH relative to the table directory:
+``NAME``, or ``NAME/INNER`` for a table inside a subtable),
 ``{"type": "<T> array", "shape": [...], "data": base64}`` (little endian, C order) or for
 strings ``{"type": "String array", "shape": [...], "value": [...]}``, and
-``{"type": "Record", "fields": [[name, tagged], ...]}``.
+``{"type": "Record", "fields": [[name, tagged], ...]}`` (see casacore_record). The types of
+a record cell's fields come from the bytes casacore stores for it, not from python-casacore
+(which turns every integer into ``int`` and every float into ``float``).
 
 ``casacore_content`` (written last; its absence means the encoding did not finish)
-  ``{"content_sha256", "columns": {COL: sha256}, "subtables": {NAME: {...same...}}}``.
+  ``{"version": 2, "content_sha256", "metadata_sha256", "columns": {COL: sha256},
+  "subtables": {NAME: {"content_sha256", "metadata_sha256", "columns", "subtables"}}}``.
+  (Version 1, written before metadata checksums, has neither ``version`` nor
+  ``metadata_sha256``.)
+
+Metadata checksum (``metadata_sha256``), version 1
+  sha256 of ``"factor-archive casacore-table metadata v1\\n"`` + the canonical JSON of the
+  table group's ``casacore_table`` document: everything restore takes from it (description,
+  private keywords, keywords, data-manager layout, node names, shapes) is covered, so a
+  changed byte that would change what restore writes without changing a single value is
+  found. verify_table and decode_table check it before using a description (decode_table
+  before writing the table); in a version-2 ``casacore_content`` a missing one is damage.
 
 Content checksum (``table_content_sha256``), version 1
   Per column, two sha256 streams over rows in order: *shapes* (array columns only; per row
   int64 LE ``[ndim or -1 if undefined, dims zero-padded to the column's max ndim]``) and
   *values* (each defined cell's values in C order, little endian; bool as one byte; strings as
-  uint32 LE byte length + UTF-8). Column digest = sha256(canonical JSON ``{"name", "type",
-  "scalar"}`` + "\\n" + shapes digest + values digest). Table checksum = sha256 of
+  uint32 LE byte length + UTF-8; a record column as a scalar string column of its stored
+  texts). Column digest = sha256(canonical JSON ``{"name", "type", "scalar"}`` + "\\n" +
+  shapes digest + values digest). Table checksum = sha256 of
   ``"factor-archive casacore-table content v1\\n"``, canonical JSON of ``{"nrows", "info",
   "columns": {COL: desc without dataManagerType/dataManagerGroup/keywords}, "keywords",
   "column_keywords"}`` + "\\n", then ``"column\\t<COL>\\t<digest>\\n"`` for columns sorted by
   name and ``"subtable\\t<NAME>\\t<checksum>\\n"`` for subtables sorted by name. Canonical JSON
   is ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``. It does not
-  depend on storage managers, file layout or location, so original and restored tables agree.
+  depend on storage managers, file layout, location or the column's layout in the group, so
+  original and restored tables agree.
 
 Checking a stored table (``verify_table``)
-  Every shard of every array is read and every inner chunk's crc32c checked; the column
-  checksums and the content checksum are recomputed from the stored values and compared with
-  ``casacore_content``, without writing a table. Each problem is one line naming table,
-  column and rows (values, for ragged values), as decode_table's errors do.
+  Every description is checked against its metadata checksum; every shard of every array is
+  read and every inner chunk's crc32c checked; the column checksums and the content checksum
+  are recomputed from the stored values and compared with ``casacore_content``, without
+  writing a table. Each problem is one line naming table, column and rows (values, for ragged
+  values), as decode_table's errors do.
 
-Tables that cannot be restored exactly this way (data managers other than the standard
-storage managers, Dysco included; reference/concatenated tables; keywords of a type python-
-casacore cannot write; subtables outside the table; unknown files in the table directory;
-unreadable columns) raise :class:`RawTableRequired` before anything is decoded partially.
+Restoring (``decode_table``)
+  The table is made with the stored description and data-manager specs, and its columns are
+  written in row order, so the data managers lay them out as the original's: TiledShapeStMan
+  makes its hypercubes in the order cell shapes first appear, each with the tile shape its
+  default gives. TiledCellStMan columns are read and written cell by cell (casacore's row-range
+  access to them is wrong when a tile does not fit the cell). IncrementalStMan gives a cell
+  never written the value of the row before unless the table was reopened since it was made,
+  so its columns that may have undefined cells are written after a reopen (and StManAipsIO
+  loses values written after its table's first flush: its columns are written before). Then
+  the restored description, keywords, private keywords and data-manager layout are compared
+  with the stored ones.
+
+Tables that cannot be restored exactly this way raise :class:`RawTableRequired` (its
+``reason`` goes to the manifest) before anything is decoded partially: data managers other
+than the standard storage managers (Dysco and other lossy or unknown ones); reference and
+concatenated tables; TiledShapeStMan / TiledCellStMan hypercubes that writing the rows in
+order does not recreate (rows written out of order, cells reshaped, tile shapes not the
+default's); keywords and record fields of a type python-casacore cannot write (uChar), record
+cells with a structure it cannot write (field comments, fixed field shapes); references to
+tables outside the table; unknown files in the table directory; unreadable columns.
 """
 
 from __future__ import annotations
