@@ -1160,6 +1160,17 @@ def test_plain_zip_store_with_prefix_sharing_columns(ms, tmp_path):
     assert_tables_equal(ms, tmp_path / "out.ms")
 
 
+def test_damage_in_a_shaped_column_is_named_by_shape_and_cells(casa_ms, tmp_path):
+    store, g = _encoded(casa_ms, tmp_path)
+    base = tmp_path / "store.zarr" / "T" / "shaped" / "DATA" / "16x4"
+    (base / "DATA" / "c" / "0" / "0" / "0").unlink()
+    problems = tc.verify_table(zarr.open_group(store, mode="r", path="T"), name="casa.ms")
+    assert len(problems) == 1 and re.fullmatch(
+        r"casa\.ms: column DATA shape 16x4 cells 0-\d+: stored data is missing", problems[0]), problems
+    with pytest.raises(CorruptTableData, match="column DATA shape 16x4 cells 0-"):
+        decode_table(g, tmp_path / "out.ms")
+
+
 def test_metadata_checksum_guards_what_restore_writes(tiled_ms, tmp_path):
     """A changed byte in a table's description (here the bucket size of a data manager, which
     would change the restored table's files and nothing else) is found by verify and refused
@@ -1284,3 +1295,10 @@ def test_a_worker_that_dies_while_encoding_fails_the_encode(ms, tmp_path, worker
         encode_table(ms, g)
     assert not isinstance(e.value, RawTableRequired)  # not mistaken for an unreadable table
     assert list(g.keys()) == []
+
+
+def test_shaped_columns_and_records_through_worker_processes(casa_ms, tmp_path, workers):
+    info, out = _roundtrip(casa_ms, tmp_path, "local", row_block=7)
+    assert_tables_equal(casa_ms, out)
+    assert table_content_sha256(out) == info["content_sha256"]
+    assert len(workers) == 3  # encode, decode, checksum

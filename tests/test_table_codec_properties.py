@@ -215,9 +215,13 @@ def table_specs(draw) -> TableSpec:
     names = draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=6, unique=True))
     columns = [draw(column_specs(n)) for n in names]
     subtables = draw(st.lists(st.sampled_from(["SUB", "ANTENNA", "HISTORY"]), max_size=2, unique=True))
+    endian = draw(st.sampled_from(["little", "big"]))
+    for c in columns:
+        if endian == "big" and c.vtype == "boolean":  # casacore cannot store an empty Bool cell there
+            c.shapes = list(dict.fromkeys(tuple(max(1, x) for x in s) for s in c.shapes))
     return TableSpec(
         nrows=draw(st.sampled_from([0, 1, 2, 7, 23, 64])),
-        endian=draw(st.sampled_from(["little", "big"])),
+        endian=endian,
         columns=columns,
         keywords=draw(_record([])),
         subtables=subtables,

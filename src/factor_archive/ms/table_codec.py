@@ -3606,12 +3606,11 @@ def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, pro
         rows.append(_RowCursor(_reader(r, work), n))
     used = [0] * len(shapes)  # cells of each shape read so far
     step = col.block_rows
-    unit = "rows"
+    k = 0  # the shape whose arrays are being read
     try:
         for start in range(0, nrows, step):
             stop = min(nrows, start + step)
             kk = np.full(stop - start, -1, np.int32)
-            unit = "rows"
             for k, cursor in enumerate(rows):
                 got = cursor.take_below(stop)
                 if len(got) and (got[0] < start or np.any(np.diff(got) <= 0) or np.any(kk[got - start] >= 0)):
@@ -3623,10 +3622,9 @@ def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, pro
             row_shapes = [shapes[k] if k >= 0 else None for k in kk.tolist()]
             ndim, shp = _shape_records(defined, row_shapes, col.max_ndim)
             parts = []
-            unit = "values"
             i = 0
             while i < len(kk):
-                k = kk[i]
+                k = int(kk[i])
                 j = i + 1
                 while j < len(kk) and kk[j] == k:
                     j += 1
@@ -3642,8 +3640,8 @@ def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, pro
             h.ragged(defined, ndim, shp, values)
             if progress:
                 progress(int(values.size * col.itemsize))
-    except _Damage as e:
-        bad(f"{what} {e.text(unit)}" + (f" of cell shape {list(shapes[k])}" if unit == "values" else ""))
+    except _Damage as e:  # in the arrays of one shape, counted in its cells
+        bad(f"{what} shape {_shape_name(shapes[k])} {e.text('cells')}")
         return None
     left = [n - u for n, u in zip(counts, used)]
     if any(left):
