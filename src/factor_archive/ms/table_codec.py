@@ -3605,6 +3605,13 @@ def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, pro
         cells.append(_reader(a, work))
         rows.append(_RowCursor(_reader(r, work), n))
     used = [0] * len(shapes)  # cells of each shape read so far
+    ndims = np.array([len(s) for s in shapes] + [0], np.int32)
+    table = np.zeros((len(shapes) + 1, col.max_ndim), np.int64)
+    for k, s in enumerate(shapes):
+        if len(s) > col.max_ndim:
+            bad(f"{what}: stored cell shape {list(s)} has more axes than the column's {col.max_ndim}")
+            return None
+        table[k, :len(s)] = s
     step = col.block_rows
     k = 0  # the shape whose arrays are being read
     try:
@@ -3619,8 +3626,7 @@ def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, pro
                     return None
                 kk[got - start] = k
             defined = kk >= 0
-            row_shapes = [shapes[k] if k >= 0 else None for k in kk.tolist()]
-            ndim, shp = _shape_records(defined, row_shapes, col.max_ndim)
+            ndim, shp = ndims[kk], table[kk]  # the last entry (-1) is an undefined cell's
             parts = []
             i = 0
             while i < len(kk):
