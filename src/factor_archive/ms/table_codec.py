@@ -984,6 +984,27 @@ def _check_hypercubes(path: Path, dm: dict, cols: list[_Col], desc: dict, nrows:
             refuse(f"tile shape {np.asarray(h['TileShape']).tolist()} for cells of shape {list(s)}")
 
 
+def _scratch_table(path: str, desc: dict, nrow: int, dminfo: dict, endian: str, cells=()) -> dict:
+    """Make a scratch table (putting ``cells``, (column, row, value)) and return its
+    data-manager info. Inside a worker_session in a worker, as every casacore write there."""
+    with _worker_for(0, writes=True) as worker:
+        if worker is None:
+            t = _table(path, desc, nrow=nrow, dminfo=dminfo, ack=False, endian=endian)
+            try:
+                for c, r, v in cells:
+                    t.putcell(c, r, v)
+                return t.getdminfo()
+            finally:
+                t.close()
+        rt = worker.table(path, desc, nrow, dminfo, endian)
+        try:
+            for c, r, v in cells:
+                rt.putcell(c, r, v)
+            return rt.call("getdminfo").result()
+        finally:
+            rt.close()
+
+
 def _tile_shapes(dm: dict, desc: dict, shapes: list, endian: str) -> dict:
     """{cell shape: (tile shape, bucket size)} that the data manager, created as decode_table
     creates it, gives a hypercube of each of ``shapes``: found by writing one cell of each
@@ -993,20 +1014,12 @@ def _tile_shapes(dm: dict, desc: dict, shapes: list, endian: str) -> dict:
     names = list(dm.get("COLUMNS", []))
     sdesc = {c: {**desc[c], "keywords": {}} for c in names}
     sdesc.update({"_define_hypercolumn_": {}, "_keywords_": {}, "_private_keywords_": {}})
+    cells = [(c, r, np.zeros(s, _CTYPES.get(desc[c].get("valueType")) or np.float64))
+             for c in names if "ndim" in desc[c] for r, s in enumerate(shapes)]
     tmp = tempfile.mkdtemp(prefix="factor-archive-tiles-")
     try:
-        t = _table(os.path.join(tmp, "t"), sdesc, nrow=len(shapes), dminfo={"*1": dm}, ack=False,
-                   endian=endian)
-        try:
-            for c in names:
-                if t.isscalarcol(c):
-                    continue
-                dtype = _CTYPES.get(t.coldatatype(c)) or np.dtype(np.float64)
-                for r, s in enumerate(shapes):
-                    t.putcell(c, r, np.zeros(s, dtype))
-            cubes = next(iter(t.getdminfo().values()))["SPEC"].get("HYPERCUBES", {})
-        finally:
-            t.close()
+        info = _scratch_table(os.path.join(tmp, "t"), sdesc, len(shapes), {"*1": dm}, endian, cells)
+        cubes = next(iter(info.values()))["SPEC"].get("HYPERCUBES", {})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out = {}
@@ -1684,12 +1697,9 @@ class _StoredRecords:
         self.tb = None
         try:
             scratch = os.path.join(self.dir, "t")
-            t = _table(scratch, sdesc, nrow=tb.nrows(), dminfo={f"*{i + 1}": dm for i, dm in enumerate(sdm)},
-                       ack=False, endian=tb.endianformat())
-            try:
-                seq = {dm["NAME"]: dm["SEQNR"] for dm in t.getdminfo().values()}
-            finally:
-                t.close()
+            info = _scratch_table(scratch, sdesc, tb.nrows(), {f"*{i + 1}": dm for i, dm in enumerate(sdm)},
+                                  tb.endianformat())
+            seq = {dm["NAME"]: dm["SEQNR"] for dm in info.values()}
             for dm in dms:  # the scratch table's files of each data manager -> the original's
                 if seq[dm["NAME"]] != dm["SEQNR"]:
                     raise RawTableRequired(path, f"record columns of data manager {dm['NAME']} cannot be read")
@@ -2091,8 +2101,7 @@ def _result(d):
 def _scan_table(plan: _Plan, sink, progress, work: _Work, worker: "_Worker | None" = None) -> dict:
     """Read every column of plan's table in blocks, feed ``sink``; return content tree."""
     tb = _open(plan.path)
-    # The worker opens tables with python-casacore's own class, which refuses a uShort column.
-    rtb = worker.open(plan.path) if worker is not None and not _has_ushort(plan) else None
+    rtb = worker.open(plan.path) if worker is not None else None
     digests = {}
     records = None
     try:
@@ -2120,11 +2129,6 @@ def _scan_table(plan: _Plan, sink, progress, work: _Work, worker: "_Worker | Non
                                          {n: s["content_sha256"] for n, s in subs.items()}),
             "metadata_sha256": _metadata_sha256(plan.static()),
             "columns": digests, "subtables": subs}
-
-
-def _has_ushort(plan_or_static) -> bool:
-    cols = plan_or_static.columns if isinstance(plan_or_static, _Plan) else plan_or_static["columns"]
-    return any((c.ctype if isinstance(c, _Col) else c["type"]) == "ushort" for c in cols)
 
 
 _TEMPLATES: dict = {}  # (dtype, codec label, ndim) -> the metadata document zarr writes
@@ -2485,6 +2489,14 @@ from casacore import tables as ct
 RUN = {"concat_in_frequency": "factor_archive.ms.concat"}  # what the "run" command may call
 
 
+class Table(ct.table):  # as table_codec._table: also tables with a uShort column
+    def _makerow(self):
+        try:
+            super()._makerow()
+        except RuntimeError:
+            self._row = None
+
+
 def kind(e):
     names = {c.__name__ for c in type(e).__mro__}
     return "bad_input" if "BadInput" in names else "ours" if "FactorArchiveError" in names else "other"
@@ -2516,11 +2528,13 @@ def main():
                 shm = mmap.mmap(op[1], op[2])
                 out = None
             elif op[0] == "open":
-                tables[op[1]] = ct.table(op[2], ack=False, lockoptions="autonoread")
+                writable = len(op) > 3 and op[3]
+                tables[op[1]] = Table(op[2], ack=False, readonly=not writable,
+                                      lockoptions="default" if writable else "autonoread")
                 out = None
             elif op[0] == "new":
                 _o, tid, path, desc, nrow, dminfo, endian = op
-                tables[tid] = ct.table(path, desc, nrow=nrow, dminfo=dminfo, ack=False, endian=endian)
+                tables[tid] = Table(path, desc, nrow=nrow, dminfo=dminfo, ack=False, endian=endian)
                 out = None
             elif op[0] == "call":
                 _o, tid, method, args = op
@@ -2777,7 +2791,7 @@ class _Worker:
 
     def _written_by(self, op: tuple) -> str | None:
         """The table a command writes (for _full_disk_note), as far as the client knows it."""
-        if op[0] == "new":
+        if op[0] == "new" or (op[0] == "open" and len(op) > 3 and op[3]):
             self._paths[op[1]] = op[2]
             return op[2]
         if op[0] == "call":
@@ -2806,12 +2820,12 @@ class _Worker:
     def __exit__(self, exc_type, exc, tb):
         self.close(kill=exc_type is not None)
 
-    def open(self, path) -> "_RemoteTable":
-        """The table, opened for reading in the worker (asynchronously)."""
+    def open(self, path, writable: bool = False) -> "_RemoteTable":
+        """The table, opened for reading (or writing) in the worker (asynchronously)."""
         self._ntables += 1
         tid = self._ntables
         self._open.add(tid)
-        return _RemoteTable(self, tid, self.send(("open", tid, str(path))))
+        return _RemoteTable(self, tid, self.send(("open", tid, str(path), writable)))
 
     def table(self, path, desc, nrow, dminfo, endian) -> "_RemoteTable":
         self._ntables += 1
@@ -3293,8 +3307,6 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
     # written after its table was first flushed: its columns go before.)
     reopen = [c for c in cols if dm_type.get(c["name"]) == "IncrementalStMan"
               and c["layout"] in ("shaped", "ragged", "record")]
-    if worker is not None and (_has_ushort(st) or reopen):
-        worker = None  # it neither reopens tables nor makes them with a class that takes uShort
     if worker is not None:
         tb = worker.table(str(path), desc, nrows, dminfo, st["endian"])
     else:
@@ -3331,7 +3343,8 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
             read(c)
         if reopen:
             tb.close()
-            tb = _table(str(path), readonly=False, ack=False)
+            tb = worker.open(path, writable=True) if worker is not None else \
+                _table(str(path), readonly=False, ack=False)
             for c in reopen:
                 read(c)
         for k, v in _dec_kw(st["keywords"], resolve).items():
