@@ -176,12 +176,140 @@ def _custom_table(path: Path, endian="little") -> Path:
     return path
 
 
+def dp3_copy(src: Path, out: Path, *options: str) -> Path:
+    """``DP3 msin=src msout=out steps=[] options...``: the MS as DP3 writes it."""
+    import subprocess
+    import sys
+
+    from test_concat_dp3 import dp3_env, dp3_executable
+
+    exe = dp3_executable()
+    if exe is None:
+        pytest.skip("DP3 is not installed (no DP3.py on PATH or beside the Python interpreter)")
+    cmd = [sys.executable, exe, f"msin={src}", "steps=[]", f"msout={out}", *options]
+    proc = subprocess.run(cmd, env=dp3_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
+
+
+def source_model(i: int) -> dict:
+    """A component list as CASA's ComponentList::toRecord writes one (a point source), with a
+    field of every type python-casacore can write."""
+    return {
+        "nelements": np.int32(1),
+        "component0": {
+            "shape": {"type": "Point",
+                      "direction": {"type": "direction", "refer": "J2000",
+                                    "m0": {"unit": "rad", "value": 2.1 + 0.01 * i},
+                                    "m1": {"unit": "rad", "value": 0.95 - 0.002 * i}}},
+            "flux": {"unit": "Jy", "value": np.array([1.5 + i, 0, 0, 0], dtype=np.complex128),
+                     "polarisation": "Stokes", "error": np.zeros(4, np.complex64)},
+            "spectrum": {"type": "Spectral Index", "index": np.array([-0.7, 0, 0, 0]),
+                         "frequency": {"type": "frequency", "refer": "LSRK",
+                                       "m0": {"unit": "Hz", "value": 1.2e8}}},
+            "label": f"src{i}", "freqRef": np.float32(1.2e8), "flag": i % 2 == 0,
+            "id": np.int16(i), "nchan": np.uint32(4), "big": 2**40,
+            "weights": np.arange(6, dtype=np.float32).reshape(2, 3), "ids": np.arange(3, dtype=np.int32),
+            "names": np.array([["a", "b"], ["c", "d"]]), "mask": np.array([True, False, True]),
+        },
+    }
+
+
+def casa_like_ms(path: Path, template: Path) -> Path:
+    """The template (a DP3-written MS) laid out as CASA writes MSs and DP3 does not: DATA, FLAG
+    and WEIGHT_SPECTRUM in TiledShapeStMan hypercolumns (so the description has private
+    keywords), two spectral windows (the template's channels, and twice as many) taking turns by
+    time slot (two cell shapes, two hypercubes each), and a SOURCE subtable whose SOURCE_MODEL
+    cells are records (one never written)."""
+    big = ("DATA", "FLAG", "WEIGHT_SPECTRUM")
+    with ct.table(str(template), ack=False) as t:
+        desc = t.getdesc()
+        values = {c: t.getcol(c) for c in t.colnames() if c not in big + ("FLAG_CATEGORY",)}
+        cells = {c: t.getcol(c) for c in big}
+        keywords = t.getkeywords()
+        colkeywords = {c: t.getcolkeywords(c) for c in t.colnames()}
+        nrows = t.nrows()
+    hyper, dminfo = {}, {}
+    for i, c in enumerate(big):
+        name = "Tiled" + c.title().replace("_", "")
+        desc[c] = {**desc[c], "ndim": 2, "option": 0, "dataManagerType": "TiledShapeStMan",
+                   "dataManagerGroup": name, "keywords": {}}
+        desc[c].pop("shape", None)
+        hyper[name] = {"HCndim": 3, "HCdatanames": [c]}
+        dminfo[f"*{i + 1}"] = {"TYPE": "TiledShapeStMan", "NAME": name, "COLUMNS": [c],
+                               "SPEC": {"DEFAULTTILESHAPE": np.array([4, 8, 64], np.int32)}}
+    for c, d in desc.items():
+        if isinstance(d, dict) and "valueType" in d and c not in big:
+            desc[c] = {**d, "dataManagerType": "StandardStMan", "dataManagerGroup": "StandardStMan",
+                       "keywords": {}}
+    desc["_define_hypercolumn_"] = hyper
+    desc["_keywords_"] = {}
+    out = ct.table(str(path), desc, nrow=nrows, dminfo=dminfo, ack=False)
+    try:
+        times = np.unique(values["TIME"])
+        spw = (np.searchsorted(times, values["TIME"]) % 2).astype(np.int32)
+        for c, v in values.items():
+            out.putcol(c, v)
+        out.putcol("DATA_DESC_ID", spw)
+        for c, v in cells.items():
+            for r in range(nrows):
+                out.putcell(c, r, v[r] if spw[r] == 0 else np.concatenate([v[r], v[r][::-1]]))
+        for c, kws in colkeywords.items():
+            for k, v in kws.items():
+                out.putcolkeyword(c, k, v)
+        _two_spectral_windows(path, cells["DATA"].shape[1])
+        _source_table(path)
+        for name, v in {**keywords, "SOURCE": "Table: SOURCE"}.items():
+            if isinstance(v, str) and v.startswith("Table: "):
+                sub = Path(v[7:]).name
+                if not (path / sub).exists():
+                    shutil.copytree(template / sub, path / sub)
+                out.putkeyword(name, "Table: " + str((path / sub).resolve()))
+            else:
+                out.putkeyword(name, v)
+    finally:
+        out.close()
+    return path
+
+
+def _two_spectral_windows(ms: Path, nchan: int) -> None:
+    spw = ct.default_ms_subtable("SPECTRAL_WINDOW", str(ms / "SPECTRAL_WINDOW"))
+    spw.addrows(2)
+    for r, nchan in enumerate((nchan, 2 * nchan)):
+        freqs = 120e6 + r * 1e6 + np.arange(nchan) * 195312.5
+        spw.putcell("CHAN_FREQ", r, freqs)
+        for c in ("CHAN_WIDTH", "EFFECTIVE_BW", "RESOLUTION"):
+            spw.putcell(c, r, np.full(nchan, 195312.5))
+        spw.putcell("NUM_CHAN", r, nchan)
+        spw.putcell("REF_FREQUENCY", r, freqs[0])
+        spw.putcell("TOTAL_BANDWIDTH", r, nchan * 195312.5)
+        spw.putcell("NAME", r, f"SB{r}")
+    spw.close()
+    dd = ct.default_ms_subtable("DATA_DESCRIPTION", str(ms / "DATA_DESCRIPTION"))
+    dd.addrows(2)
+    dd.putcol("SPECTRAL_WINDOW_ID", np.arange(2, dtype=np.int32))
+    dd.putcol("POLARIZATION_ID", np.zeros(2, np.int32))
+    dd.close()
+
+
+def _source_table(ms: Path) -> None:
+    model = ct.complete_ms_desc("SOURCE")["SOURCE_MODEL"]
+    src = ct.default_ms_subtable("SOURCE", str(ms / "SOURCE"), tabdesc={"SOURCE_MODEL": model})
+    src.addrows(4)
+    src.putcol("SOURCE_ID", np.arange(4, dtype=np.int32))
+    src.putcol("NAME", [f"src{i}" for i in range(4)])
+    src.putcol("DIRECTION", np.array([[2.1 + 0.01 * i, 0.95] for i in range(4)]))
+    for i in (0, 1, 3):  # row 2 is never written
+        src.putcell("SOURCE_MODEL", i, source_model(i))
+    src.close()
+
+
 # --------------------------------------------------------------------------- comparison
 
 
 def _show(path: Path) -> str:
     """casacore's own listing of description, storage and typed keywords, paths removed."""
-    with ct.table(str(path), ack=False) as t:
+    with tc._table(str(path), ack=False) as t:
         text = ct.taql("show table $1 tabkey colkey", tables=[t])[0]
     text = text.replace(str(Path(path).resolve()), "<T>").replace(str(path), "<T>")
     return "\n".join(text.split("\n")[3:])  # drop the title lines with the name
@@ -217,21 +345,42 @@ def _cell_bytes(v):
     return ("v", type(v).__name__, v)
 
 
-def _dm_summary(dminfo: dict) -> list:
-    out = []
-    for k in sorted(dminfo, key=lambda k: int(k[1:])):
-        dm = dminfo[k]
-        spec = dm["SPEC"]
-        cubes = spec.get("HYPERCUBES", {})
-        out.append((dm["TYPE"], dm["NAME"], sorted(dm["COLUMNS"]),
-                    tuple(np.asarray(spec.get("DEFAULTTILESHAPE", [])).tolist()),
-                    [tuple(np.asarray(cubes[c]["TileShape"]).tolist()) for c in sorted(cubes)],
-                    spec.get("BUCKETSIZE")))
+def dm_layout(dminfo: dict) -> list:
+    """Every data manager with its whole specification (bucket sizes, tile shapes, hypercubes
+    with their cell, cube and tile shapes, row index size), without the sequence numbers a new
+    table numbers its data managers (and their files) with."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items() if k != "SEQNR"}
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return sorted((plain(dm) for dm in dminfo.values()), key=lambda dm: dm["NAME"])
+
+
+def stored_records(table: Path) -> dict:
+    """The bytes casacore stores for every cell of every record column (None: never written)."""
+    out = {}
+    with tc._table(str(table), ack=False) as t:
+        names = [c for c in t.colnames() if t.coldatatype(c) == "record"]
+        if names and t.nrows():
+            cells = tc._StoredRecords(t, Path(table), names)
+            try:
+                out = {(c, r): cells.cell(c, r) for c in names for r in range(t.nrows())}
+            finally:
+                cells.close()
     return out
 
 
 def assert_tables_equal(a: Path, b: Path) -> None:
-    ta, tb = ct.table(str(a), ack=False), ct.table(str(b), ack=False)
+    """Everything casacore tells about two tables is the same, bit for bit: description (private
+    keywords included), typed keywords, info, endianness, data-manager layout, and for every
+    cell its definedness, shape and value (record cells: the bytes casacore stores); the same
+    for every subtable."""
+    ta, tb = tc._table(str(a), ack=False), tc._table(str(b), ack=False)
     try:
         assert tb.colnames() == ta.colnames()
         assert tb.nrows() == ta.nrows()
@@ -240,14 +389,16 @@ def assert_tables_equal(a: Path, b: Path) -> None:
         base_a, base_b = str(Path(a).resolve()), str(Path(b).resolve())
         assert _norm_kw(tb.getdesc(), base_b) == _norm_kw(ta.getdesc(), base_a)
         assert _norm_kw(tb.getkeywords(), base_b) == _norm_kw(ta.getkeywords(), base_a)
-        assert _dm_summary(tb.getdminfo()) == _dm_summary(ta.getdminfo())
+        assert dm_layout(tb.getdminfo()) == dm_layout(ta.getdminfo())
         for col in ta.colnames():
             assert _norm_kw(tb.getcolkeywords(col), base_b) == _norm_kw(ta.getcolkeywords(col), base_a)
             assert tb.coldatatype(col) == ta.coldatatype(col)
             for r in range(ta.nrows()):
                 d = ta.iscelldefined(col, r)
                 assert tb.iscelldefined(col, r) == d, (col, r)
-                if d:
+                if d and ta.coldatatype(col) == "record":
+                    assert _norm_kw(tb.getcell(col, r), base_b) == _norm_kw(ta.getcell(col, r), base_a), (col, r)
+                elif d:
                     assert _cell_bytes(tb.getcell(col, r)) == _cell_bytes(ta.getcell(col, r)), (col, r)
         subs_a = sorted(p.name for p in Path(a).iterdir() if p.is_dir())
         assert sorted(p.name for p in Path(b).iterdir() if p.is_dir()) == subs_a
@@ -255,6 +406,7 @@ def assert_tables_equal(a: Path, b: Path) -> None:
         ta.close()
         tb.close()
     assert _show(b) == _show(a)
+    assert stored_records(b) == stored_records(a)
     for name in subs_a:
         assert_tables_equal(Path(a) / name, Path(b) / name)
 
@@ -275,6 +427,21 @@ def tiled_ms(tmp_path_factory, ms) -> Path:
 @pytest.fixture(scope="module")
 def custom(tmp_path_factory) -> Path:
     return _custom_table(tmp_path_factory.mktemp("custom") / "custom.tab", endian="big")
+
+
+@pytest.fixture(scope="module")
+def dp3_ms(tmp_path_factory, ms) -> Path:
+    return dp3_copy(ms, tmp_path_factory.mktemp("dp3") / "dp3.ms")
+
+
+@pytest.fixture(scope="module")
+def dysco_ms(tmp_path_factory, ms) -> Path:
+    return dp3_copy(ms, tmp_path_factory.mktemp("dysco") / "dysco.ms", "msout.storagemanager=dysco")
+
+
+@pytest.fixture(scope="module")
+def casa_ms(tmp_path_factory, dp3_ms) -> Path:
+    return casa_like_ms(tmp_path_factory.mktemp("casa") / "casa.ms", dp3_ms)
 
 
 def _local(tmp_path: Path, name="store.zarr"):
@@ -334,11 +501,12 @@ def test_tiled_storage_managers_and_tile_shapes_are_recreated(tiled_ms, tmp_path
 def test_odd_table_with_ragged_columns_and_typed_keywords(custom, tmp_path, kind):
     info, out = _roundtrip(custom, tmp_path, kind)
     assert_tables_equal(custom, out)
-    assert info["column_info"]["VAR"]["layout"] == "ragged"
-    assert info["column_info"]["EMPTY"]["layout"] == "ragged"
+    assert info["column_info"]["VAR"]["layout"] == "shaped"
+    assert info["column_info"]["VAR"]["shapes"] == [[4], [2, 3], [0]]
+    assert info["column_info"]["EMPTY"]["layout"] == "shaped"  # every cell undefined
     assert info["column_info"]["SFIX"]["layout"] == "fixed"
     assert info["column_info"]["ZERO"]["layout"] == "fixed"
-    assert info["column_info"]["TSM"]["layout"] == "ragged"
+    assert info["column_info"]["TSM"]["layout"] == "shaped"
     assert set(info["subtables"]) == {"SUBT", "instrument"}
     with ct.table(str(out), ack=False) as t:
         assert t.endianformat() == "big"
@@ -357,22 +525,27 @@ def test_group_layout_is_self_describing(custom, tmp_path):
     g = root.create_group("T")
     encode_table(custom, g)
     st = g.attrs["casacore_table"]
-    assert st["format"] == "factor-archive/casacore-table" and st["version"] == 1
+    assert st["format"] == "factor-archive/casacore-table" and st["version"] == 2
     assert st["nrows"] == 23 and st["endian"] == "big"
     cols = {c["name"]: c for c in st["columns"]}
-    assert cols["VAR"]["layout"] == "ragged" and cols["TIME"]["layout"] == "scalar"
+    assert cols["VAR"]["layout"] == "shaped" and cols["TIME"]["layout"] == "scalar"
     assert cols["TIME"]["desc"]["valueType"] == "double"
     kw = dict(st["keywords"]["fields"])
     assert kw["MS_VERSION"] == {"type": "Float", "value": 2.0}
     assert kw["SUBT"] == {"type": "Table", "value": "SUBT"}
     assert kw["I16K"]["type"] == "Short" and kw["U32K"]["type"] == "uInt"
     assert {s["name"]: s["referenced"] for s in st["subtables"]} == {"SUBT": True, "instrument": False}
-    rg = g["ragged/VAR"]
-    defined = rg["defined"][:]
-    assert defined.tolist() == [bool(r % 3) for r in range(23)]
-    assert rg["ndim"][:][defined].min() >= 1 and (rg["ndim"][:][~defined] == 0).all()
-    shapes = rg["shape"][:]
-    assert rg["values"].shape[0] == sum(int(np.prod(shapes[r, :rg["ndim"][r]])) for r in np.flatnonzero(defined))
+    # VAR has cells of four shapes and undefined cells: a group per shape, cells + their rows
+    sg = g["shaped/VAR"]
+    assert sg.attrs["shapes"] == [[4], [2, 3], [0]]
+    rows = {name: sg[f"{name}/row"][:] for name in ("4", "2x3", "0")}
+    assert sorted(np.concatenate(list(rows.values())).tolist()) == [r for r in range(23) if r % 3]
+    with ct.table(str(custom), ack=False) as t:
+        for r in rows["2x3"]:
+            want = t.getcell("VAR", int(r))
+            got = sg["2x3/VAR"][list(rows["2x3"]).index(r)]
+            assert got.shape == (2, 3) and got.tobytes() == want.tobytes()
+    assert list(g["shaped/EMPTY"].keys()) == [] and g["shaped/EMPTY"].attrs["shapes"] == []
     assert g["subtables/SUBT"].attrs["casacore_table"]["nrows"] == 3
     assert g["NAME"].dtype.kind in "TOU"  # zarr string
     content = g.attrs["casacore_content"]
@@ -486,6 +659,224 @@ def test_content_checksum_is_about_content_not_files(ms, custom, tmp_path):
         t.removekeyword("MS_VERSION")
         t.putkeyword("MS_VERSION", 2.0)  # same value, Double instead of Float
     assert table_content_sha256(c2) != table_content_sha256(custom)
+
+
+# --------------------------------------------------------------------------- other producers' tables
+
+
+def test_dp3_written_ms_is_stored_as_columns_and_comes_back_exactly(dp3_ms, tmp_path):
+    info, out = _roundtrip(dp3_ms, tmp_path, "local")
+    assert_tables_equal(dp3_ms, out)  # TiledColumnStMan tile shapes, SSM buckets included
+    assert info["column_info"]["DATA"]["layout"] == "fixed"
+    assert {c["layout"] for s in info["subtables"].values() for c in s["column_info"].values()} <= {
+        "scalar", "fixed", "shaped", "ragged"}
+    assert table_content_sha256(out) == table_content_sha256(dp3_ms) == info["content_sha256"]
+
+
+def test_dysco_written_ms_is_raw_and_says_why(dysco_ms, tmp_path):
+    with ct.table(str(dysco_ms), ack=False) as t:  # python-casacore reads Dysco ...
+        assert t.getcol("DATA").shape[0] == t.nrows()
+    store, root = _local(tmp_path)
+    g = root.create_group("T")
+    with pytest.raises(RawTableRequired) as e:  # ... but writing the values back is not Dysco's bytes
+        encode_table(dysco_ms, g)
+    assert "DyscoStMan" in e.value.reason and "lossy" in e.value.reason
+    assert list(g.keys()) == [] and "casacore_table" not in g.attrs
+
+
+def test_archive_manifest_shows_columns_for_all_but_dysco(dp3_ms, dysco_ms, casa_ms, tmp_path):
+    """Through the zarr container: the DP3, CASA-like and Dysco MSs as table members."""
+    from factor_archive.containers.zarr_store import ZarrReader, ZarrWriter
+    from factor_archive.manifest import Manifest, Member
+
+    writer = ZarrWriter(str(tmp_path / "run.zarr"), clobber=False)
+    members = []
+    for src in (dp3_ms, casa_ms, dysco_ms):
+        m = Member(path=f"chunks/{src.name}", source=str(src), category="chunks", kind="table",
+                   size=0, mode=0, mtime=0.0, sha256="", restore_path=f"chunks/{src.name}")
+        members.append(writer.write(m, src, lambda n: None))
+    writer.close(Manifest(container="", run={}, options={}, members=members))
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parents[1] / "formats" / "manifest.schema.json").read_text())
+    for m in json.loads(Manifest(container="zarr", run={}, options={}, members=members).to_json())["members"]:
+        jsonschema.validate(m, {"$ref": "#/$defs/member", "$defs": schema["$defs"]})
+    stored = {m.path: m.extra["zarr"] for m in members}
+    assert stored["chunks/dp3.ms"]["stored"] == stored["chunks/casa.ms"]["stored"] == "columns"
+    assert stored["chunks/dysco.ms"]["stored"] == "raw-files"
+    assert "DyscoStMan" in stored["chunks/dysco.ms"]["raw_reason"]
+    assert stored["chunks/casa.ms"]["subtables"]["SOURCE"]["column_info"]["SOURCE_MODEL"]["layout"] == "record"
+    reader = ZarrReader(str(tmp_path / "run.zarr"))
+    try:
+        assert reader.verify(lambda n: None) == []
+        out = tmp_path / "out"
+        reader.extract(reader.manifest.members, lambda m: out / m.restore_path, lambda n: None)
+    finally:
+        reader.close()
+    for src in (dp3_ms, casa_ms, dysco_ms):
+        assert_tables_equal(src, out / "chunks" / src.name)
+
+
+def test_casa_like_ms_with_private_keywords_records_and_two_spectral_windows(casa_ms, tmp_path):
+    info, out = _roundtrip(casa_ms, tmp_path, "zip")
+    # hypercubes (two per column), private keywords, SOURCE_MODEL's stored bytes: all the same
+    assert_tables_equal(casa_ms, out)
+    cols = info["column_info"]
+    for c in ("DATA", "FLAG", "WEIGHT_SPECTRUM"):
+        assert cols[c]["layout"] == "shaped" and cols[c]["shapes"] == [[8, 4], [16, 4]]
+    assert info["subtables"]["SOURCE"]["column_info"]["SOURCE_MODEL"]["layout"] == "record"
+    with ct.table(str(out), ack=False) as t:
+        assert set(t.getdesc()["_private_keywords_"]) == {
+            "Hypercolumn_TiledData", "Hypercolumn_TiledFlag", "Hypercolumn_TiledWeightSpectrum"}
+        cubes = [dm["SPEC"]["HYPERCUBES"] for dm in t.getdminfo().values() if dm["NAME"] == "TiledData"][0]
+        assert [list(c["CellShape"]) for c in cubes.values()] == [[4, 8], [4, 16]]
+    with ct.table(str(out / "SOURCE"), ack=False) as src:
+        model = src.getcell("SOURCE_MODEL", 1)["component0"]
+        assert model["flux"]["value"].dtype == np.complex128 and model["weights"].dtype == np.float32
+        assert src.getcell("SOURCE_MODEL", 2) == {}
+
+
+def test_record_cells_are_stored_as_typed_json(casa_ms, tmp_path):
+    store, root = _local(tmp_path)
+    encode_table(casa_ms, root.create_group("ms"))
+    cells = root["ms/subtables/SOURCE/SOURCE_MODEL"][:]
+    assert cells[2] == ""  # never written
+    fields = dict(json.loads(cells[1])["fields"])
+    comp = dict(fields["component0"]["fields"])
+    assert fields["nelements"] == {"type": "Int", "value": 1}
+    assert comp["freqRef"] == {"type": "Float", "value": 1.2e8}
+    assert comp["id"] == {"type": "Short", "value": 1} and comp["nchan"] == {"type": "uInt", "value": 4}
+    assert comp["big"] == {"type": "Int64", "value": 2**40} and comp["flag"] == {"type": "Bool", "value": False}
+    assert comp["names"]["type"] == "String array" and comp["names"]["shape"] == [2, 2]
+
+
+def test_each_cell_shape_of_a_column_reads_with_plain_zarr_and_xarray(casa_ms, tmp_path):
+    xr = pytest.importorskip("xarray")
+    store, root = _local(tmp_path)
+    encode_table(casa_ms, root.create_group("ms"))
+    with ct.table(str(casa_ms), ack=False) as t:
+        spw = t.getcol("DATA_DESC_ID")
+        want = {r: t.getcell("DATA", r) for r in range(t.nrows())}
+    for name, spw_id, nchan in (("8x4", 0, 8), ("16x4", 1, 16)):
+        ds = xr.open_zarr(store, group=f"ms/shaped/DATA/{name}", consolidated=False, chunks=None)
+        assert ds["DATA"].dims == ("row", "chan", "corr") and ds.sizes["chan"] == nchan
+        rows = ds["row"].values
+        assert rows.tolist() == np.flatnonzero(spw == spw_id).tolist()
+        for i, r in enumerate(rows):
+            assert ds["DATA"].values[i].tobytes() == want[r].tobytes()
+        assert root[f"ms/shaped/FLAG/{name}/row"][:].tolist() == rows.tolist()  # plain zarr
+    main = xr.open_zarr(store, group="ms", consolidated=False, chunks=None)
+    assert "DATA" not in main and main["UVW"].dims == ("row", "uvw")
+
+
+def test_ushort_columns_come_back(tmp_path):
+    p = tmp_path / "u.tab"
+    t = tc._table(str(p), ct.maketabdesc([
+        ct.makescacoldesc("S", 0, valuetype="ushort"),
+        ct.makearrcoldesc("F", 0, valuetype="ushort", shape=[3], options=4),
+        ct.makearrcoldesc("V", 0, valuetype="ushort", ndim=1)]), nrow=12, ack=False)
+    try:
+        t.putcol("S", np.arange(12, dtype=np.uint16) * 5000)
+        t.putcol("F", np.arange(36, dtype=np.uint16).reshape(12, 3) + 65500)
+        for r in range(12):
+            if r % 3:
+                t.putcell("V", r, np.full(r % 2 + 1, 65535 - r, np.uint16))
+    finally:
+        t.close()
+    info, out = _roundtrip(p, tmp_path, "local")
+    assert_tables_equal(p, out)
+    assert info["column_info"]["S"]["type"] == "ushort" and info["column_info"]["V"]["layout"] == "shaped"
+
+
+def _tiled_shape_table(path: Path, order) -> Path:
+    cds = [ct.makearrcoldesc("D", 0j, ndim=2, valuetype="complex"), ct.makescacoldesc("I", 0)]
+    dminfo = {"*1": {"TYPE": "TiledShapeStMan", "NAME": "TSM", "SPEC": {"DEFAULTTILESHAPE": [4, 8, 16]},
+                     "COLUMNS": ["D"]}}
+    with ct.table(str(path), ct.maketabdesc(cds), nrow=12, dminfo=dminfo, ack=False) as t:
+        for r in order:
+            t.putcell("D", r, np.full((4, 8) if r % 3 else (4, 2), r, np.complex64))
+    return path
+
+
+def test_hypercubes_that_row_order_cannot_recreate_mean_raw_files(tmp_path):
+    in_order = _tiled_shape_table(tmp_path / "a.tab", range(12))
+    info, out = _roundtrip(in_order, tmp_path / "a", "local")
+    assert_tables_equal(in_order, out)
+    backwards = _tiled_shape_table(tmp_path / "b.tab", range(11, -1, -1))
+    store, root = _local(tmp_path)
+    with pytest.raises(RawTableRequired, match="writing the rows in order does not recreate"):
+        encode_table(backwards, root.create_group("T"))
+
+
+def test_columns_with_many_shapes_are_ragged(tmp_path):
+    p = tmp_path / "many.tab"
+    with ct.table(str(p), ct.maketabdesc([ct.makearrcoldesc("L", 0.0, ndim=1)]), nrow=50, ack=False) as t:
+        for r in range(50):
+            t.putcell("L", r, np.arange(float(r)))
+    info, out = _roundtrip(p, tmp_path, "local")
+    assert info["column_info"]["L"]["layout"] == "ragged"
+    assert_tables_equal(p, out)
+
+
+def test_columns_named_like_the_layout_get_other_node_names(tmp_path):
+    p = tmp_path / "names.tab"
+    names = ["ragged", "shaped", "subtables", "row", "zarr.json", "50%", "__x"]
+    with ct.table(str(p), ct.maketabdesc([ct.makescacoldesc(n, 0) for n in names]
+                                         + [ct.makearrcoldesc("row2", 0.0, ndim=1)]), nrow=8, ack=False) as t:
+        for i, n in enumerate(names):
+            t.putcol(n, np.arange(8, dtype=np.int32) * i)
+        for r in range(8):
+            t.putcell("row2", r, np.zeros(r % 2 + 1))
+    info, out = _roundtrip(p, tmp_path, "local")
+    assert_tables_equal(p, out)
+    nodes = {n: c["node"] for n, c in info["column_info"].items()}
+    assert nodes["ragged"] == "%72agged" and nodes["zarr.json"] == "%7Aarr.json"
+    assert nodes["50%"] == "50%25" and nodes["__x"] == "%5F_x" and nodes["row"] == "row"
+
+
+def test_subtables_referenced_at_any_depth(tmp_path):
+    p = tmp_path / "deep.tab"
+    with ct.table(str(p), ct.maketabdesc([ct.makescacoldesc("R", {}, valuetype="record")]), nrow=2,
+                  ack=False) as t:
+        ct.table(str(p / "SUB"), ct.maketabdesc([ct.makescacoldesc("X", 0)]), nrow=1, ack=False).close()
+        with ct.table(str(p / "SUB" / "INNER"), ct.maketabdesc([ct.makescacoldesc("Y", 0.0)]), nrow=3,
+                      ack=False) as inner:
+            inner.putcol("Y", [1.0, 2.0, 3.0])
+        inner_ref = "Table: " + str((p / "SUB" / "INNER").resolve())
+        t.putkeyword("DEEP", {"level": {"inner": inner_ref}})
+        t.putcolkeyword("R", "INNER", inner_ref)
+        t.putcell("R", 0, {"where": inner_ref, "n": np.int16(2)})
+    info, out = _roundtrip(p, tmp_path, "local")
+    assert_tables_equal(p, out)
+    with ct.table(str(out), ack=False) as t:
+        ref = t.getkeyword("DEEP")["level"]["inner"]
+        assert ref == "Table: " + str((out / "SUB" / "INNER").resolve()) == t.getcell("R", 0)["where"]
+        assert ct.table(ref[7:], ack=False).getcol("Y").tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_record_python_casacore_cannot_write_back_means_raw(tmp_path):
+    from factor_archive.ms.casacore_record import parse_cell, serialize_cell
+
+    rec = {"type": "Record", "fields": [["a", {"type": "Int", "value": 1}]]}
+    raw = serialize_cell(rec)
+    assert parse_cell(raw) == rec
+    # A field comment ("c"), which C++ can give a field and Python cannot: the description grows
+    # by one byte, and so do the lengths of the TableRecord and RecordDesc objects.
+    desc_at = raw.index(b"RecordDesc") - 8
+    w = bytearray(raw)
+    comment_at = raw.index(b"\x00\x00\x00\x05", desc_at) + 4  # after the field's type (Int = 5)
+    w[comment_at:comment_at + 4] = b"\x00\x00\x00\x01c"
+    for at in (4, desc_at):
+        n = int.from_bytes(w[at:at + 4], "big") + 1
+        w[at:at + 4] = n.to_bytes(4, "big")
+    commented = bytes(w)
+    assert dict(parse_cell(commented)["fields"])["a"] == {"type": "Int", "value": 1}
+    assert serialize_cell(parse_cell(commented)) != commented
+    with pytest.raises(RawTableRequired, match="cannot write back"):
+        tc._record_cell(commented, tc._Refs(tmp_path), "column R row 0")
+    uchar = {"type": "Record", "fields": [["u", {"type": "uChar", "value": 7}]]}
+    with pytest.raises(RawTableRequired, match="uChar"):
+        tc._record_cell(serialize_cell(uchar), tc._Refs(tmp_path), "column R row 0")
 
 
 # --------------------------------------------------------------------------- refusals
@@ -747,7 +1138,7 @@ def test_verify_table_notices_altered_description(ms, tmp_path):
     st = dict(g.attrs["casacore_table"])
     st["info"] = {**st["info"], "readme": "changed\n"}
     tc._quiet_attrs_update(g, {"casacore_table": st})
-    assert tc.verify_table(g, name="T") == ["T: table content differs from the stored checksum"]
+    assert tc.verify_table(g, name="T") == ["T: table description differs from its stored checksum"]
     g2 = _local(tmp_path, "other.zarr")[1].create_group("E")
     assert tc.verify_table(g2, name="E") == [
         "E: no content checksum (the table was not stored completely)",
@@ -767,6 +1158,66 @@ def test_plain_zip_store_with_prefix_sharing_columns(ms, tmp_path):
     decode_table(g, tmp_path / "out.ms")
     store.close()
     assert_tables_equal(ms, tmp_path / "out.ms")
+
+
+def test_damage_in_a_shaped_column_is_named_by_shape_and_cells(casa_ms, tmp_path):
+    store, g = _encoded(casa_ms, tmp_path)
+    base = tmp_path / "store.zarr" / "T" / "shaped" / "DATA" / "16x4"
+    (base / "DATA" / "c" / "0" / "0" / "0").unlink()
+    problems = tc.verify_table(zarr.open_group(store, mode="r", path="T"), name="casa.ms")
+    assert len(problems) == 1 and re.fullmatch(
+        r"casa\.ms: column DATA shape 16x4 cells 0-\d+: stored data is missing", problems[0]), problems
+    with pytest.raises(CorruptTableData, match="column DATA shape 16x4 cells 0-"):
+        decode_table(g, tmp_path / "out.ms")
+
+
+def test_metadata_checksum_guards_what_restore_writes(tiled_ms, tmp_path):
+    """A changed byte in a table's description (here the bucket size of a data manager, which
+    would change the restored table's files and nothing else) is found by verify and refused
+    by decode; the same for a subtable's, and for a checksum that went missing."""
+    store, g = _encoded(tiled_ms, tmp_path)
+    original = dict(g.attrs["casacore_table"])
+    st = json.loads(json.dumps(original))
+    ism = next(dm for dm in st["dminfo"] if dm["TYPE"] == "IncrementalStMan")
+    ism["SPEC"]["BUCKETSIZE"] += 1024
+    tc._quiet_attrs_update(g, {"casacore_table": st})
+    assert tc.verify_table(g, name="T") == ["T: table description differs from its stored checksum"]
+    with pytest.raises(CorruptTableData, match="T: table description differs"):
+        decode_table(g, tmp_path / "T")
+    assert not (tmp_path / "T").exists() and not list(tmp_path.glob(".T.partial*"))
+    tc._quiet_attrs_update(g, {"casacore_table": original})
+    assert tc.verify_table(g, name="T") == []
+
+    sub = g["subtables/ANTENNA"]
+    sst = json.loads(json.dumps(dict(sub.attrs["casacore_table"])))
+    sst["columns"][0]["desc"]["comment"] += "!"
+    tc._quiet_attrs_update(sub, {"casacore_table": sst})
+    assert tc.verify_table(g, name="T") == ["T/ANTENNA: table description differs from its stored checksum"]
+    with pytest.raises(CorruptTableData, match="T/ANTENNA: table description differs"):
+        decode_table(g, tmp_path / "T")
+
+    content = json.loads(json.dumps(dict(g.attrs["casacore_content"])))
+    del content["metadata_sha256"]
+    tc._quiet_attrs_update(g, {"casacore_content": content})
+    assert "T: table description has no checksum" in tc.verify_table(g, name="T")
+
+
+def test_archives_of_format_version_1_still_restore(tmp_path):
+    """A table stored by the first version of this format (no metadata checksums, multi-shape
+    columns ragged) decodes and verifies as before."""
+    src = _custom_table(tmp_path / "custom.tab", endian="big")  # what the stored one was made from
+    store = zarr.storage.ZipStore(str(Path(__file__).parent / "data" / "table_codec_v1.zarr.zip"), mode="r")
+    try:
+        g = zarr.open_group(store, mode="r", path="T")
+        assert g.attrs["casacore_table"]["version"] == 1 and "version" not in g.attrs["casacore_content"]
+        assert tc.verify_table(g, name="T") == []
+        decode_table(g, tmp_path / "out.tab")
+        stored = g.attrs["casacore_content"]["content_sha256"]
+    finally:
+        store.close()
+    assert_tables_equal(src, tmp_path / "out.tab")
+    # the content checksum (what manifests hold) is still computed as it was
+    assert table_content_sha256(tmp_path / "out.tab") == table_content_sha256(src) == stored
 
 
 # --------------------------------------------------------------------------- casacore worker
@@ -844,3 +1295,10 @@ def test_a_worker_that_dies_while_encoding_fails_the_encode(ms, tmp_path, worker
         encode_table(ms, g)
     assert not isinstance(e.value, RawTableRequired)  # not mistaken for an unreadable table
     assert list(g.keys()) == []
+
+
+def test_shaped_columns_and_records_through_worker_processes(casa_ms, tmp_path, workers):
+    info, out = _roundtrip(casa_ms, tmp_path, "local", row_block=7)
+    assert_tables_equal(casa_ms, out)
+    assert table_content_sha256(out) == info["content_sha256"]
+    assert len(workers) == 3  # encode, decode, checksum

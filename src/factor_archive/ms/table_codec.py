@@ -1,33 +1,54 @@
 """Store a casacore table (with its subtables) in a zarr v3 group and restore it bit for bit.
 
-Format ``factor-archive/casacore-table`` version 1
-=================================================
+Format ``factor-archive/casacore-table`` version 2 (version 1 groups are still read)
+===================================================================================
 
 One casacore table is one zarr v3 group (the *table group*)::
 
     <table group>/                      attrs: "casacore_table" (static), and on the group that
                                         was handed to encode_table also "casacore_content"
-      <COL>                             scalar or fixed-shape column: one array
-      ragged/<COL>/defined              bool (nrows,): cell is defined
-      ragged/<COL>/ndim                 int32 (nrows,): cell ndim, 0 where undefined
-      ragged/<COL>/shape                int64 (nrows, max_ndim): cell shape, zero padded
-      ragged/<COL>/values               (total,): every defined cell flattened, in row order
+      <COL>                             a scalar column, an array column whose cells all have
+                                        one shape ("fixed"), or a record column: one array
+      shaped/<COL>/                     an array column with several cell shapes or undefined
+                                        cells; attrs {"column", "shapes", "counts"}
+      shaped/<COL>/<SHAPE>/<COL>        (count, *shape): its cells of one shape, in row order
+      shaped/<COL>/<SHAPE>/row          int64 (count,): the rows of those cells, ascending
+      ragged/<COL>/defined              bool (nrows,): cell is defined      } an array column
+      ragged/<COL>/ndim                 int32 (nrows,): cell ndim, 0 where  } with many cell
+                                        undefined                           } shapes (more than
+      ragged/<COL>/shape                int64 (nrows, max_ndim): cell shape } MAX_SHAPES, or
+                                        zero padded                         } fewer than
+      ragged/<COL>/values               (total,): every defined cell        } MIN_CELLS_PER_SHAPE
+                                        flattened, in row order             } cells per shape)
       subtables/<NAME>/                 a table group (same layout, recursively)
+
+Node names
+  ``<COL>`` is the column name with ``%`` written ``%25`` and ``/`` written ``%2F``; a name the
+  table group uses itself (``ragged``, ``shaped``, ``subtables``, ``zarr.json``), one starting
+  with ``__`` (reserved by zarr) and ``.``/``..`` have their first character percent-encoded
+  too (``%72agged``). In a shape group a column named ``row`` is ``%72ow``. ``<SHAPE>`` is the
+  cell shape in numpy order joined by ``x`` (``64x4``; ``0d`` for no axes). Each column's entry
+  in ``casacore_table`` names its node, so a reader need not know these rules.
 
 Arrays
   ``<COL>`` has shape ``(nrows, *cell_shape)`` (numpy axis order, i.e. casacore's reversed)
   and ``dimension_names`` ``("row", ...)``; well-known Measurement Set columns get shared names
   (DATA/FLAG/WEIGHT_SPECTRUM/...: ``("row", "chan", "corr")``, UVW: ``("row", "uvw")``,
   WEIGHT/SIGMA: ``("row", "corr")``), every other axis ``<COL>_<i>``, so
-  ``xarray.open_zarr(store, group=...)`` gives a Dataset of the uniform columns. A column is
-  *ragged* when some cell is undefined or cell shapes differ; xarray does not see those.
-  Values are stored in their casacore type: bool, uint8 (uChar), int16, int32, uint32, int64,
-  float32, float64, complex64, complex128 (native zarr complex), or zarr's variable-length
-  UTF-8 ``string``. ``ragged/<COL>/values`` holds the cells one after another, each in C order
-  of its numpy shape, so cell *i* is the slice after the cells of the defined rows before it.
+  ``xarray.open_zarr(store, group=...)`` gives a Dataset of those columns. Each shape group of
+  a shaped column is such a group too (``<COL>`` with ``("row", ...)``, ``row`` its
+  coordinate): ``xarray.open_zarr(store, group=".../shaped/DATA/64x4")`` gives the cells of
+  that shape with their table rows.
+  Values are stored in their casacore type: bool, uint8 (uChar), int16, uint16 (uShort),
+  int32, uint32, int64, float32, float64, complex64, complex128 (native zarr complex), or
+  zarr's variable-length UTF-8 ``string``. A record column is a string array of one tagged
+  record per cell (below, as canonical JSON), ``""`` for a cell never written.
+  ``ragged/<COL>/values`` holds the cells one after another, each in C order of its numpy
+  shape, so cell *i* is the slice after the cells of the defined rows before it.
   Every array is sharded along its first axis only (inner chunks of ~2 MiB, shards of ~64 MiB
-  or ``row_block`` rows), in zarr's ``sharding_indexed`` layout with the index at the end
-  (``bytes`` little endian + ``crc32c``), and each inner chunk ends in a crc32c checksum.
+  or ``row_block`` rows; the arrays of a shaped column share that: 64 MiB / shapes each), in
+  zarr's ``sharding_indexed`` layout with the index at the end (``bytes`` little endian +
+  ``crc32c``), and each inner chunk ends in a crc32c checksum.
   Every shard, and every inner chunk of a shard that lies within the array, is stored (also
   when it holds only fill values), so an absent one is damage, never fill values. (Numeric
   arrays are written and read shard by shard without zarr's per-chunk machinery, exactly as
@@ -41,10 +62,11 @@ Arrays
   ``packbits-zstd``   numcodecs packbits then zstd (bool)
   ``delta-zstd``      numcodecs delta then zstd (integers; float64 scalars only when
                       delta decoding was verified bit-exact on every chunk)
-  ``zstd`` / ``zstd1`` zstd level 5 / 1 (strings, auxiliary arrays)
+  ``zstd`` / ``zstd1`` zstd level 5 / 1 (strings, records, auxiliary arrays)
 
   Per column the candidates for its type are tried on a sample (the first chunk; at most
-  256 KiB of it for a column under 64 MiB) and the smallest wins. A column of 64 MiB or more
+  256 KiB of it for a column under 64 MiB; for a shaped column the first cells of its first
+  shape) and the smallest wins. A column of 64 MiB or more
   also tries the clevel-1 and lz4 chains, and the one with the least (encode + decode CPU
   seconds, best of up to three runs) + (stored bytes / 20 MB) wins: saving 20 MB is worth a
   second of CPU, so noisy visibilities get a fast chain and smooth columns a strong one. The
@@ -53,50 +75,89 @@ Arrays
   truth.
 
 ``casacore_table`` attribute (JSON)
-  ``format``, ``version``, ``nrows``, ``endian`` ("little"/"big"), ``info`` (the table.info
-  record: type, subType, readme), ``hypercolumns`` (``_define_hypercolumn_``), ``dminfo``
-  (list of the data-manager records, SPEC included, so tile shapes are recreated),
-  ``keywords`` (tagged record, below), ``subtables`` (list of ``{"name", "group",
-  "referenced"}``; ``name`` is the directory inside the table) and ``columns``: a list in table
-  order of ``{"name", "type" (casacore data type), "layout" ("scalar"|"fixed"|"ragged"),
-  "cell_shape", "max_ndim", "dims", "block_rows", "codec", "desc" (column description without
-  keywords), "keywords" (tagged record)}``. Numpy arrays inside ``desc``/``dminfo``/
-  ``hypercolumns`` are ``{"__ndarray__": [...], "dtype": "<i4"}``.
+  ``format``, ``version`` (2), ``nrows``, ``endian`` ("little"/"big"), ``info`` (the
+  table.info record: type, subType, readme), ``hypercolumns`` (``_define_hypercolumn_``),
+  ``private_keywords`` (``_private_keywords_``: casacore keeps only the hypercolumn definitions
+  there, and makes them again from ``hypercolumns``), ``dminfo`` (list of the data-manager
+  records, SPEC included, so bucket and tile shapes are recreated), ``keywords`` (tagged
+  record, below), ``subtables`` (list of ``{"name", "group", "referenced"}``; ``name`` is the
+  directory inside the table) and ``columns``: a list in table order of ``{"name", "type"
+  (casacore data type: boolean, uchar, short, ushort, int, uint, int64, float, double,
+  complex, dcomplex, string, record), "layout" ("scalar"|"fixed"|"shaped"|"ragged"|"record"),
+  "node", "cell_shape", "max_ndim", "dims", "block_rows", "codec", "desc" (column description
+  without keywords), "keywords" (tagged record)}``, shaped columns also ``"shapes"`` (numpy
+  order, first seen first) and ``"counts"`` (cells of each). Numpy arrays inside
+  ``desc``/``dminfo``/``hypercolumns`` are ``{"__ndarray__": [...], "dtype": "<i4"}``.
+  (Version 1 has no ``private_keywords`` and no ``node``: every column's node is its name, or
+  ``ragged/<name>``; its multi-shape columns are all ragged.)
 
-Tagged keyword values keep the exact casacore type: ``{"type": T, "value": v}`` for scalars
-(T one of Bool, Short, Int, uInt, Int64, Float, Double, Complex ([re, im]), DComplex,
-String; a float that is not finite is ``{"bits": "<hex of the float64>"}``),
-``{"type": "Table", "value": NAME}`` for a subtable (NAME relative to the table directory),
+Tagged values (keywords, record cells) keep the exact casacore type: ``{"type": T, "value": v}``
+for scalars (T one of Bool, Short, Int, uInt, Int64, Float, Double, Complex ([re, im]),
+DComplex, String; a float that is not finite is ``{"bits": "<hex of the float64>"}``),
+``{"type": "Table", "value": PATH}`` for a table (PATH relative to the table directory:
+``NAME``, or ``NAME/INNER`` for a table inside a subtable),
 ``{"type": "<T> array", "shape": [...], "data": base64}`` (little endian, C order) or for
 strings ``{"type": "String array", "shape": [...], "value": [...]}``, and
-``{"type": "Record", "fields": [[name, tagged], ...]}``.
+``{"type": "Record", "fields": [[name, tagged], ...]}`` (see casacore_record). The types of
+a record cell's fields come from the bytes casacore stores for it, not from python-casacore
+(which turns every integer into ``int`` and every float into ``float``).
 
 ``casacore_content`` (written last; its absence means the encoding did not finish)
-  ``{"content_sha256", "columns": {COL: sha256}, "subtables": {NAME: {...same...}}}``.
+  ``{"version": 2, "content_sha256", "metadata_sha256", "columns": {COL: sha256},
+  "subtables": {NAME: {"content_sha256", "metadata_sha256", "columns", "subtables"}}}``.
+  (Version 1, written before metadata checksums, has neither ``version`` nor
+  ``metadata_sha256``.)
+
+Metadata checksum (``metadata_sha256``), version 1
+  sha256 of ``"factor-archive casacore-table metadata v1\\n"`` + the canonical JSON of the
+  table group's ``casacore_table`` document: everything restore takes from it (description,
+  private keywords, keywords, data-manager layout, node names, shapes) is covered, so a
+  changed byte that would change what restore writes without changing a single value is
+  found. verify_table and decode_table check it before using a description (decode_table
+  before writing the table); in a version-2 ``casacore_content`` a missing one is damage.
 
 Content checksum (``table_content_sha256``), version 1
   Per column, two sha256 streams over rows in order: *shapes* (array columns only; per row
   int64 LE ``[ndim or -1 if undefined, dims zero-padded to the column's max ndim]``) and
   *values* (each defined cell's values in C order, little endian; bool as one byte; strings as
-  uint32 LE byte length + UTF-8). Column digest = sha256(canonical JSON ``{"name", "type",
-  "scalar"}`` + "\\n" + shapes digest + values digest). Table checksum = sha256 of
+  uint32 LE byte length + UTF-8; a record column as a scalar string column of its stored
+  texts). Column digest = sha256(canonical JSON ``{"name", "type", "scalar"}`` + "\\n" +
+  shapes digest + values digest). Table checksum = sha256 of
   ``"factor-archive casacore-table content v1\\n"``, canonical JSON of ``{"nrows", "info",
   "columns": {COL: desc without dataManagerType/dataManagerGroup/keywords}, "keywords",
   "column_keywords"}`` + "\\n", then ``"column\\t<COL>\\t<digest>\\n"`` for columns sorted by
   name and ``"subtable\\t<NAME>\\t<checksum>\\n"`` for subtables sorted by name. Canonical JSON
   is ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``. It does not
-  depend on storage managers, file layout or location, so original and restored tables agree.
+  depend on storage managers, file layout, location or the column's layout in the group, so
+  original and restored tables agree.
 
 Checking a stored table (``verify_table``)
-  Every shard of every array is read and every inner chunk's crc32c checked; the column
-  checksums and the content checksum are recomputed from the stored values and compared with
-  ``casacore_content``, without writing a table. Each problem is one line naming table,
-  column and rows (values, for ragged values), as decode_table's errors do.
+  Every description is checked against its metadata checksum; every shard of every array is
+  read and every inner chunk's crc32c checked; the column checksums and the content checksum
+  are recomputed from the stored values and compared with ``casacore_content``, without
+  writing a table. Each problem is one line naming table, column and rows (values, for ragged
+  values), as decode_table's errors do.
 
-Tables that cannot be restored exactly this way (data managers other than the standard
-storage managers, Dysco included; reference/concatenated tables; keywords of a type python-
-casacore cannot write; subtables outside the table; unknown files in the table directory;
-unreadable columns) raise :class:`RawTableRequired` before anything is decoded partially.
+Restoring (``decode_table``)
+  The table is made with the stored description and data-manager specs, and its columns are
+  written in row order, so the data managers lay them out as the original's: TiledShapeStMan
+  makes its hypercubes in the order cell shapes first appear, each with the tile shape its
+  default gives. TiledCellStMan columns are read and written cell by cell (casacore's row-range
+  access to them is wrong when a tile does not fit the cell). IncrementalStMan gives a cell
+  never written the value of the row before unless the table was reopened since it was made,
+  so its columns that may have undefined cells are written after a reopen (and StManAipsIO
+  loses values written after its table's first flush: its columns are written before). Then
+  the restored description, keywords, private keywords and data-manager layout are compared
+  with the stored ones.
+
+Tables that cannot be restored exactly this way raise :class:`RawTableRequired` (its
+``reason`` goes to the manifest) before anything is decoded partially: data managers other
+than the standard storage managers (Dysco and other lossy or unknown ones); reference and
+concatenated tables; TiledShapeStMan / TiledCellStMan hypercubes that writing the rows in
+order does not recreate (rows written out of order, cells reshaped, tile shapes not the
+default's); keywords and record fields of a type python-casacore cannot write (uChar), record
+cells with a structure it cannot write (field comments, fixed field shapes); references to
+tables outside the table; unknown files in the table directory; unreadable columns.
 """
 
 from __future__ import annotations
@@ -110,7 +171,7 @@ import shutil
 import struct
 import threading
 import warnings
-from collections import Counter, deque
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,14 +182,20 @@ import zarr
 from zarr import codecs as zc
 
 from ..errors import FactorArchiveError
+from .casacore_record import RecordFormatError, dec_float as _dec_float, enc_float as _enc_float
+from .casacore_record import parse_cell, serialize_cell
 
 __all__ = ["encode_table", "decode_table", "verify_table", "table_content_sha256", "RawTableRequired",
            "CorruptTableData", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "factor-archive/casacore-table"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # versions of the table group decode_table and verify_table read
 ATTR = "casacore_table"
 CONTENT_ATTR = "casacore_content"
+CONTENT_VERSION = 2  # casacore_content with metadata checksums (version 1: none, no "version")
+MAX_SHAPES = 32  # a column with more distinct cell shapes than this is stored "ragged" ...
+MIN_CELLS_PER_SHAPE = 4  # ... and so is one with fewer cells per shape (variable-length lists)
 CHUNK_BYTES = 2 << 20
 SHARD_BYTES = 64 << 20
 LEVEL = 5
@@ -145,18 +212,21 @@ _WORKER_QUEUE_BYTES = 64 << 20  # commands (with the values sent along) queued f
 _BY_VALUE_BYTES = 8 << 20  # columns this small are sent to the worker, not put from a buffer
 _NUMCODECS_MARGIN = 0.9  # a numcodecs pipeline must be 10 % smaller than the best spec one
 _NUMCODECS_MIN_SAMPLE = 64 << 10  # ... and is not considered for smaller columns
-_RESERVED = {"ragged", "subtables"}
+_RESERVED = {"ragged", "shaped", "subtables", "zarr.json"}  # column nodes get another name
 _HASH_MAGIC = b"factor-archive casacore-table content v1\n"
+_META_MAGIC = b"factor-archive casacore-table metadata v1\n"
 
 # Storage managers whose SPEC recreates them and whose values python-casacore reads/writes as is.
 _SAFE_DM = {"StandardStMan", "IncrementalStMan", "StManAipsIO", "TiledColumnStMan",
             "TiledShapeStMan", "TiledCellStMan"}
+_RECORD_DM = {"StandardStMan", "IncrementalStMan", "StManAipsIO"}  # may hold record columns
 
 _CTYPES = {
     "boolean": np.dtype(bool), "uchar": np.dtype(np.uint8), "short": np.dtype(np.int16),
-    "int": np.dtype(np.int32), "uint": np.dtype(np.uint32), "int64": np.dtype(np.int64),
-    "float": np.dtype(np.float32), "double": np.dtype(np.float64),
+    "ushort": np.dtype(np.uint16), "int": np.dtype(np.int32), "uint": np.dtype(np.uint32),
+    "int64": np.dtype(np.int64), "float": np.dtype(np.float32), "double": np.dtype(np.float64),
     "complex": np.dtype(np.complex64), "dcomplex": np.dtype(np.complex128), "string": None,
+    "record": None,  # stored as strings: one tagged JSON record per cell
 }
 # Keyword types python-casacore writes with the same type (numpy scalar -> casacore type).
 _KW_SCALAR = {"Bool": bool, "Short": np.int16, "Int": np.int32, "uInt": np.uint32, "Int64": int,
@@ -201,6 +271,25 @@ def _ct():
     return tables
 
 
+_TABLE_CLASS = None
+
+
+def _table(*args, **kwargs):
+    """python-casacore's table, which also opens tables it cannot make a row object for (a
+    uShort column: its TableRow has no field type for it), since the codec never uses one."""
+    global _TABLE_CLASS
+    if _TABLE_CLASS is None:
+        class Table(_ct().table):
+            def _makerow(self):
+                try:
+                    super()._makerow()
+                except RuntimeError:
+                    self._row = None
+
+        _TABLE_CLASS = Table
+    return _TABLE_CLASS(*args, **kwargs)
+
+
 def _canon(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
@@ -230,19 +319,6 @@ def _unjsonable(o):
     if isinstance(o, list):
         return [_unjsonable(v) for v in o]
     return o
-
-
-def _enc_float(x: float):
-    x = float(x)
-    if math.isfinite(x):
-        return x
-    return {"bits": struct.pack("<d", x).hex()}
-
-
-def _dec_float(v) -> float:
-    if isinstance(v, dict):
-        return struct.unpack("<d", bytes.fromhex(v["bits"]))[0]
-    return float(v)
 
 
 def _parse_shape(s: str, cache: dict) -> tuple[int, ...]:
@@ -331,22 +407,44 @@ def _node_name_ok(name: str) -> bool:
 
 
 class _Refs:
-    """Turns 'Table: /abs/path' keyword values into subtable names relative to the table."""
+    """Turns 'Table: /abs/path' values (keywords, record cells) into paths relative to the table:
+    a subtable (``NAME``) or a table inside one, at any depth (``NAME/INNER``)."""
 
     def __init__(self, table_dir: Path):
         self.base = os.path.realpath(table_dir)
         self.names: list[str] = []
 
     def rel(self, value: str) -> str:
-        target = os.path.realpath(value[len("Table: "):])
+        return self.rel_path(value[len("Table: "):])
+
+    def rel_path(self, target: str) -> str:
+        target = os.path.realpath(target)
         rel = os.path.relpath(target, self.base)
-        if rel in (".", "") or rel.startswith(".."):
-            raise RawTableRequired(self.base, f"keyword refers to a table outside it: {target}")
-        if os.sep in rel or not _node_name_ok(rel):
-            raise RawTableRequired(self.base, f"subtable {rel!r} is nested or has an awkward name")
+        if rel in (".", "") or rel.startswith("..") or os.path.isabs(rel):
+            raise RawTableRequired(self.base, f"refers to a table outside it: {target}")
+        parts = rel.split(os.sep)
+        if not all(_node_name_ok(p) for p in parts):
+            raise RawTableRequired(self.base, f"subtable {rel!r} has a name that cannot be a zarr node name")
+        rel = "/".join(parts)
         if rel not in self.names:
             self.names.append(rel)
         return rel
+
+
+def _resolver(table_dir: Path) -> Callable[[str], str]:
+    """Stored subtable path (``NAME`` or ``NAME/INNER``) -> absolute path below ``table_dir``."""
+    base = Path(table_dir).resolve()
+
+    def resolve(rel: str) -> str:
+        parts = rel.split("/") if isinstance(rel, str) else []
+        if not parts or not all(_node_name_ok(p) for p in parts):
+            raise CorruptTableData(f"{table_dir}: stored table reference {rel!r} is not a subtable path")
+        target = base.joinpath(*parts)
+        if not (target / "table.dat").is_file():
+            raise CorruptTableData(f"{table_dir}: stored table reference {rel!r} names no restored subtable")
+        return str(target)
+
+    return resolve
 
 
 def _enc_kw(value, ktype, refs: _Refs, where: str):
@@ -386,12 +484,14 @@ def _enc_kw(value, ktype, refs: _Refs, where: str):
     return {"type": ktype, "value": int(value)}
 
 
-def _dec_kw(e: dict, tables: dict[str, str]):
+def _dec_kw(e: dict, resolve: Callable[[str], str]):
+    """A tagged value as python-casacore writes it with that exact type (``resolve`` gives the
+    absolute path of a stored subtable reference)."""
     t = e["type"]
     if t == "Record":
-        return {k: _dec_kw(v, tables) for k, v in e["fields"]}
+        return {k: _dec_kw(v, resolve) for k, v in e["fields"]}
     if t == "Table":
-        return "Table: " + tables[e["value"]]
+        return "Table: " + resolve(e["value"])
     if t.endswith(" array"):
         base = t[:-6]
         shape = tuple(e["shape"])
@@ -411,6 +511,45 @@ def _kw_record(values: dict, types: dict, refs: _Refs, where: str) -> dict:
     return _enc_kw(values, types, refs, where)
 
 
+def _add_directory(name: str, table_dir: str) -> str:
+    """The path of a table reference as casacore stored it (Path::addDirectory): ``././X`` is X
+    inside the table, ``./X`` beside it; other names are used as they are."""
+    rest = name
+    while rest.startswith("./"):
+        rest = rest[2:]
+    removed = (len(name) - len(rest)) // 2
+    if removed == 0:
+        return name
+    return os.path.join(table_dir if removed > 1 else os.path.dirname(table_dir), rest)
+
+
+def _record_cell(raw: bytes, refs: _Refs, where: str) -> dict:
+    """The tagged record stored in a record-column cell, its table references made relative;
+    RawTableRequired when python-casacore could not write exactly these bytes back."""
+    try:
+        rec = parse_cell(raw)
+        same = serialize_cell(rec) == raw
+    except RecordFormatError as e:
+        raise RawTableRequired(refs.base, f"{where}: record cannot be read ({e})") from None
+    if not same:
+        raise RawTableRequired(refs.base, f"{where}: record has a structure python-casacore cannot "
+                                          f"write back (field comments or fixed field shapes)")
+
+    def walk(e: dict, at: str) -> None:
+        t = e["type"]
+        if t == "Record":
+            for k, v in e["fields"]:
+                walk(v, f"{at}.{k}" if at else k)
+        elif t == "Table":
+            e["value"] = refs.rel_path(_add_directory(e["value"], refs.base))
+        elif t.split(" ")[0] not in _KW_SCALAR:
+            raise RawTableRequired(refs.base, f"{where}: record field {at} of type {t} cannot be "
+                                              f"written back from Python")
+
+    walk(rec, "")
+    return rec
+
+
 # --------------------------------------------------------------------------- planning
 
 
@@ -419,11 +558,18 @@ class _Col:
     name: str
     ctype: str
     dtype: np.dtype | None
-    layout: str  # scalar | fixed | ragged
+    layout: str  # scalar | fixed | shaped | ragged | record
+    node: str = ""  # its node in the table group: the array, or the group of a shaped/ragged column
     cell_shape: tuple = ()
     max_ndim: int = 0
     total: int = 0
     max_cell: int = 0
+    shapes: list = field(default_factory=list)  # distinct cell shapes, first seen first
+    counts: list = field(default_factory=list)  # cells of each of those shapes
+    runs: int = 0  # runs of rows of one shape (or undefined) up to the last defined cell
+    defined_runs: list | None = None  # [(shape, cells)] of the defined cells in row order
+    first_run: tuple = (0, 0)  # (first row, rows) of the first run of defined cells
+    per_cell: bool = False  # read and written cell by cell (TiledCellStMan, see _getcol)
     dims: tuple = ()
     block_rows: int = 1
     chunk_rows: int = 1
@@ -432,11 +578,21 @@ class _Col:
 
     @property
     def is_string(self) -> bool:
+        """Stored as zarr strings (string columns, and record columns as tagged JSON)."""
         return self.dtype is None
 
     @property
     def itemsize(self) -> int:
         return 32 if self.dtype is None else self.dtype.itemsize
+
+    def static(self, desc: dict, keywords: dict) -> dict:
+        out = {"name": self.name, "type": self.ctype, "layout": self.layout, "node": self.node,
+               "cell_shape": list(self.cell_shape), "max_ndim": self.max_ndim, "dims": list(self.dims),
+               "block_rows": self.block_rows, "codec": self.codec, "desc": desc, "keywords": keywords}
+        if self.layout == "shaped":
+            out["shapes"] = [list(s) for s in self.shapes]
+            out["counts"] = list(self.counts)
+        return out
 
 
 @dataclass
@@ -447,6 +603,7 @@ class _Plan:
     info: dict
     desc: dict  # column -> jsonable desc without keywords
     hypercolumns: Any
+    private_keywords: dict
     dminfo: list
     keywords: dict
     colkeywords: dict
@@ -457,16 +614,12 @@ class _Plan:
     def static(self) -> dict:
         return {
             "format": FORMAT, "version": FORMAT_VERSION, "nrows": self.nrows, "endian": self.endian,
-            "info": self.info, "hypercolumns": self.hypercolumns, "dminfo": self.dminfo,
+            "info": self.info, "hypercolumns": self.hypercolumns,
+            "private_keywords": self.private_keywords, "dminfo": self.dminfo,
             "keywords": self.keywords,
             "subtables": [{"name": n, "group": f"subtables/{n}", "referenced": r}
                           for n, r in self.subtables],
-            "columns": [{
-                "name": c.name, "type": c.ctype, "layout": c.layout,
-                "cell_shape": list(c.cell_shape), "max_ndim": c.max_ndim, "dims": list(c.dims),
-                "block_rows": c.block_rows, "codec": c.codec, "desc": self.desc[c.name],
-                "keywords": self.colkeywords[c.name],
-            } for c in self.columns],
+            "columns": [c.static(self.desc[c.name], self.colkeywords[c.name]) for c in self.columns],
         }
 
     def hash_header(self) -> dict:
@@ -480,14 +633,20 @@ def _hash_header(nrows, info, desc, keywords, colkeywords) -> dict:
             "column_keywords": colkeywords}
 
 
-def _rows_layout(nrows: int, row_bytes: int, row_block: int | None) -> tuple[int, int]:
+def _metadata_sha256(static: dict) -> str:
+    """Checksum of a table group's ``casacore_table`` document (metadata checksum v1)."""
+    return hashlib.sha256(_META_MAGIC + _canon(static)).hexdigest()
+
+
+def _rows_layout(nrows: int, row_bytes: int, row_block: int | None,
+                 shard_bytes: int | None = None) -> tuple[int, int]:
     """(chunk rows, shard rows); the shard is also the read/write block."""
     row_bytes = max(1, row_bytes)
     chunk = max(1, CHUNK_BYTES // row_bytes)
     if row_block:
         chunk = min(chunk, row_block)
     chunk = max(1, min(chunk, nrows))
-    k = max(1, SHARD_BYTES // (chunk * row_bytes))
+    k = max(1, (shard_bytes or SHARD_BYTES) // (chunk * row_bytes))
     if row_block:
         k = max(1, min(k, row_block // chunk))
     k = min(k, max(1, -(-nrows // chunk)))
@@ -504,11 +663,20 @@ def _is_plain(path: Path) -> bool:
 
 
 def _open(path: Path):
-    ct = _ct()
     try:
-        return ct.table(str(path), ack=False, lockoptions="autonoread")
+        return _table(str(path), ack=False, lockoptions="autonoread")
     except Exception as e:  # noqa: BLE001
         raise RawTableRequired(path, f"casacore cannot open it: {e}") from e
+
+
+def _column_node(name: str) -> str:
+    """The zarr node name of a column: its name, with ``%`` and ``/`` percent-encoded and a name
+    the table group uses itself (``ragged``, ``shaped``, ``subtables``, ``zarr.json``), one that
+    starts with ``__`` (reserved by zarr) or ``.``/``..`` getting its first character encoded."""
+    node = name.replace("%", "%25").replace("/", "%2F")
+    if node in _RESERVED or node.startswith("__") or node in (".", ".."):
+        node = f"%{ord(node[0]):02X}{node[1:]}"
+    return node
 
 
 def _plan(path: Path, row_block: int | None, *, work: "_Work | None" = None) -> _Plan:
@@ -525,27 +693,38 @@ def _plan(path: Path, row_block: int | None, *, work: "_Work | None" = None) -> 
         tb.close()
 
 
+def _hypercolumn_keywords(hypercolumns: dict) -> dict:
+    """The private keywords casacore derives from the hypercolumn definitions (which are all it
+    ever keeps there, TableDesc::defineHypercolumn), in getdesc's JSON form."""
+    return {f"Hypercolumn_{name}": {"ndim": d.get("HCndim"), "data": list(d.get("HCdatanames", [])),
+                                    "coord": list(d.get("HCcoordnames", [])),
+                                    "id": list(d.get("HCidnames", []))}
+            for name, d in hypercolumns.items()}
+
+
 def _describe(tb, path: Path) -> dict:
     """Description, keywords (exact types) and table info, in their stored JSON form."""
     desc = tb.getdesc()
-    if desc.get("_private_keywords_"):
-        raise RawTableRequired(path, "table has private keywords")
     colnames = list(tb.colnames())
     types, coltypes = _keyword_types(tb, path)
     refs = _Refs(path)
     keywords = _kw_record(tb.getkeywords(), types, refs, "")
     colkeywords = {c: _kw_record(tb.getcolkeywords(c), coltypes[c], refs, c) for c in colnames}
     cdesc = {}
-    for c in colnames:
-        d = dict(desc[c])
-        d.pop("keywords", None)
-        try:
+    try:
+        for c in colnames:
+            d = dict(desc[c])
+            d.pop("keywords", None)
             cdesc[c] = _jsonable(d)
-        except ValueError as e:
-            raise RawTableRequired(path, f"column {c}: {e}") from e
+        hypercolumns = _jsonable(desc.get("_define_hypercolumn_") or {})
+        private = _jsonable(desc.get("_private_keywords_") or {})
+    except ValueError as e:
+        raise RawTableRequired(path, f"description: {e}") from e
+    if _canon(private) != _canon(_hypercolumn_keywords(hypercolumns)):
+        raise RawTableRequired(path, "private keywords other than the hypercolumn definitions")
     return {"raw_desc": desc, "colnames": colnames, "desc": cdesc, "keywords": keywords,
             "colkeywords": colkeywords, "refs": refs, "info": _jsonable(tb.info()),
-            "hypercolumns": _jsonable(desc.get("_define_hypercolumn_", {}))}
+            "hypercolumns": hypercolumns, "private_keywords": private}
 
 
 def _plan_open(tb, path: Path, row_block, work) -> _Plan:
@@ -553,15 +732,32 @@ def _plan_open(tb, path: Path, row_block, work) -> _Plan:
     dms = [dminfo[k] for k in sorted(dminfo, key=lambda k: int(k[1:]))]
     for dm in dms:
         if dm.get("TYPE") not in _SAFE_DM:
-            raise RawTableRequired(path, f"data manager {dm.get('TYPE')} ({dm.get('NAME')}) for "
-                                         f"columns {list(dm.get('COLUMNS', []))} is not supported")
+            raise RawTableRequired(path, f"data manager {dm.get('TYPE')} ({dm.get('NAME')}) of columns "
+                                         f"{list(dm.get('COLUMNS', []))} is not one whose values "
+                                         f"casacore stores back exactly (lossy or unknown)")
     colnames = list(tb.colnames())
-    for c in colnames:
-        if c in _RESERVED or not _node_name_ok(c):
-            raise RawTableRequired(path, f"column name {c!r} cannot be a zarr node name")
+    dm_of = {c: dm for dm in dms for c in dm.get("COLUMNS", [])}
     d = _describe(tb, path)
     desc, refs = d["raw_desc"], d["refs"]
-    referenced = list(refs.names)
+    nrows = tb.nrows()
+    records = [c for c in colnames if tb.coldatatype(c) == "record"]
+    for c in records:
+        if dm_of.get(c, {}).get("TYPE") not in _RECORD_DM:
+            raise RawTableRequired(path, f"record column {c} is in data manager "
+                                         f"{dm_of.get(c, {}).get('TYPE')}")
+    cells = _StoredRecords(tb, path, records) if records and nrows else None
+    try:
+        # Array columns (the big ones, as a rule) first, and the subtables planned before the
+        # trials are waited for: the trials run on the pool meanwhile.
+        tiled_cell = {c for c in colnames if dm_of.get(c, {}).get("TYPE") == "TiledCellStMan"}
+        order = sorted(colnames, key=lambda c: tb.isscalarcol(c))
+        planned = {c: _plan_column(tb, path, c, nrows, desc[c], row_block, work,
+                                   cells=cells, refs=refs, per_cell=c in tiled_cell) for c in order}
+    finally:
+        if cells is not None:
+            cells.close()
+    cols = [planned[c] for c in colnames]
+    referenced = [n for n in refs.names if "/" not in n]
     extra = []
     for entry in sorted(os.listdir(path)):
         p = path / entry
@@ -572,17 +768,18 @@ def _plan_open(tb, path: Path, row_block, work) -> _Plan:
                 extra.append(entry)
             continue
         raise RawTableRequired(path, f"unexpected entry in the table directory: {entry}")
-    for n in referenced:
-        if not (path / n / "table.dat").is_file():
-            raise RawTableRequired(path, f"subtable {n} is missing")
-    nrows = tb.nrows()
-    # Array columns (the big ones, as a rule) first, and the subtables planned before the
-    # trials are waited for: the trials run on the pool meanwhile.
-    order = sorted(colnames, key=lambda c: tb.isscalarcol(c))
-    planned = {c: _plan_column(tb, path, c, nrows, desc[c], row_block, work) for c in order}
-    cols = [planned[c] for c in colnames]
+    for n in refs.names:
+        parts = n.split("/")
+        for i in range(1, len(parts) + 1):
+            if not path.joinpath(*parts[:i], "table.dat").is_file():
+                raise RawTableRequired(path, f"subtable {'/'.join(parts[:i])} (referenced as {n}) "
+                                             f"is missing")
+    for dm in dms:
+        _check_hypercubes(path, dm, [planned[c] for c in dm.get("COLUMNS", [])], desc, nrows,
+                          tb.endianformat())
     plan = _Plan(path=path, nrows=nrows, endian=tb.endianformat(), info=d["info"],
-                 desc=d["desc"], hypercolumns=d["hypercolumns"], dminfo=_jsonable(dms),
+                 desc=d["desc"], hypercolumns=d["hypercolumns"],
+                 private_keywords=d["private_keywords"], dminfo=_jsonable(dms),
                  keywords=d["keywords"], colkeywords=d["colkeywords"], columns=cols,
                  subtables=[(n, True) for n in referenced] + [(n, False) for n in extra])
     for n, _ref in plan.subtables:
@@ -594,25 +791,45 @@ def _plan_open(tb, path: Path, row_block, work) -> _Plan:
     return plan
 
 
-def _plan_column(tb, path, name, nrows, desc, row_block, work) -> _Col:
+def _plan_column(tb, path, name, nrows, desc, row_block, work, *, cells=None, refs=None,
+                 per_cell=False) -> _Col:
     ctype = tb.coldatatype(name)
     if ctype not in _CTYPES:
         raise RawTableRequired(path, f"column {name} has unsupported type {ctype}")
     dtype = _CTYPES[ctype]
-    col = _Col(name=name, ctype=ctype, dtype=dtype, layout="scalar")
+    col = _Col(name=name, ctype=ctype, dtype=dtype, layout="scalar", node=_column_node(name),
+               per_cell=per_cell)
+    if ctype == "record":
+        col.layout = "record"
+        for r in range(nrows):  # every cell must be one python-casacore writes back exactly
+            raw = cells.cell(name, r)
+            if raw is not None:
+                _record_cell(raw, refs, f"column {name} row {r}")
+        col.chunk_rows, col.block_rows = _rows_layout(nrows, 512, row_block)
+        col.codec = "zstd"
+        return col
     if tb.isscalarcol(name):
         pass
     elif (desc.get("option", 0) & 4) and "shape" in desc:
         col.layout = "fixed"
         col.cell_shape = tuple(int(x) for x in desc["shape"])
     else:
-        _scan_shapes(tb, path, col, nrows, desc, row_block)
-    if col.layout == "ragged":
-        col.dims = ()
+        _scan_shapes(tb, path, col, nrows, desc, row_block, track_runs=per_cell)
+    if col.layout in ("shaped", "ragged"):
+        col.node = f"{col.layout}/{col.node}"
         col.block_rows = max(1, min(row_block or nrows or 1,
                                     SHARD_BYTES // max(1, col.max_cell * col.itemsize)))
         col.block_rows = max(1, min(col.block_rows, nrows or 1))
         col.codec = _candidates(col)[0]
+        if col.layout == "shaped" and col.shapes and work is not None:
+            cell_bytes = col.itemsize * int(np.prod(col.shapes[0], dtype=np.int64))
+            row, n = col.first_run
+            n = max(1, min(n, _SAMPLE_BYTES // max(1, cell_bytes)))
+            try:
+                sample = _as_cells(_getcol(tb, col, row, n), col, (n,) + tuple(col.shapes[0]))
+            except Exception as e:  # noqa: BLE001
+                raise RawTableRequired(path, f"column {name} rows {row}-{row + n - 1}: {e}") from e
+            col.choice = _start_choice(col, col.total * col.itemsize, sample, work)
         return col
     row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
     col.chunk_rows, col.block_rows = _rows_layout(nrows, row_bytes, row_block)
@@ -631,21 +848,28 @@ def _plan_column(tb, path, name, nrows, desc, row_block, work) -> _Col:
         except _ReadFailure as e:
             raise RawTableRequired(path, str(e)) from e
     if work is not None:  # trials run on the pool while the next columns are planned
-        col.choice = _start_choice(col, nrows, sample, work)
+        col.choice = _start_choice(col, nrows * row_bytes, sample, work)
     else:
         col.codec = _candidates(col)[0]
     return col
 
 
-def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block) -> None:
-    """Decide fixed vs ragged for an array column without a fixed shape; get ragged sizes."""
-    shapes_seen = set()
+def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block, track_runs=False) -> None:
+    """Layout of an array column without a fixed shape: *fixed* if every cell is defined and of
+    one shape, else *shaped* (up to MAX_SHAPES distinct shapes with MIN_CELLS_PER_SHAPE cells
+    each on average) or *ragged*; with the shapes in the order first seen, their counts and
+    the runs of rows (which the tiled data managers' layout follows)."""
+    counts: dict[tuple, int] = {}
     undefined = 0
     total = 0
     max_cell = 0
     max_ndim = max(0, int(desc.get("ndim", 0) or 0))
     step = row_block or 65536
     cache: dict = {}
+    last: Any = _Col  # shape (or None) of the row before; a sentinel before the first row
+    runs = runs_defined = 0  # runs so far, and up to the last defined cell
+    defined_runs: list = []
+    first_run = None
     for start in range(0, nrows, step):
         n = min(step, nrows - start)
         try:
@@ -653,25 +877,156 @@ def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block) -> None:
         except Exception as e:  # noqa: BLE001
             raise RawTableRequired(path, f"column {col.name}: cannot read cell shapes: {e}") from e
         undefined += int(n - defined.sum())
-        for s, count in Counter(shapes).items():
+        for i, s in enumerate(shapes):
+            if s != last:
+                runs += 1
+                if first_run is not None and first_run[1] is None:
+                    first_run[1] = start + i - first_run[0]
+                last = s
             if s is None:
                 continue
-            size = int(np.prod(s, dtype=np.int64))
-            shapes_seen.add(s)
-            max_ndim = max(max_ndim, len(s))
-            max_cell = max(max_cell, size)
-            total += size * count
-    if undefined == 0 and len(shapes_seen) == 1:
+            runs_defined = runs
+            if first_run is None:
+                first_run = [start + i, None]
+            if s in counts:
+                counts[s] += 1
+            else:
+                counts[s] = 1
+            if track_runs:
+                if defined_runs and defined_runs[-1][0] == s:
+                    defined_runs[-1][1] += 1
+                else:
+                    defined_runs.append([s, 1])
+    if first_run is not None and first_run[1] is None:
+        first_run[1] = nrows - first_run[0]
+    for s, k in counts.items():
+        size = int(np.prod(s, dtype=np.int64))
+        max_ndim = max(max_ndim, len(s))
+        max_cell = max(max_cell, size)
+        total += size * k
+    col.shapes, col.counts, col.runs = list(counts), list(counts.values()), runs_defined
+    col.first_run = tuple(first_run) if first_run else (0, 0)
+    col.defined_runs = [tuple(r) for r in defined_runs] if track_runs else None
+    if undefined == 0 and len(counts) == 1:
         col.layout = "fixed"
-        col.cell_shape = next(iter(shapes_seen))
+        col.cell_shape = next(iter(counts))
     elif nrows == 0 and "shape" in desc and len(desc["shape"]):
         col.layout = "fixed"
         col.cell_shape = tuple(int(x) for x in desc["shape"])
     else:
-        col.layout = "ragged"
+        few = len(counts) <= MAX_SHAPES and sum(counts.values()) >= MIN_CELLS_PER_SHAPE * len(counts)
+        col.layout = "shaped" if few else "ragged"
         col.max_ndim = max_ndim
         col.total = total
         col.max_cell = max_cell
+
+
+def _check_hypercubes(path: Path, dm: dict, cols: list[_Col], desc: dict, nrows: int,
+                      endian: str) -> None:
+    """A TiledShapeStMan or TiledCellStMan makes a hypercube per cell shape (or cell) as cells
+    are first written, its tile shape from the default tile shape; decode_table writes the rows
+    in order. Raise RawTableRequired unless that recreates this data manager's hypercubes
+    exactly (order, cell and cube shapes, tile shapes, bucket sizes, row index)."""
+    kind = dm.get("TYPE")
+    if kind not in ("TiledShapeStMan", "TiledCellStMan"):
+        return
+    arrays = [c for c in cols if c.layout in ("fixed", "shaped", "ragged")]
+    if not arrays:
+        return
+    spec = dm.get("SPEC", {})
+    cubes = spec.get("HYPERCUBES", {})
+    actual = [cubes[k] for k in sorted(cubes, key=lambda k: int(k[1:]))]
+    cell = [tuple(int(x) for x in np.asarray(h["CellShape"]).tolist()[::-1]) for h in actual]
+
+    def refuse(why: str) -> None:
+        raise RawTableRequired(path, f"data manager {dm.get('NAME')} ({kind}) of columns "
+                                     f"{list(dm.get('COLUMNS', []))}: {why}, which writing the rows in "
+                                     f"order does not recreate")
+
+    def defined_runs(c: _Col) -> list:
+        if c.layout == "fixed":
+            return [(tuple(c.cell_shape), nrows)] if nrows else []
+        return c.defined_runs or []
+
+    first = arrays[0]
+    shapes = [tuple(first.cell_shape)] if first.layout == "fixed" and nrows else list(first.shapes)
+    if kind == "TiledShapeStMan":
+        counts = [nrows] if first.layout == "fixed" and nrows else list(first.counts)
+        runs = (1 if nrows else 0) if first.layout == "fixed" else first.runs
+        for c in arrays[1:]:
+            if (c.layout == "fixed") != (first.layout == "fixed") or (
+                    c.layout != "fixed" and (c.shapes, c.counts, c.runs) != (first.shapes, first.counts, first.runs)):
+                refuse("its columns have cells of different shapes")
+        got = [int(np.asarray(h["CubeShape"])[-1]) for h in actual]
+        if cell != shapes or got != counts:
+            refuse(f"hypercubes of cell shapes {cell} with {got} rows (rows in order give {shapes} "
+                   f"with {counts})")
+        if int(spec.get("IndexSize", runs)) != runs:
+            refuse(f"a row index of {spec.get('IndexSize')} entries (rows in order give {runs})")
+    else:
+        want = defined_runs(first)
+        for c in arrays[1:]:
+            if defined_runs(c) != want:
+                refuse("its columns have cells of different shapes")
+        got: list = []
+        for s in cell:
+            if got and got[-1][0] == s:
+                got[-1][1] += 1
+            else:
+                got.append([s, 1])
+        if [tuple(g) for g in got] != [tuple(w) for w in want]:
+            refuse("hypercubes in an order other than the rows'")
+    if not shapes:
+        return
+    tiles = _tile_shapes(dm, desc, shapes, endian)
+    for h, s in zip(actual, cell):
+        if (np.asarray(h["TileShape"]).tolist(), int(h["BucketSize"])) != tiles[s]:
+            refuse(f"tile shape {np.asarray(h['TileShape']).tolist()} for cells of shape {list(s)}")
+
+
+def _scratch_table(path: str, desc: dict, nrow: int, dminfo: dict, endian: str, cells=()) -> dict:
+    """Make a scratch table (putting ``cells``, (column, row, value)) and return its
+    data-manager info. Inside a worker_session in a worker, as every casacore write there."""
+    with _worker_for(0, writes=True) as worker:
+        if worker is None:
+            t = _table(path, desc, nrow=nrow, dminfo=dminfo, ack=False, endian=endian)
+            try:
+                for c, r, v in cells:
+                    t.putcell(c, r, v)
+                return t.getdminfo()
+            finally:
+                t.close()
+        rt = worker.table(path, desc, nrow, dminfo, endian)
+        try:
+            for c, r, v in cells:
+                rt.putcell(c, r, v)
+            return rt.call("getdminfo").result()
+        finally:
+            rt.close()
+
+
+def _tile_shapes(dm: dict, desc: dict, shapes: list, endian: str) -> dict:
+    """{cell shape: (tile shape, bucket size)} that the data manager, created as decode_table
+    creates it, gives a hypercube of each of ``shapes``: found by writing one cell of each
+    shape to a scratch table."""
+    import tempfile
+
+    names = list(dm.get("COLUMNS", []))
+    sdesc = {c: {**desc[c], "keywords": {}} for c in names}
+    sdesc.update({"_define_hypercolumn_": {}, "_keywords_": {}, "_private_keywords_": {}})
+    cells = [(c, r, np.zeros(s, _CTYPES.get(desc[c].get("valueType")) or np.float64))
+             for c in names if "ndim" in desc[c] for r, s in enumerate(shapes)]
+    tmp = tempfile.mkdtemp(prefix="factor-archive-tiles-")
+    try:
+        info = _scratch_table(os.path.join(tmp, "t"), sdesc, len(shapes), {"*1": dm}, endian, cells)
+        cubes = next(iter(info.values()))["SPEC"].get("HYPERCUBES", {})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = {}
+    for h in cubes.values():
+        s = tuple(int(x) for x in np.asarray(h["CellShape"]).tolist()[::-1])
+        out[s] = (np.asarray(h["TileShape"]).tolist(), int(h["BucketSize"]))
+    return out
 
 
 def _block_shapes(tb, name, start, n, cache) -> tuple[np.ndarray, list]:
@@ -700,21 +1055,25 @@ def _defined(tb, name, start, n) -> np.ndarray:
     return np.fromiter((tb.iscelldefined(name, start + i) for i in range(n)), bool, n)
 
 
+def _axis_names(name: str, cell_shape: tuple, sizes: dict) -> tuple:
+    """Dimension names of a column's cell axes: the Measurement Set's shared ones where they
+    apply (and agree with ``sizes``, which they then extend), else ``<COL>_<i>``."""
+    nd = len(cell_shape)
+    named = _KNOWN_DIMS.get((name, nd))
+    if named is None and nd == 2 and name in _CHAN_CORR:
+        named = ("chan", "corr")
+    if named is not None and all(sizes.get(d, s) == s for d, s in zip(named, cell_shape)):
+        for d, s in zip(named, cell_shape):
+            sizes[d] = s
+        return tuple(named)
+    return tuple(f"{name}_{i}" for i in range(nd))
+
+
 def _assign_dims(cols: list[_Col]) -> None:
     sizes: dict[str, int] = {}
     for c in cols:
-        if c.layout == "ragged":
-            continue
-        nd = len(c.cell_shape)
-        named = _KNOWN_DIMS.get((c.name, nd))
-        if named is None and nd == 2 and c.name in _CHAN_CORR:
-            named = ("chan", "corr")
-        if named is not None and all(sizes.get(d, s) == s for d, s in zip(named, c.cell_shape)):
-            for d, s in zip(named, c.cell_shape):
-                sizes[d] = s
-        else:
-            named = tuple(f"{c.name}_{i}" for i in range(nd))
-        c.dims = ("row",) + tuple(named)
+        if c.layout in ("scalar", "fixed", "record"):
+            c.dims = ("row",) + _axis_names(c.name, c.cell_shape, sizes)
 
 
 # --------------------------------------------------------------------------- codecs
@@ -958,20 +1317,21 @@ def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) ->
 
 
 def _choose_codec(tb, path, col: _Col, nrows: int, sample, work: "_Work") -> str:
-    return _start_choice(col, nrows, sample, work)(tb, path)
+    row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
+    return _start_choice(col, nrows * row_bytes, sample, work)(tb, path)
 
 
-def _start_choice(col: _Col, nrows: int, sample, work: "_Work") -> Callable:
-    """Start the codec trials of a column on the pool; returns finish(tb, path) -> label.
+def _start_choice(col: _Col, nbytes: int, sample, work: "_Work") -> Callable:
+    """Start the codec trials of a column of ``nbytes`` on the pool; returns finish(tb, path)
+    -> label.
 
     The smallest on the first chunk wins; for a column of _SPEED_MIN_BYTES or more the
     cheapest in (encode + decode CPU seconds) + (stored bytes / _WORTH), so that fast codecs
     win on noisy data. A numcodecs pipeline must beat that by 10 % (float delta: exactly).
     """
-    row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
     if sample is None or sample.size == 0:
         return lambda tb, path: _candidates(col)[0]
-    big = nrows * row_bytes >= _SPEED_MIN_BYTES and sample.nbytes >= _NUMCODECS_MIN_SAMPLE
+    big = nbytes >= _SPEED_MIN_BYTES and sample.nbytes >= _NUMCODECS_MIN_SAMPLE
     cands = _candidates(col, big)
     if len(cands) == 1:
         return lambda tb, path: cands[0]
@@ -1005,7 +1365,8 @@ def _start_choice(col: _Col, nrows: int, sample, work: "_Work") -> Callable:
             best = min(spec, key=lambda c: res[c][0])
         for c in cands:
             if c in _NUMCODECS and c in res and res[c][0] < _NUMCODECS_MARGIN * res[best][0]:
-                if c == "delta-zstd" and col.dtype.kind == "f" and not _delta_exact(tb, path, col, nrows):
+                rows = nbytes // col.itemsize  # float delta: scalar columns only
+                if c == "delta-zstd" and col.dtype.kind == "f" and not _delta_exact(tb, path, col, rows):
                     continue
                 return c
         return best
@@ -1153,6 +1514,8 @@ class _Work:
 
     def store(self, fn, *args):
         fut = self.io.submit(fn, *args)
+        # Stored ones are forgotten (failures kept for drain): the list stays short.
+        self._stores = [f for f in self._stores if not f.done() or f.exception() is not None]
         self._stores.append(fut)
         return fut
 
@@ -1192,7 +1555,6 @@ def _block_rows(chunk_rows: int, shard_rows: int, row_bytes: int) -> int:
 # --------------------------------------------------------------------------- reading casacore
 
 
-
 def _exact_cast(a: np.ndarray, col) -> np.ndarray:
     """casacore may hand back a wider type than the column's: narrow it only if no value changes."""
     if a.dtype == col.dtype:
@@ -1202,28 +1564,22 @@ def _exact_cast(a: np.ndarray, col) -> np.ndarray:
         raise _ReadFailure(f"column {col.name}: values do not fit {col.dtype}")
     return b
 
+
 def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
     """Rows [start, start + n) of a uniform column; into ``out`` (C-contiguous, the column's
     dtype and shape) when given: getcolnp into a reused buffer is several times faster than
     getcol, which allocates (and page-faults) a new array each time."""
-    if out is not None and col.dtype in _GETCOLNP and out.dtype == col.dtype:
+    if out is not None and col.dtype in _GETCOLNP and out.dtype == col.dtype and not col.per_cell:
         try:
             tb.getcolnp(col.name, out, start, n)
         except Exception as e:  # noqa: BLE001
             raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
         return out
     try:
-        v = tb.getcol(col.name, start, n)
+        v = _getcol(tb, col, start, n)
     except Exception as e:  # noqa: BLE001
         raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
-    if col.is_string:
-        a = _str_array(v)
-    else:
-        a = _exact_cast(np.asarray(v), col)
-    want = (n,) + tuple(col.cell_shape)
-    if a.shape != want:
-        raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: shape {a.shape}, "
-                           f"expected {want}")
+    a = _as_cells(v, col, (n,) + tuple(col.cell_shape), start)
     if out is not None:
         out[...] = a
         return out
@@ -1234,58 +1590,146 @@ def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = No
 _GETCOLNP = {np.dtype(t) for t in (bool, np.int32, np.float32, np.float64, np.complex64, np.complex128)}
 
 
-def _cell_array(v, col: _Col) -> np.ndarray:
-    if col.is_string:
-        if isinstance(v, str):
-            raise _ReadFailure(f"column {col.name}: scalar in an array column")
-        return _str_array(v)
-    a = np.asarray(v)
-    return a.astype(col.dtype) if a.dtype != col.dtype else a
+def _getcol(tb, col: _Col, start: int, n: int):
+    """getcol; cell by cell for a TiledCellStMan column, whose row-range access casacore gets
+    wrong (it fails or reads other cells when a tile does not fit the cell)."""
+    if not col.per_cell:
+        return tb.getcol(col.name, start, n)
+    return np.stack([np.asarray(tb.getcell(col.name, start + i)) for i in range(n)])
 
 
-def _read_ragged(tb, col: _Col, start: int, n: int, cache: dict):
+def _as_cells(v, col: _Col, want: tuple, start: int = 0) -> np.ndarray:
+    """What getcol returned as an array of the column's type and shape ``want``."""
+    a = _str_array(v) if col.is_string else _exact_cast(np.asarray(v), col)
+    if a.shape != want:
+        raise _ReadFailure(f"column {col.name} rows {start}-{start + want[0] - 1}: shape {a.shape}, "
+                           f"expected {want}")
+    return a
+
+
+def _read_runs(tb, col: _Col, start: int, n: int, cache: dict):
+    """Rows [start, start + n) of a column whose cells vary: (defined, shapes, runs), runs being
+    (first row in the block, rows, shape, cells) of consecutive defined cells of one shape,
+    each read with one getcol."""
     try:
         defined, shapes = _block_shapes(tb, col.name, start, n, cache)
     except _ReadFailure:
         raise
     except Exception as e:  # noqa: BLE001
         raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
-    ndim = np.zeros(n, np.int32)
-    shp = np.zeros((n, col.max_ndim), np.int64)
-    for i, s in enumerate(shapes):
+    runs = []
+    i = 0
+    while i < n:
+        s = shapes[i]
+        j = i + 1
+        while j < n and shapes[j] == s:
+            j += 1
         if s is not None:
             if len(s) > col.max_ndim:
                 raise _ReadFailure(f"column {col.name} row {start + i}: ndim changed while reading")
+            try:
+                v = _getcol(tb, col, start + i, j - i)
+            except Exception as e:  # noqa: BLE001
+                raise _ReadFailure(f"column {col.name} rows {start + i}-{start + j - 1}: {e}") from e
+            runs.append((i, j - i, s, _as_cells(v, col, (j - i,) + s, start + i)))
+        i = j
+    return defined, shapes, runs
+
+
+def _shape_records(defined: np.ndarray, shapes: list, max_ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ndim, shape zero padded to max_ndim) of each row; 0 where undefined."""
+    n = len(shapes)
+    ndim = np.zeros(n, np.int32)
+    shp = np.zeros((n, max_ndim), np.int64)
+    for i, s in enumerate(shapes):
+        if s is not None:
             ndim[i] = len(s)
             shp[i, :len(s)] = s
-    parts = []
-    uniform = defined.all() and len(set(shapes)) == 1
-    try:
-        if uniform and n:
-            v = tb.getcol(col.name, start, n)
-            a = _str_array(v) if col.is_string else np.asarray(v)
-            if not col.is_string and a.dtype != col.dtype:
-                a = a.astype(col.dtype)
-            if a.shape != (n,) + shapes[0]:
-                raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: shape {a.shape}")
-            parts.append(a.reshape(-1))
-        else:
-            for i, s in enumerate(shapes):
-                if s is None:
-                    continue
-                a = _cell_array(tb.getcell(col.name, start + i), col)
-                if a.shape != s:
-                    raise _ReadFailure(f"column {col.name} row {start + i}: shape {a.shape} != {s}")
-                parts.append(a.reshape(-1))
-    except _ReadFailure:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
-    if parts:
-        values = np.concatenate(parts)
-    else:
-        values = np.empty(0, dtype=object if col.is_string else col.dtype)
-    return defined, ndim, shp, values
+    return ndim, shp
+
+
+def _run_values(runs: list, col: _Col) -> np.ndarray:
+    """The values of the runs' cells, one cell after another, each in C order."""
+    if runs:
+        return np.concatenate([a.reshape(-1) for _i, _n, _s, a in runs])
+    return np.empty(0, dtype=object if col.is_string else col.dtype)
+
+
+class _StoredRecords:
+    """The bytes casacore stores for the cells of record columns (see casacore_record), which
+    python-casacore only hands out with their types lost. casacore keeps a record cell as an
+    array of uChar in the column's data manager; a scratch table in a temporary directory has
+    the same data managers with each record column described as that array (and the same
+    sequence numbers, which their files record: placeholder data managers fill the gaps), and
+    the original data-manager files linked in, so reading it reads the stored bytes."""
+
+    _FILE = __import__("re").compile(r"table\.f(\d+)(\D.*)?$")
+
+    def __init__(self, tb, path: Path, names: list[str]):
+        import tempfile
+
+        desc = tb.getdesc()
+        info = tb.getdminfo()
+        dms = sorted((dm for dm in info.values() if set(dm["COLUMNS"]) & set(names)),
+                     key=lambda dm: dm["SEQNR"])
+        mine = {c for dm in dms for c in dm["COLUMNS"]}
+        sdesc = {}
+        for c in tb.colnames():
+            if c not in mine:
+                continue
+            d = {**desc[c], "keywords": {}}
+            if c in names:
+                d = {**_ct().makearrcoldesc(c, 0, valuetype="uchar", ndim=1)["desc"],
+                     "dataManagerType": d.get("dataManagerType", ""),
+                     "dataManagerGroup": d.get("dataManagerGroup", ""), "keywords": {}}
+            sdesc[c] = d
+        sdesc.update({"_define_hypercolumn_": {}, "_keywords_": {}, "_private_keywords_": {}})
+        sdm = []  # data managers in sequence order, placeholders before each
+        for dm in dms:
+            while len(sdm) < dm["SEQNR"]:
+                name = f"__placeholder{len(sdm)}"
+                while name in sdesc:
+                    name += "_"
+                sdesc[name] = {**_ct().makescacoldesc(name, 0)["desc"], "keywords": {}}
+                sdm.append({"TYPE": "StandardStMan", "NAME": name, "SPEC": {}, "COLUMNS": [name]})
+            sdm.append(dm)
+        self.dir = tempfile.mkdtemp(prefix="factor-archive-records-")
+        self.tb = None
+        try:
+            scratch = os.path.join(self.dir, "t")
+            info = _scratch_table(scratch, sdesc, tb.nrows(), {f"*{i + 1}": dm for i, dm in enumerate(sdm)},
+                                  tb.endianformat())
+            seq = {dm["NAME"]: dm["SEQNR"] for dm in info.values()}
+            for dm in dms:  # the scratch table's files of each data manager -> the original's
+                if seq[dm["NAME"]] != dm["SEQNR"]:
+                    raise RawTableRequired(path, f"record columns of data manager {dm['NAME']} cannot be read")
+                self._relink(scratch, str(path), dm["SEQNR"])
+            self.tb = _table(scratch, ack=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def _relink(self, scratch: str, original: str, seq: int) -> None:
+        for entry in os.listdir(scratch):
+            m = self._FILE.match(entry)
+            if m and int(m.group(1)) == seq:
+                os.remove(os.path.join(scratch, entry))
+        for entry in os.listdir(original):
+            m = self._FILE.match(entry)
+            if m and int(m.group(1)) == seq:
+                os.symlink(os.path.join(os.path.realpath(original), entry), os.path.join(scratch, entry))
+
+    def cell(self, name: str, row: int) -> bytes | None:
+        """The stored bytes of a cell; None if it was never written."""
+        if not self.tb.iscelldefined(name, row):
+            return None
+        return np.asarray(self.tb.getcell(name, row)).astype(np.uint8).tobytes()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -1294,8 +1738,8 @@ def _read_ragged(tb, col: _Col, start: int, n: int, cache: dict):
 class _ColumnHash:
     def __init__(self, name: str, ctype: str, scalar: bool):
         self.head = _canon({"name": name, "type": ctype, "scalar": scalar})
-        self.is_string = ctype == "string"
         self.dtype = _CTYPES[ctype]
+        self.is_string = self.dtype is None  # strings, and records as tagged JSON text
         self.shapes = hashlib.sha256()
         self.values = hashlib.sha256()
 
@@ -1483,6 +1927,8 @@ class _Appender:
         if len(a):
             self.parts.append(a)
             self.n += len(a)
+            if len(self.parts) > 64:  # many small parts cost more than their values
+                self.parts = [np.concatenate(self.parts)]
         while self.n >= self.shard:
             self._flush(self.shard)
 
@@ -1505,21 +1951,42 @@ def _digest(h: "_ColumnHash", futs: list) -> str:
     return h.hexdigest()
 
 
-def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None):
+def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None, records=None):
     """Read one column in row blocks, hash it and hand it to ``w``; returns its digest (a
     future when hashed on the hashing thread). With ``rtb`` (the table in a casacore worker)
-    numeric uniform columns are read there, a few blocks ahead."""
+    numeric uniform columns are read there, a few blocks ahead; ``records`` is
+    (_StoredRecords, _Refs) for a record column."""
+    if col.layout == "record":
+        h = _ColumnHash(col.name, col.ctype, True)
+        for start in range(0, nrows, col.block_rows):
+            cells, refs = records
+            n = min(col.block_rows, nrows - start)
+            texts = np.empty(n, dtype=object)
+            for i in range(n):
+                raw = cells.cell(col.name, start + i)
+                texts[i] = "" if raw is None else _canon(
+                    _record_cell(raw, refs, f"column {col.name} row {start + i}")).decode("utf-8")
+            h.uniform(texts, True)
+            if w:
+                w.write(texts)
+            if progress:
+                progress(n * col.itemsize)
+        if w:
+            w.close()
+        return h.hexdigest()
     h = _ColumnHash(col.name, col.ctype, col.layout == "scalar")
-    if col.layout == "ragged":
+    if col.layout in ("ragged", "shaped"):
         cache: dict = {}
         for start in range(0, nrows, col.block_rows):
             n = min(col.block_rows, nrows - start)
-            block = _read_ragged(tb, col, start, n, cache)
-            h.ragged(*block)
+            defined, shapes, runs = _read_runs(tb, col, start, n, cache)
+            ndim, shp = _shape_records(defined, shapes, col.max_ndim)
+            values = _run_values(runs, col)
+            h.ragged(defined, ndim, shp, values)
             if w:
-                w.write(start, n, block)
+                w.write(start, n, (defined, ndim, shp, values, runs))
             if progress:
-                progress(int(block[3].size * col.itemsize))
+                progress(int(values.size * col.itemsize))
         if w:
             w.close()
         return h.hexdigest()
@@ -1540,6 +2007,8 @@ def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None):
         return h.hexdigest()
     row_bytes = row_items * col.itemsize
     step = _block_rows(col.chunk_rows, col.block_rows, row_bytes)
+    if col.per_cell:
+        rtb = None  # read cell by cell, here
     hashed = []
     ahead: deque = deque()  # blocks being read by the worker
     limit = max(1, _BUFFERS - 2) if rtb is not None else 1
@@ -1620,7 +2089,7 @@ def _read_remote(rtb, col: _Col, start: int, n: int, out: np.ndarray) -> _Remote
 
 
 def _raw_bytes(nrows: int, c: _Col) -> int:
-    if c.layout == "ragged":
+    if c.layout in ("ragged", "shaped"):
         return int(c.total * c.itemsize)
     return int(nrows * c.itemsize * int(np.prod(c.cell_shape, dtype=np.int64)))
 
@@ -1634,14 +2103,20 @@ def _scan_table(plan: _Plan, sink, progress, work: _Work, worker: "_Worker | Non
     tb = _open(plan.path)
     rtb = worker.open(plan.path) if worker is not None else None
     digests = {}
+    records = None
     try:
         if tb.nrows() != plan.nrows:
             raise _ReadFailure(f"row count changed from {plan.nrows} to {tb.nrows()}")
+        names = [c.name for c in plan.columns if c.layout == "record"]
+        if names and plan.nrows:
+            records = (_StoredRecords(tb, plan.path, names), _Refs(plan.path))
         for col in sorted(plan.columns, key=lambda c: -_raw_bytes(plan.nrows, c)):
             # Biggest first: casacore's slow scalar reads then overlap their compression.
             w = sink.column(col) if sink else None
-            digests[col.name] = _scan_column(tb, plan.nrows, col, w, progress, work, rtb)
+            digests[col.name] = _scan_column(tb, plan.nrows, col, w, progress, work, rtb, records)
     finally:
+        if records is not None:
+            records[0].close()
         tb.close()
         if rtb is not None:
             rtb.close(quiet=True)
@@ -1652,6 +2127,7 @@ def _scan_table(plan: _Plan, sink, progress, work: _Work, worker: "_Worker | Non
     digests = {n: _result(d) for n, d in digests.items()}
     return {"content_sha256": _table_sha(plan.hash_header(), digests,
                                          {n: s["content_sha256"] for n, s in subs.items()}),
+            "metadata_sha256": _metadata_sha256(plan.static()),
             "columns": digests, "subtables": subs}
 
 
@@ -1731,17 +2207,20 @@ class _GroupSink:
         self.children: dict[str, _GroupSink] = {}
         if attrs is not None:
             self.nodes.append((path, None, attrs))
-        ragged = False
+        groups: set[str] = set()
         for col in plan.columns:
-            if col.layout != "ragged":
+            if col.layout in ("scalar", "fixed", "record"):
                 shape = (plan.nrows,) + tuple(col.cell_shape)
-                self.arrays[col.name] = [self._array(col.name, shape, col.dtype, col.chunk_rows,
+                self.arrays[col.name] = [self._array(col.node, shape, col.dtype, col.chunk_rows,
                                                      col.block_rows, col.codec, col.dims)]
                 continue
-            if not ragged:
-                self.nodes.append((self._sub("ragged"), None, {}))
-                ragged = True
-            base = f"ragged/{col.name}"
+            if col.layout not in groups:
+                self.nodes.append((self._sub(col.layout), None, {}))
+                groups.add(col.layout)
+            base = col.node
+            if col.layout == "shaped":
+                self.arrays[col.name] = self._shaped(col, base)
+                continue
             self.nodes.append((self._sub(base), None, {"column": col.name}))
             rows_chunk, rows_shard = _rows_layout(plan.nrows, 8 * (col.max_ndim + 1), None)
             elem_chunk, elem_shard = _rows_layout(col.total, col.itemsize, None)
@@ -1763,6 +2242,25 @@ class _GroupSink:
 
     def _sub(self, rel: str) -> str:
         return f"{self.path}/{rel}" if self.path else rel
+
+    def _shaped(self, col: _Col, base: str) -> list[_Node]:
+        """A group per cell shape, holding the column's cells of that shape and their rows."""
+        self.nodes.append((self._sub(base), None, {
+            "column": col.name, "shapes": [list(s) for s in col.shapes], "counts": list(col.counts)}))
+        shard_bytes = max(CHUNK_BYTES, SHARD_BYTES // max(1, len(col.shapes)))  # all fill at once
+        leaf = _shaped_leaf(col.node)
+        out = []
+        for s, count in zip(col.shapes, col.counts):
+            g = f"{base}/{_shape_name(s)}"
+            self.nodes.append((self._sub(g), None, {"cell_shape": list(s)}))
+            cell_bytes = col.itemsize * int(np.prod(s, dtype=np.int64))
+            c0, s0 = _rows_layout(count, cell_bytes, None, shard_bytes)
+            out.append(self._array(f"{g}/{leaf}", (count,) + tuple(s), col.dtype, c0, s0, col.codec,
+                                   ("row",) + _axis_names(col.name, tuple(s), {})))
+            r0, r1 = _rows_layout(count, 8, None, shard_bytes)
+            out.append(self._array(f"{g}/row", (count,), np.dtype(np.int64), r0, r1,
+                                   "blosc-shuffle-zstd", ("row",)))
+        return out
 
     def _array(self, rel, shape, dtype, chunk0, shard0, label, dims) -> _Node:
         doc, chunks, shards = _array_doc(shape, dtype, chunk0, shard0, label, dims)
@@ -1795,9 +2293,11 @@ class _GroupSink:
     def column(self, col: _Col):
         writers = [_writer(n, self.work) for n in self.arrays[col.name]]
         self.writers[col.name] = writers
-        if col.layout != "ragged":
-            return writers[0]
-        return _RaggedWriter(writers, self.arrays[col.name])
+        if col.layout == "ragged":
+            return _RaggedWriter(writers, self.arrays[col.name])
+        if col.layout == "shaped":
+            return _ShapedWriter(writers, self.arrays[col.name], col.shapes)
+        return writers[0]
 
     def subtable(self, name: str, plan: _Plan) -> _GroupSink:
         return self.children[name]
@@ -1808,12 +2308,48 @@ class _RaggedWriter:
         self.apps = [_Appender(w, n.shards[0]) for w, n in zip(writers, nodes)]
 
     def write(self, start, n, block):
-        for app, part in zip(self.apps, block):
+        for app, part in zip(self.apps, block[:4]):
             app.add(part)
 
     def close(self):
         for app in self.apps:
             app.close()
+
+
+class _ShapedWriter:
+    """Appends each run of cells to the arrays of its shape: the cells, and their row numbers."""
+
+    def __init__(self, writers: list, nodes: list[_Node], shapes: list):
+        self.apps = [_Appender(w, n.shards[0]) for w, n in zip(writers, nodes)]
+        self.index = {tuple(s): k for k, s in enumerate(shapes)}
+
+    def write(self, start, n, block):
+        cells: dict[int, list] = {}
+        rows: dict[int, list] = {}
+        for i, m, s, a in block[4]:
+            k = self.index.get(s)
+            if k is None:
+                raise _ReadFailure(f"row {start + i}: cell shape {list(s)} appeared while reading")
+            cells.setdefault(k, []).append(a)
+            rows.setdefault(k, []).append(np.arange(start + i, start + i + m, dtype=np.int64))
+        for k in cells:  # one part per shape and block, however short the runs
+            self.apps[2 * k].add(np.concatenate(cells[k]) if len(cells[k]) > 1 else cells[k][0])
+            self.apps[2 * k + 1].add(np.concatenate(rows[k]))
+
+    def close(self):
+        for app in self.apps:
+            app.close()
+
+
+def _shape_name(shape) -> str:
+    """The group name of a cell shape in a shaped column: ``64x4`` (numpy order)."""
+    return "x".join(str(int(x)) for x in shape) if len(shape) else "0d"
+
+
+def _shaped_leaf(node: str) -> str:
+    """Name of a shaped column's cell array in each shape group (``row`` is the row numbers)."""
+    leaf = node.split("/", 1)[1]
+    return "%72ow" if leaf == "row" else leaf
 
 
 def _stored_bytes(arr) -> int | None:
@@ -1829,8 +2365,10 @@ def _stored_bytes(arr) -> int | None:
 def _info(plan: _Plan, content: dict, sink: _GroupSink | None) -> dict:
     cols = {}
     for c in plan.columns:
-        entry = {"layout": c.layout, "type": c.ctype, "codec": c.codec,
+        entry = {"layout": c.layout, "type": c.ctype, "codec": c.codec, "node": c.node,
                  "raw_bytes": _raw_bytes(plan.nrows, c)}
+        if c.layout == "shaped":
+            entry["shapes"] = [list(s) for s in c.shapes]
         writers = sink.writers.get(c.name, []) if sink else []
         sizes = [w.stored_bytes() for w in writers]
         if writers and None not in sizes:
@@ -1843,6 +2381,7 @@ def _info(plan: _Plan, content: dict, sink: _GroupSink | None) -> dict:
         "column_info": cols,
         "raw_fallback": False,
         "content_sha256": content["content_sha256"],
+        "metadata_sha256": content["metadata_sha256"],
         "subtables": {n: _info(plan.children[n], content["subtables"][n],
                                sink.children.get(n) if sink else None) for n, _r in plan.subtables},
     }
@@ -1865,7 +2404,7 @@ def encode_table(table_path: str | Path, group: zarr.Group, *, row_block: int | 
     with _worker_for(_table_file_bytes(path)) as worker, _Work(worker and worker.buf) as work:
         plan = _plan(path, row_block, work=work)
         existing = set(group.keys())
-        if existing & ({c.name for c in plan.columns} | _RESERVED):
+        if existing & ({c.node.split("/")[0] for c in plan.columns} | _RESERVED):
             raise FactorArchiveError(f"zarr group {group.path!r} is not empty")
         sink = _GroupSink(group.store, group.path, plan, work)
         try:
@@ -1880,7 +2419,7 @@ def encode_table(table_path: str | Path, group: zarr.Group, *, row_block: int | 
             work.close(cancel=True)
             _cleanup(group, existing)
             raise
-    _quiet_attrs_update(group, {ATTR: plan.static(), CONTENT_ATTR: content})
+    _quiet_attrs_update(group, {ATTR: plan.static(), CONTENT_ATTR: {"version": CONTENT_VERSION, **content}})
     return _info(plan, content, sink)
 
 
@@ -1950,6 +2489,14 @@ from casacore import tables as ct
 RUN = {"concat_in_frequency": "factor_archive.ms.concat"}  # what the "run" command may call
 
 
+class Table(ct.table):  # as table_codec._table: also tables with a uShort column
+    def _makerow(self):
+        try:
+            super()._makerow()
+        except RuntimeError:
+            self._row = None
+
+
 def kind(e):
     names = {c.__name__ for c in type(e).__mro__}
     return "bad_input" if "BadInput" in names else "ours" if "FactorArchiveError" in names else "other"
@@ -1981,11 +2528,13 @@ def main():
                 shm = mmap.mmap(op[1], op[2])
                 out = None
             elif op[0] == "open":
-                tables[op[1]] = ct.table(op[2], ack=False, lockoptions="autonoread")
+                writable = len(op) > 3 and op[3]
+                tables[op[1]] = Table(op[2], ack=False, readonly=not writable,
+                                      lockoptions="default" if writable else "autonoread")
                 out = None
             elif op[0] == "new":
                 _o, tid, path, desc, nrow, dminfo, endian = op
-                tables[tid] = ct.table(path, desc, nrow=nrow, dminfo=dminfo, ack=False, endian=endian)
+                tables[tid] = Table(path, desc, nrow=nrow, dminfo=dminfo, ack=False, endian=endian)
                 out = None
             elif op[0] == "call":
                 _o, tid, method, args = op
@@ -2242,7 +2791,7 @@ class _Worker:
 
     def _written_by(self, op: tuple) -> str | None:
         """The table a command writes (for _full_disk_note), as far as the client knows it."""
-        if op[0] == "new":
+        if op[0] == "new" or (op[0] == "open" and len(op) > 3 and op[3]):
             self._paths[op[1]] = op[2]
             return op[2]
         if op[0] == "call":
@@ -2271,12 +2820,12 @@ class _Worker:
     def __exit__(self, exc_type, exc, tb):
         self.close(kill=exc_type is not None)
 
-    def open(self, path) -> "_RemoteTable":
-        """The table, opened for reading in the worker (asynchronously)."""
+    def open(self, path, writable: bool = False) -> "_RemoteTable":
+        """The table, opened for reading (or writing) in the worker (asynchronously)."""
         self._ntables += 1
         tid = self._ntables
         self._open.add(tid)
-        return _RemoteTable(self, tid, self.send(("open", tid, str(path))))
+        return _RemoteTable(self, tid, self.send(("open", tid, str(path), writable)))
 
     def table(self, path, desc, nrow, dminfo, endian) -> "_RemoteTable":
         self._ntables += 1
@@ -2463,7 +3012,7 @@ def _static(group: zarr.Group) -> dict:
     st = group.attrs.get(ATTR)
     if not isinstance(st, dict) or st.get("format") != FORMAT:
         raise CorruptTableData(f"zarr group {group.path!r} holds no complete casacore table")
-    if st.get("version") != FORMAT_VERSION:
+    if st.get("version") not in READ_VERSIONS:
         raise CorruptTableData(f"zarr group {group.path!r}: unsupported table format version "
                                f"{st.get('version')}")
     return st
@@ -2670,16 +3219,18 @@ def _reader(arr, work: _Work):
 def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None) -> None:
     """Rebuild the table at ``out_path`` (made under a temporary name, then renamed).
 
-    Every column is checked against its stored sha256 and the table against its content
-    checksum; damage raises CorruptTableData naming the table, column and rows. Reading and
-    decompressing (pool), hashing (one thread) and casacore writing (this thread, or for a big
-    table a worker process, see _Worker) overlap.
+    Every table description is checked against its metadata checksum before it is used, every
+    column against its stored sha256 and the table against its content checksum; damage
+    raises CorruptTableData naming the table, column and rows. Reading and decompressing
+    (pool), hashing (one thread) and casacore writing (this thread, or for a big table a
+    worker process, see _Worker) overlap.
     """
     out = Path(out_path)
     st = _static(group)
     content = group.attrs.get(CONTENT_ATTR)
     if os.path.lexists(out):
         raise FileExistsError(f"{out} exists")
+    version = _content_version(content, out.name)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
@@ -2687,29 +3238,56 @@ def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None) -> N
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
             with _worker_for(_uniform_bytes(st), writes=True) as worker, _Work(worker and worker.buf) as work:
-                _decode_into(group, st, tmp, content, progress, out.name, work, worker)
+                _decode_into(group, st, tmp, content, version, progress, out.name, work, worker)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _column_bytes(nrows: int, c: dict) -> int:
-    """Bytes of a stored uniform column (0 for strings and ragged columns)."""
-    dt = _CTYPES.get(c["type"])
-    if c["layout"] == "ragged" or dt is None:
+def _content_version(content, where: str) -> int:
+    """Version of a ``casacore_content`` document (1: no metadata checksums)."""
+    if not isinstance(content, dict):
         return 0
+    version = content.get("version", 1)
+    if version not in (1, CONTENT_VERSION):
+        raise CorruptTableData(f"{where}: unsupported table checksum version {version!r}")
+    return version
+
+
+def _metadata_problem(st: dict, content: dict | None, version: int, where: str) -> str | None:
+    """What is wrong with a table's stored description, judged by its metadata checksum."""
+    if not isinstance(content, dict):
+        return None
+    want = content.get("metadata_sha256")
+    if want is None:
+        return f"{where}: table description has no checksum" if version >= 2 else None
+    if _metadata_sha256(st) != want:
+        return f"{where}: table description differs from its stored checksum"
+    return None
+
+
+def _column_bytes(nrows: int, c: dict) -> int:
+    """Bytes of a stored numeric column (0 for strings, records and ragged columns)."""
+    dt = _CTYPES.get(c["type"])
+    if c["layout"] in ("ragged", "record") or dt is None:
+        return 0
+    if c["layout"] == "shaped":
+        return dt.itemsize * sum(int(n) * int(np.prod(s, dtype=np.int64))
+                                 for s, n in zip(c.get("shapes", []), c.get("counts", [])))
     return nrows * dt.itemsize * int(np.prod(c["cell_shape"], dtype=np.int64))
 
 
 def _uniform_bytes(st: dict) -> int:
-    """Bytes of the table's uniform columns (what a casacore worker would move)."""
+    """Bytes of the table's numeric columns (what a casacore worker would move)."""
     return sum(_column_bytes(st["nrows"], c) for c in st["columns"])
 
 
-def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, progress,
-                 where: str, work: _Work, worker: _Worker | None = None) -> dict:
-    ct = _ct()
+def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, version: int,
+                 progress, where: str, work: _Work, worker: _Worker | None = None) -> dict:
+    problem = _metadata_problem(st, content, version, where)
+    if problem:
+        raise CorruptTableData(problem)
     nrows = st["nrows"]
     cols = st["columns"]
     desc = {}
@@ -2721,22 +3299,36 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
     desc["_keywords_"] = {}
     desc["_private_keywords_"] = {}
     dminfo = {f"*{i + 1}": _unjsonable(dm) for i, dm in enumerate(st["dminfo"])}
+    dm_type = {c: dm.get("TYPE") for dm in st["dminfo"] if isinstance(dm, dict) for c in dm.get("COLUMNS", [])}
+    per_cell = {c for c, t in dm_type.items() if t == "TiledCellStMan"}
+    # IncrementalStMan gives a cell never written the value of the row before it, unless the
+    # table was closed and reopened since it was made: such columns (whose cells may be
+    # undefined) are written last, after a reopen. (StManAipsIO, by contrast, loses what is
+    # written after its table was first flushed: its columns go before.)
+    reopen = [c for c in cols if dm_type.get(c["name"]) == "IncrementalStMan"
+              and c["layout"] in ("shaped", "ragged", "record")]
     if worker is not None:
         tb = worker.table(str(path), desc, nrows, dminfo, st["endian"])
     else:
-        tb = ct.table(str(path), desc, nrow=nrows, dminfo=dminfo, ack=False, endian=st["endian"])
+        tb = _table(str(path), desc, nrow=nrows, dminfo=dminfo, ack=False, endian=st["endian"])
+    resolve = _resolver(path)
     digests = {}
     done = False
+
+    def read(c: dict) -> None:
+        digests[c["name"]] = _read_column(group, c, nrows, work, f"{where}: column {c['name']}", tb=tb,
+                                          progress=progress, resolve=resolve, per_cell=c["name"] in per_cell)
+
     try:
         info = dict(st["info"])
         if info.get("readme", "").endswith("\n"):  # putinfo ends every readme line itself
             info["readme"] = info["readme"][:-1]
         tb.putinfo(info)
-        for c in sorted(cols, key=lambda c: -_column_bytes(nrows, c)):  # biggest first (see _scan_table)
-            digests[c["name"]] = _read_column(group, c, nrows, work, f"{where}: column {c['name']}",
-                                              tb=tb, progress=progress)
+        records = [c for c in cols if c["layout"] == "record" and c not in reopen]  # may refer to subtables
+        for c in sorted((c for c in cols if c not in records and c not in reopen),
+                        key=lambda c: -_column_bytes(nrows, c)):
+            read(c)  # biggest first (see _scan_table)
         subs = {}
-        tables = {}
         if st["subtables"] and worker is not None:
             tb.wait_created()  # the subtables go inside its directory
         for s in st["subtables"]:
@@ -2744,14 +3336,21 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
             sub_content = (content or {}).get("subtables", {}).get(s["name"]) if content else None
             # Subtables (small) are written by this process while the worker catches up; inside
             # a worker_session by the worker too (every casacore write is isolated there).
-            subs[s["name"]] = _decode_into(sg, _static(sg), path / s["name"], sub_content,
+            subs[s["name"]] = _decode_into(sg, _static(sg), path / s["name"], sub_content, version,
                                            progress, f"{where}/{s['name']}", work,
                                            worker if _sessions else None)
-            tables[s["name"]] = str((path / s["name"]).resolve())
-        for k, v in _dec_kw(st["keywords"], tables).items():
+        for c in records:
+            read(c)
+        if reopen:
+            tb.close()
+            tb = worker.open(path, writable=True) if worker is not None else \
+                _table(str(path), readonly=False, ack=False)
+            for c in reopen:
+                read(c)
+        for k, v in _dec_kw(st["keywords"], resolve).items():
             tb.putkeyword(k, v)
         for c in cols:
-            for k, v in _dec_kw(c["keywords"], tables).items():
+            for k, v in _dec_kw(c["keywords"], resolve).items():
                 tb.putcolkeyword(c["name"], k, v)
         digests = {n: _result(d) for n, d in digests.items()}
         tb.flush()
@@ -2766,7 +3365,7 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
                 pass
     header = _hash_header(nrows, st["info"], {c["name"]: c["desc"] for c in cols}, st["keywords"],
                           {c["name"]: c["keywords"] for c in cols})
-    _check_restored_header(path, header, where)
+    _check_restored_header(path, st, header, where)
     sha = _table_sha(header, digests, {n: s["content_sha256"] for n, s in subs.items()})
     if content:
         for name, d in digests.items():
@@ -2777,21 +3376,54 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
     return {"content_sha256": sha, "columns": digests, "subtables": subs}
 
 
-def _check_restored_header(path: Path, header: dict, where: str) -> None:
-    """casacore may normalise what it is given: make sure it kept exactly what was stored."""
+def _dm_layout(dms) -> list:
+    """The data-manager layout restore must recreate (every data manager's type, name, columns
+    and specification: bucket sizes, tile shapes, hypercubes), without the sequence numbers
+    casacore gives the data managers of a new table, which name its files."""
+    def plain(v):
+        if isinstance(v, dict):
+            if set(v) == {"__ndarray__", "dtype"}:
+                return [plain(x) for x in v["__ndarray__"]]
+            return {k: plain(x) for k, x in v.items() if k != "SEQNR"}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    out = [plain(_jsonable(dm)) for dm in (dms.values() if isinstance(dms, dict) else dms)]
+    for dm in out:
+        dm["COLUMNS"] = sorted(dm.get("COLUMNS", []))
+    return sorted(out, key=lambda dm: str(dm.get("NAME")))
+
+
+def _check_restored_header(path: Path, st: dict, header: dict, where: str) -> None:
+    """casacore may normalise what it is given: make sure it kept exactly what was stored
+    (description, keywords, info; for a version 2 table also the private keywords and the
+    data-manager layout)."""
     tb = _open(path)
     try:
         d = _describe(tb, path)
         got = _hash_header(tb.nrows(), d["info"], d["desc"], d["keywords"], d["colkeywords"])
+        layout = _dm_layout(tb.getdminfo())
     finally:
         tb.close()
-    if _canon(got) != _canon(header):
-        diff = sorted(k for k in header if _canon(header[k]) != _canon(got.get(k)))
+    diff = sorted(k for k in header if _canon(header[k]) != _canon(got.get(k)))
+    if st.get("version", 1) >= 2:
+        if _canon(d["private_keywords"]) != _canon(st.get("private_keywords") or {}):
+            diff.append("private keywords")
+        if _canon(layout) != _canon(_dm_layout(st["dminfo"])):
+            diff.append("data-manager layout")
+    if diff:
         raise FactorArchiveError(f"{where}: restored table differs from the stored one in {diff}")
 
 
-def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scalar: bool):
-    """putcol; returns what it returns (a future when a worker writes)."""
+def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scalar: bool,
+                 per_cell: bool = False):
+    """putcol (cell by cell for a TiledCellStMan column, see _getcol); returns what it returns
+    (a future when a worker writes)."""
+    if per_cell:
+        for i in range(n):
+            put = tb.putcell(name, start + i, block[i])
+        return put if n else None
     if is_string:
         vals = [str(s) for s in block.reshape(-1)]
         if scalar:
@@ -2800,20 +3432,24 @@ def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scal
     return tb.putcol(name, block, start, n)
 
 
+def _column_node_of(c: dict) -> str:
+    """Where a stored column is (version 1 tables name no node: the column name)."""
+    node = c.get("node")
+    if isinstance(node, str) and node:
+        return node
+    return f"ragged/{c['name']}" if c["layout"] == "ragged" else c["name"]
+
+
 def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None, progress=None,
-                 problems: list | None = None):
+                 problems: list | None = None, resolve: Callable[[str], str] | None = None,
+                 per_cell: bool = False):
     """Read one stored column, hash it and (with ``tb``) write it into the casacore table.
 
     Returns the column digest (or a future of it). Damage raises CorruptTableData, or, with
     ``problems``, is appended there (one line per damaged range) and None is returned.
+    ``resolve`` turns the subtable references in record cells into paths; ``per_cell``: write
+    cell by cell (see _getcol).
     """
-    name = c["name"]
-    ctype = c["type"]
-    dtype = _CTYPES[ctype]
-    is_string = dtype is None
-    scalar = c["layout"] == "scalar"
-    h = _ColumnHash(name, ctype, scalar)
-    itemsize = 32 if is_string else dtype.itemsize
 
     def bad(line: str) -> None:
         if problems is None:
@@ -2821,64 +3457,104 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
         if line not in problems:
             problems.append(line)
 
-    if c["layout"] != "ragged":
-        try:
-            arr = group[name]
-        except KeyError:
-            bad(f"{what}: stored array is missing")
-            return None
-        except Exception as e:  # noqa: BLE001 - a damaged zarr.json
-            bad(f"{what}: stored array is unreadable ({_first_line(e)})")
-            return None
-        if arr.shape[:1] != (nrows,):
-            bad(f"{what}: stored array has shape {arr.shape}, expected {nrows} rows")
-            return None
-        ok = True
-        hashed = []
-        # A worker writes slowly into small (scalar) columns; sending those along lets this
-        # thread go on meanwhile (to the subtables).
-        by_value = isinstance(tb, _RemoteTable) and _column_bytes(nrows, c) <= _BY_VALUE_BYTES
-        for start, stop, block, buf, damage in _reader(arr, work).blocks():
-            if damage is not None or not ok:
-                if damage is not None:
-                    ok = False
-                    bad(f"{what} {damage.text('rows')}")
-                if buf is not None:
-                    work.give(buf)
-                continue
-            if is_string:
-                h.uniform(block, scalar)
-                fut = None
-            else:
-                fut = work.hasher.submit(h.uniform, block, scalar)
-                hashed.append(fut)
-            put = None
-            try:
-                if tb is not None:
-                    data = block
-                    if by_value:  # a copy goes with the command: the buffer is free at once
-                        data, put = np.array(block), None
-                    put = _put_uniform(tb, name, data, start, stop - start, is_string, scalar)
-                    if by_value:
-                        put = None
-            finally:
-                if buf is not None:
-                    work.give(buf, [fut, put if hasattr(put, "add_done_callback") else None])
-            if progress:
-                progress(int(block.size * itemsize))
-        return work.hasher.submit(_digest, h, hashed) if ok else None
+    layout = c.get("layout")
+    if c.get("type") not in _CTYPES or layout not in ("scalar", "fixed", "record", "ragged", "shaped"):
+        bad(f"{what}: stored column of type {c.get('type')!r}, layout {layout!r} is not readable")
+        return None
+    col = _Col(name=c["name"], ctype=c["type"], dtype=_CTYPES[c["type"]], layout=layout,
+               node=_column_node_of(c), max_ndim=int(c.get("max_ndim", 0)),
+               block_rows=max(1, int(c.get("block_rows", 1))), per_cell=per_cell)
+    h = _ColumnHash(col.name, col.ctype, layout in ("scalar", "record"))
     try:
-        g = group[f"ragged/{name}"]
-        arrays = [g["defined"], g["ndim"], g["shape"], g["values"]]
+        if layout == "ragged":
+            return _read_ragged_column(group, col, nrows, work, what, h, tb, progress, bad)
+        if layout == "shaped":
+            return _read_shaped_column(group, col, c, nrows, work, what, h, tb, progress, bad)
+        return _read_uniform_column(group, col, nrows, work, what, h, tb, progress, bad, resolve)
+    except _Unreadable as e:
+        bad(f"{what}: {e}")
+        return None
+
+
+class _Unreadable(Exception):
+    """A stored array of a column is missing or its metadata cannot be read."""
+
+
+def _array_at(group, node: str, what: str):
+    try:
+        return group[node]
     except KeyError:
-        bad(f"{what}: stored arrays are missing")
-        return None
+        raise _Unreadable("stored array is missing") from None
     except Exception as e:  # noqa: BLE001 - a damaged zarr.json
-        bad(f"{what}: stored arrays are unreadable ({_first_line(e)})")
+        raise _Unreadable(f"stored array is unreadable ({_first_line(e)})") from None
+
+
+def _read_uniform_column(group, col: _Col, nrows, work, what, h, tb, progress, bad, resolve):
+    name = col.name
+    scalar = col.layout in ("scalar", "record")
+    arr = _array_at(group, col.node, what)
+    if arr.shape[:1] != (nrows,):
+        bad(f"{what}: stored array has shape {arr.shape}, expected {nrows} rows")
         return None
+    ok = True
+    hashed = []
+    # A worker writes slowly into small (scalar) columns; sending those along lets this
+    # thread go on meanwhile (to the subtables).
+    c = {"type": col.ctype, "layout": col.layout, "cell_shape": list(arr.shape[1:])}
+    by_value = isinstance(tb, _RemoteTable) and _column_bytes(nrows, c) <= _BY_VALUE_BYTES
+    for start, stop, block, buf, damage in _reader(arr, work).blocks():
+        if damage is not None or not ok:
+            if damage is not None:
+                ok = False
+                bad(f"{what} {damage.text('rows')}")
+            if buf is not None:
+                work.give(buf)
+            continue
+        if col.is_string:
+            h.uniform(block, scalar)
+            fut = None
+        else:
+            fut = work.hasher.submit(h.uniform, block, scalar)
+            hashed.append(fut)
+        put = None
+        try:
+            if tb is not None and col.layout == "record":
+                _put_records(tb, name, block, start, resolve, what)
+            elif tb is not None:
+                data = block
+                if by_value:  # a copy goes with the command: the buffer is free at once
+                    data, put = np.array(block), None
+                put = _put_uniform(tb, name, data, start, stop - start, col.is_string, scalar,
+                                   col.per_cell)
+                if by_value:
+                    put = None
+        finally:
+            if buf is not None:
+                work.give(buf, [fut, put if hasattr(put, "add_done_callback") else None])
+        if progress:
+            progress(int(block.size * col.itemsize))
+    return work.hasher.submit(_digest, h, hashed) if ok else None
+
+
+def _put_records(tb, name: str, block, start: int, resolve, what: str) -> None:
+    for i, text in enumerate(block.reshape(-1)):
+        if text == "":
+            continue  # a cell never written
+        try:
+            value = _dec_kw(json.loads(str(text)), resolve)
+        except CorruptTableData:
+            raise
+        except Exception as e:  # noqa: BLE001 - damaged text: json or structure
+            raise CorruptTableData(f"{what} row {start + i}: stored record is damaged ({_first_line(e)})") from None
+        tb.putcell(name, start + i, value)
+
+
+def _read_ragged_column(group, col: _Col, nrows, work, what, h, tb, progress, bad):
+    name = col.name
+    arrays = [_array_at(group, f"{col.node}/{part}", what) for part in ("defined", "ndim", "shape", "values")]
     r_def, r_nd, r_shp, r_val = (_reader(a, work) for a in arrays)
     n_values = arrays[3].shape[0]
-    step = c["block_rows"]
+    step = col.block_rows
     off = 0
     unit = "rows"
     try:
@@ -2904,12 +3580,12 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
                         continue
                     cell = values[pos:pos + size].reshape(tuple(int(x) for x in shp[i, :ndim[i]]))
                     pos += size
-                    if is_string:
+                    if col.is_string:
                         cell = np.array([str(s) for s in cell.reshape(-1)], dtype=str).reshape(cell.shape)
                     tb.putcell(name, start + i, cell)
             off += total
             if progress:
-                progress(int(total * itemsize))
+                progress(int(total * col.itemsize))
     except _Damage as e:
         bad(f"{what} {e.text(unit)}")
         return None
@@ -2919,16 +3595,116 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
     return h.hexdigest()
 
 
+def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, progress, bad):
+    """A column stored a group per cell shape (cells + their rows): read back in row order, a
+    run of rows of one shape at a time (one putcol each)."""
+    try:
+        shapes = [tuple(int(x) for x in s) for s in c["shapes"]]
+        counts = [int(n) for n in c["counts"]]
+        if len(shapes) != len(counts) or min(counts, default=1) < 1:
+            raise ValueError("shapes and counts do not match")
+    except (KeyError, TypeError, ValueError) as e:
+        bad(f"{what}: stored shapes are unreadable ({e})")
+        return None
+    leaf = _shaped_leaf(col.node)
+    cells, rows = [], []
+    for s, n in zip(shapes, counts):
+        g = f"{col.node}/{_shape_name(s)}"
+        a, r = _array_at(group, f"{g}/{leaf}", what), _array_at(group, f"{g}/row", what)
+        if tuple(a.shape) != (n,) + s or tuple(r.shape) != (n,):
+            bad(f"{what}: stored arrays of cell shape {list(s)} have shapes {a.shape} and {r.shape}, "
+                f"expected {n} cells")
+            return None
+        cells.append(_reader(a, work))
+        rows.append(_RowCursor(_reader(r, work), n))
+    used = [0] * len(shapes)  # cells of each shape read so far
+    ndims = np.array([len(s) for s in shapes] + [0], np.int32)
+    table = np.zeros((len(shapes) + 1, col.max_ndim), np.int64)
+    for k, s in enumerate(shapes):
+        if len(s) > col.max_ndim:
+            bad(f"{what}: stored cell shape {list(s)} has more axes than the column's {col.max_ndim}")
+            return None
+        table[k, :len(s)] = s
+    step = col.block_rows
+    k = 0  # the shape whose arrays are being read
+    try:
+        for start in range(0, nrows, step):
+            stop = min(nrows, start + step)
+            kk = np.full(stop - start, -1, np.int32)
+            for k, cursor in enumerate(rows):
+                got = cursor.take_below(stop)
+                if len(got) and (got[0] < start or np.any(np.diff(got) <= 0) or np.any(kk[got - start] >= 0)):
+                    bad(f"{what} rows {start}-{stop - 1}: stored row numbers of cell shape "
+                        f"{list(shapes[k])} are out of order")
+                    return None
+                kk[got - start] = k
+            defined = kk >= 0
+            ndim, shp = ndims[kk], table[kk]  # the last entry (-1) is an undefined cell's
+            parts = []
+            i = 0
+            while i < len(kk):
+                k = int(kk[i])
+                j = i + 1
+                while j < len(kk) and kk[j] == k:
+                    j += 1
+                if k >= 0:
+                    block = cells[k].read(used[k], used[k] + (j - i))
+                    used[k] += j - i
+                    parts.append(block.reshape(-1))
+                    if tb is not None:
+                        _put_uniform(tb, col.name, block, start + i, j - i, col.is_string, False,
+                                     col.per_cell)
+                i = j
+            values = np.concatenate(parts) if parts else np.empty(0, object if col.is_string else col.dtype)
+            h.ragged(defined, ndim, shp, values)
+            if progress:
+                progress(int(values.size * col.itemsize))
+    except _Damage as e:  # in the arrays of one shape, counted in its cells
+        bad(f"{what} shape {_shape_name(shapes[k])} {e.text('cells')}")
+        return None
+    left = [n - u for n, u in zip(counts, used)]
+    if any(left):
+        bad(f"{what}: {sum(left)} stored cells belong to no row")
+        return None
+    return h.hexdigest()
+
+
+class _RowCursor:
+    """Reads a sorted array of row numbers window by window, handing out those below a bound."""
+
+    def __init__(self, reader, n: int):
+        self.reader, self.n = reader, n
+        self.pos = 0  # entries handed out
+        self.buf = np.empty(0, np.int64)
+        self.buf_start = 0
+
+    def take_below(self, stop: int) -> np.ndarray:
+        out = []
+        while self.pos < self.n:
+            if self.pos >= self.buf_start + len(self.buf):
+                self.buf_start = self.pos
+                self.buf = np.asarray(self.reader.read(self.pos, min(self.n, self.pos + 65536)), np.int64)
+            rest = self.buf[self.pos - self.buf_start:]
+            k = int(np.searchsorted(rest, stop))
+            if k:
+                out.append(rest[:k])
+                self.pos += k
+            if k < len(rest):
+                break
+        return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
 # --------------------------------------------------------------------------- verify
 
 
 def verify_table(group: zarr.Group, *, name: str | None = None,
                  progress: Callable[[int], None] | None = None) -> list[str]:
-    """Check a stored table without writing one: read every shard of every column (subtables
-    included), recompute each column's sha256 and the content checksum, and compare them with
-    the stored ``casacore_content``. Returns one line per problem, [] when all is well; each
-    line names the table (``name``, by default the group's path; ``<name>/<SUBTABLE>`` for a
-    subtable), the column and the row (or, for ragged values, value) range, e.g.
+    """Check a stored table without writing one: check each table description against its
+    metadata checksum, read every shard of every column (subtables included), recompute each
+    column's sha256 and the content checksum, and compare them with the stored
+    ``casacore_content``. Returns one line per problem, [] when all is well; each line names
+    the table (``name``, by default the group's path; ``<name>/<SUBTABLE>`` for a subtable),
+    the column and the row (or, for ragged values, value) range, e.g.
     ``x.ms: column DATA rows 0-1023: stored data is damaged (crc32c checksum mismatch)``.
     ``progress`` gets the column bytes checked, as in decode_table.
     """
@@ -2941,11 +3717,16 @@ def verify_table(group: zarr.Group, *, name: str | None = None,
             if not isinstance(content, dict):
                 problems.append(f"{where}: no content checksum (the table was not stored completely)")
                 content = None
-            _verify_into(group, content, where, progress, work, problems)
+            try:
+                version = _content_version(content, where)
+            except CorruptTableData as e:
+                problems.append(str(e))
+                version, content = 0, None
+            _verify_into(group, content, version, where, progress, work, problems)
     return problems
 
 
-def _verify_into(group, content: dict | None, where: str, progress, work: _Work,
+def _verify_into(group, content: dict | None, version: int, where: str, progress, work: _Work,
                  problems: list[str]) -> str | None:
     """The table's recomputed content checksum, or None when some of it could not be read."""
     try:
@@ -2954,6 +3735,9 @@ def _verify_into(group, content: dict | None, where: str, progress, work: _Work,
         problems.append(f"{where}: no readable casacore table description")
         return None
     before = len(problems)
+    problem = _metadata_problem(st, content, version, where)
+    if problem:
+        problems.append(problem)
     nrows = st["nrows"]
     digests = {c["name"]: _read_column(group, c, nrows, work, f"{where}: column {c['name']}",
                                        progress=progress, problems=problems)
@@ -2971,7 +3755,7 @@ def _verify_into(group, content: dict | None, where: str, progress, work: _Work,
         if content is not None and not isinstance(sub_content, dict):
             problems.append(f"{sub_where}: no content checksum")
             sub_content = None
-        subs[s["name"]] = _verify_into(sg, sub_content, sub_where, progress, work, problems)
+        subs[s["name"]] = _verify_into(sg, sub_content, version, sub_where, progress, work, problems)
     digests = {n: _result(d) for n, d in digests.items()}
     if content is not None:
         stored = content.get("columns") or {}
