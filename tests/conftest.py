@@ -60,7 +60,7 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("=", "fault injection")
     for line in lines:
         terminalreporter.write_line(line)
-    if config.cache is not None:
+    if getattr(config, "cache", None) is not None:
         config.cache.set("factor-archive/faults", {"full": config._factor_archive_full,
                                                    "summary": lines, "cases": cases})
 

@@ -20,9 +20,6 @@ from hypothesis import strategies as st
 from fault_cases import (FORMS, GOOD, Case, CleanArchive, Damage, judge_damaged_archive, record, regions_of,
                     workspace)  # noqa: F401 - workspace is a fixture
 
-PENDING_TABLE_METADATA = ("a table's zarr.json (casacore_table: description, data managers) gets "
-                          "its own checksum in the table_codec branch (issue 8, table codec part)")
-
 CATEGORIES = {
     "dir": ["manifest", "checksums file", "tag manifest", "member data"],
     "tar": ["manifest", "checksums file", "tag manifest", "index", "headers", "member data",
@@ -38,7 +35,7 @@ CATEGORIES = {
 CI_CATEGORIES = {
     "dir": {"manifest", "checksums file", "tag manifest", "member data"},
     "tar": {"manifest", "tag manifest", "index", "headers", "member data"},
-    "zarr": {"manifest", "array metadata", "group metadata"},
+    "zarr": {"manifest", "array metadata", "group metadata", "table metadata"},
     "zip": {"zip structure", "manifest"},
 }
 FULL_FLIPS = {"dir": 35, "tar": 30, "zarr": 9, "zip": 9}
@@ -56,8 +53,6 @@ def _params():
             marks = []
             if category not in CI_CATEGORIES[form]:
                 marks.append(pytest.mark.full)
-            if category == "table metadata":
-                marks.append(pytest.mark.xfail(reason=PENDING_TABLE_METADATA, strict=False))
             yield pytest.param(form, category, marks=marks, id=f"{form}-{category.replace(' ', '_')}")
 
 
@@ -74,8 +69,7 @@ def regions(workspace):
 
 def _judge(base: CleanArchive, capfd, request, suite: str, region: str, what: str) -> None:
     outcome, detail = judge_damaged_archive(base, capfd)
-    pending = PENDING_TABLE_METADATA if region == "table metadata" else ""
-    record(request.config, Case(suite, base.form, region, what, outcome, detail, pending))
+    record(request.config, Case(suite, base.form, region, what, outcome, detail))
     assert outcome in GOOD, f"{what}: {outcome}: {detail}"
 
 
