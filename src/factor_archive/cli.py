@@ -271,7 +271,8 @@ def _command(prog: str, description: str, add_arguments, run, argv: Sequence[str
 
     def work() -> int:
         signals.check()  # a signal that came while the program started
-        _quiet_library_logs()
+        if signals.is_program():
+            _quiet_library_logs()
         p = argparse.ArgumentParser(prog=prog, description=description)
         p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
         add_arguments(p)
