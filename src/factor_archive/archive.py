@@ -72,6 +72,9 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
             members=members, missing=plan.missing,
             created=_creation_time(),
         )
+        # Past this point the archive becomes complete: a signal now is reported afterwards, as
+        # "after the work was complete" (a third one still ends the process at once).
+        signals.hold()
         writer.close(manifest)
     except BaseException as exc:
         writer.abort()
@@ -94,12 +97,11 @@ def _output_full(exc: BaseException, output: str, form: str, staging: list[Path]
         out = Path(os.path.abspath(output))
         after = ("; the archive is incomplete: free space, then run the same command again to "
                  "complete it, or add -c to start over") if form == "dir" else "; nothing was kept"
-    roots = staging + [out]
-    where = written_path(exc, roots)
+    where = written_path(exc, staging + [out])
     if staging and where is not None and (where == staging[0] or staging[0] in where.parents):
-        full = disk_full(staging[0], during=" while building calibrated data")
-        if output != "-":
-            full = disk_full(out, during=f" while building calibrated data in {staging[0]}")
+        # -d: beside (or in) the output, or in $TMPDIR for standard output
+        full = (disk_full(staging[0], during=" while building calibrated data") if output == "-"
+                else disk_full(out, during=f" while building calibrated data in {staging[0]}"))
     else:
         full = disk_full(where or out)
     return type(full)(f"{full}{after}", full.path)

@@ -105,10 +105,13 @@ def _leave(prog: str, code: int) -> int:
 
 def _quiet_library_logs() -> None:
     """Errors reach the user through _guard, one line each; asyncio would also log every failed
-    task of zarr's event loop ("Task exception was never retrieved") with its traceback."""
+    task of zarr's event loop ("Task exception was never retrieved") with its traceback, and zarr
+    warns about the half-written nodes a failed write leaves in a store it is about to remove."""
     import logging
+    import warnings
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"zarr(\.|$)")
 
 
 # -- archive ------------------------------------------------------------------------------------
@@ -268,7 +271,8 @@ def _command(prog: str, description: str, add_arguments, run, argv: Sequence[str
 
     def work() -> int:
         signals.check()  # a signal that came while the program started
-        _quiet_library_logs()
+        if signals.is_program():
+            _quiet_library_logs()
         p = argparse.ArgumentParser(prog=prog, description=description)
         p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
         add_arguments(p)

@@ -67,7 +67,9 @@ def hold() -> None:
     """Until the next :func:`check`, a signal is only remembered.
 
     For code that makes something it must clean up and then enters the ``try`` that cleans it up:
-    a signal in between would otherwise skip the clean-up (``hold(); x = make(); try: check() ...``).
+    a signal in between would otherwise skip the clean-up (``hold(); x = make(); try: check() ...``);
+    and for the last step that makes the work complete (no check follows): a signal during it is
+    reported once the work is done, instead of cleaning up work that is already complete.
     """
     global _raising, _holding
     if _raising:

@@ -112,7 +112,12 @@ class DirectoryWriter:
         self._load_journal()
         self.notices = [f"{self.root}: continuing an interrupted archive ({len(self.journal)} members "
                         "already written are kept where intact)"] if self.continuing else []
-        self._journal_file = open(self.root / JOURNAL_NAME, "a", encoding="utf-8")
+        try:
+            self._journal_file = open(self.root / JOURNAL_NAME, "a", encoding="utf-8")
+            if self._journal_file.tell() and not _ends_in_newline(self.root / JOURNAL_NAME):
+                self._journal_file.write("\n")  # after a torn last line (a full disk): a line of its own
+        except OSError as exc:
+            raise io_error(self.root / JOURNAL_NAME, exc) from None
 
     def _load_journal(self) -> None:
         path = self.root / JOURNAL_NAME
@@ -190,11 +195,16 @@ class DirectoryWriter:
         else:
             sha, size = copy_file(source, partial, progress, writeback=True)
             fill_file_member(member, stat_entry(source), sha, size)
+        # Journalled before it takes its name: a member in place is always in the journal, so a
+        # rerun after a failure here (a full disk) keeps or replaces it instead of refusing it.
+        try:
+            self._journal_file.write(json.dumps({
+                "member": _member_dict(member), "source_size": source_size, "source_mtime": source_mtime,
+            }) + "\n")
+            self._journal_file.flush()
+        except OSError as exc:
+            raise io_error(self.root / JOURNAL_NAME, exc) from None
         os.rename(partial, dest)
-        self._journal_file.write(json.dumps({
-            "member": _member_dict(member), "source_size": source_size, "source_mtime": source_mtime,
-        }) + "\n")
-        self._journal_file.flush()
         return member
 
     def close(self, manifest: Manifest) -> None:
@@ -232,6 +242,12 @@ def _read_metadata(path: Path) -> bytes | None:
         return None
     except OSError as exc:
         raise DamagedArchive(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _ends_in_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _source_size(path: Path) -> int:

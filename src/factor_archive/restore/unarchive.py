@@ -123,6 +123,7 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
         _rewrite_paths(manifest, new_wd)
         if parset_member is not None:
             _write_parset(manifest, scratch / "parset", new_wd)
+        signals.hold()  # the restore is complete once the marker goes: a signal now is reported after
         (new_wd / MARKER).unlink()
         return manifest
     except BaseException as exc:
