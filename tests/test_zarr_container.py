@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import time
 import zipfile
 from pathlib import Path
 
@@ -195,7 +194,6 @@ def test_s3_store_round_trip(sample_run, tmp_path, monkeypatch, capsys):
 
     if weed_binary() is None:
         pytest.skip("the SeaweedFS 'weed' binary is not installed")
-    started = time.monotonic()
     with SeaweedS3(tmp_path / "seaweed") as s3:
         for key, value in s3.env.items():
             monkeypatch.setenv(key, value)
@@ -231,7 +229,6 @@ def test_s3_store_round_trip(sample_run, tmp_path, monkeypatch, capsys):
         out = tmp_path / "restored"
         from_dir = restore_both(tmp_path / "dir", url, out)
         assert_same_restore(from_dir, out, zarr_manifest(url))
-    assert time.monotonic() - started < 90
 
 
 # ---------------------------------------------------------------------------------------------
