@@ -133,7 +133,8 @@ def test_the_disk_fills_while_d_builds_calibrated_data(run, tmp_path, form, leav
                           action=faults.fill(mnt, leave))
         assert outcome.interrupted, "the staging area never appeared"
         line = check_disk_full(outcome, "archivefactor", mnt)
-        assert "while building calibrated data" in line, line
+        if form != "dir":  # (the directory form copies another member meanwhile, which may fail first)
+            assert "while building calibrated data" in line, line
         check_archive_left(form, mnt, line)
         if form not in SLOW_FORMS or full_suite:
             rerun_archive(run, form, mnt)
