@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import tracemalloc
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -220,6 +220,7 @@ _META_MAGIC = b"factor-archive casacore-table metadata v1\n"
 _SAFE_DM = {"StandardStMan", "IncrementalStMan", "StManAipsIO", "TiledColumnStMan",
             "TiledShapeStMan", "TiledCellStMan"}
 _RECORD_DM = {"StandardStMan", "IncrementalStMan", "StManAipsIO"}  # may hold record columns
+_LOSSY_DM = {"DyscoStMan"}
 
 _CTYPES = {
     "boolean": np.dtype(bool), "uchar": np.dtype(np.uint8), "short": np.dtype(np.int16),
@@ -732,9 +733,11 @@ def _plan_open(tb, path: Path, row_block, work) -> _Plan:
     dms = [dminfo[k] for k in sorted(dminfo, key=lambda k: int(k[1:]))]
     for dm in dms:
         if dm.get("TYPE") not in _SAFE_DM:
+            why = ("is a lossy compressor: its values written again are not its stored bytes"
+                   if dm.get("TYPE") in _LOSSY_DM else
+                   "is not a standard storage manager: its values written again need not be its bytes")
             raise RawTableRequired(path, f"data manager {dm.get('TYPE')} ({dm.get('NAME')}) of columns "
-                                         f"{list(dm.get('COLUMNS', []))} is not one whose values "
-                                         f"casacore stores back exactly (lossy or unknown)")
+                                         f"{list(dm.get('COLUMNS', []))} {why}")
     colnames = list(tb.colnames())
     dm_of = {c: dm for dm in dms for c in dm.get("COLUMNS", [])}
     d = _describe(tb, path)
@@ -854,6 +857,9 @@ def _plan_column(tb, path, name, nrows, desc, row_block, work, *, cells=None, re
     return col
 
 
+_BEFORE_FIRST = object()  # the "shape" of the row before the first
+
+
 def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block, track_runs=False) -> None:
     """Layout of an array column without a fixed shape: *fixed* if every cell is defined and of
     one shape, else *shaped* (up to MAX_SHAPES distinct shapes with MIN_CELLS_PER_SHAPE cells
@@ -866,7 +872,7 @@ def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block, track_runs=False) 
     max_ndim = max(0, int(desc.get("ndim", 0) or 0))
     step = row_block or 65536
     cache: dict = {}
-    last: Any = _Col  # shape (or None) of the row before; a sentinel before the first row
+    last: Any = _BEFORE_FIRST  # shape (or None) of the row before
     runs = runs_defined = 0  # runs so far, and up to the last defined cell
     defined_runs: list = []
     first_run = None
