@@ -125,7 +125,7 @@ def _deliver(proc: subprocess.Popen, sig: int, action: Callable[[], None] | None
     except ProcessLookupError:
         return False
     try:
-        if proc.poll() is not None:  # it ended before it could be stopped
+        if not _stopped(proc):  # it was ending (or ended) when it was to be stopped
             return False
         if action is not None:
             action()
@@ -135,6 +135,25 @@ def _deliver(proc: subprocess.Popen, sig: int, action: Callable[[], None] | None
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGCONT)
+
+
+def _stopped(proc: subprocess.Popen, timeout: float = 5.0) -> bool:
+    """Wait until the command is really stopped (SIGSTOP takes effect asynchronously); False if
+    it exits instead (it was already leaving: a signal now would come after its last word)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        if state in ("T", "t"):
+            return True
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.001)
+    return False
 
 
 def _drain(stream) -> None:

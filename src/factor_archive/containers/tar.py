@@ -365,10 +365,9 @@ class TarWriter:
                 if self._stream:
                     self._staging = Path(tempfile.mkdtemp(prefix=".stdout.staging-", dir=where))
                 else:   # named after this process, so a rerun after kill -9 can remove it
-                    staging = where / f".{self.path.name}.staging-{os.getpid()}"
-                    _remove(staging)
-                    staging.mkdir()
-                    self._staging = staging
+                    self._staging = where / f".{self.path.name}.staging-{os.getpid()}"
+                    _remove(self._staging)
+                    self._staging.mkdir()  # known before it exists: abort() removes it whenever it comes
             except OSError as exc:
                 raise io_error(where, exc) from None
         return self._staging
