@@ -100,6 +100,8 @@ def _leave(prog: str, code: int) -> int:
         code = _interrupted(prog, "", after_work=True)
     if not signals.is_program() and signals.received() is None:
         return code
+    if code == 0 and signals.last_received() is not None:  # one that came while we were reporting
+        code = _interrupted(prog, "", after_work=True)
     os._exit(code)
 
 
