@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BIN, cp_script, human, log, parse_size, prepare, timed,  # noqa: E402
-                    tree_bytes)
+from common import BIN, cp_script, human, log, parse_size, prepare, timed, tree_bytes
 
 RATIO_TARGET = 1.25
 MEMORY_TARGET = 300 * 10 ** 6
@@ -76,8 +75,16 @@ def build_spread_run(root: Path, size: int) -> Path:
 def build_single_run(root: Path, size: int) -> tuple[Path, Path]:
     """The small sample run with one chunk MS replaced by one of about ``size`` bytes."""
     from factor_archive.ms.synth import write_ms
-    from factor_archive.sample import BANDS, CHAN_WIDTH, INTERVAL, START, chan_freqs, root_name, band_name
-    from factor_archive.sample import write_sample_run
+    from factor_archive.sample import (
+        BANDS,
+        CHAN_WIDTH,
+        INTERVAL,
+        START,
+        band_name,
+        chan_freqs,
+        root_name,
+        write_sample_run,
+    )
 
     per_time, fixed = _bytes_per_time(root.parent)
     ntimes = max(1, round((size - fixed) / per_time))

@@ -59,9 +59,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BIN, PY, Trial, code_state, cp_script, human, log, machine_line,  # noqa: E402
-                    make_farm, prepare, realistic_columns, remove, rewrite_with_dp3, timed,
-                    tree_bytes)
+from common import (
+    BIN,
+    PY,
+    Trial,
+    code_state,
+    cp_script,
+    human,
+    log,
+    machine_line,
+    make_farm,
+    prepare,
+    realistic_columns,
+    remove,
+    rewrite_with_dp3,
+    timed,
+    tree_bytes,
+)
 
 BUILD_VERSION = 1              # bump when the builder changes what it writes
 INTERVAL = 4.0                 # seconds per time slot
@@ -137,8 +151,17 @@ def bytes_per_time(scratch: Path, nant: int, nchan: int) -> tuple[float, int]:
 
 def build_run(root: Path, p: dict) -> dict:
     """Write the run below ``root`` (see the module docstring); return what was built."""
-    from factor_archive.sample import (START, _h5_bytes, _mapfile, _pickle, band_name, fits_bytes,
-                                       png_bytes, root_name, write_sample_run)
+    from factor_archive.sample import (
+        START,
+        _h5_bytes,
+        _mapfile,
+        _pickle,
+        band_name,
+        fits_bytes,
+        png_bytes,
+        root_name,
+        write_sample_run,
+    )
 
     remove([root])
     parset = write_sample_run(root, ntimes_per_chunk=1, nant=2)

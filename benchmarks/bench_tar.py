@@ -51,9 +51,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dir import build_spread_run  # noqa: E402  (the run builder of the directory-form benchmark)
-from common import (BIN, PY, Trial, code_state, human, log, make_farm,  # noqa: E402
-                    parse_size, prepare, timed, wait_idle)
+from bench_dir import build_spread_run
+from common import BIN, PY, Trial, code_state, human, log, make_farm, parse_size, prepare, timed, wait_idle
 
 ARCHIVE_TARGET = 1.2
 RESTORE_TARGET = None          # no target was set for restore; reported only

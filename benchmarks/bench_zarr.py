@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import human, realistic_columns, rewrite_with_dp3, timed, tree_bytes  # noqa: E402
+from common import human, realistic_columns, rewrite_with_dp3, timed, tree_bytes
 
 NANT = 62
 NCHAN = 64

@@ -116,7 +116,7 @@ def run_cli(argv: list[str], capfd) -> Run:
     crash = None
     try:
         code = main(argv)
-    except BaseException:  # noqa: BLE001 - exactly what the user would see as a traceback
+    except BaseException:
         code, crash = None, traceback.format_exc()
     captured = capfd.readouterr()
     return Run(code, captured.out, captured.err, crash)
@@ -363,7 +363,7 @@ class Damage:
         self.path.write_bytes(self.saved)
         self._keep_times()
 
-    def __enter__(self) -> "Damage":
+    def __enter__(self) -> Damage:
         return self
 
     def __exit__(self, *_exc) -> None:

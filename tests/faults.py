@@ -19,9 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 # What must never reach the user, whatever happens.
 FORBIDDEN = ("Traceback", "terminate called", "Fatal Python error", "Aborted", "core dumped",

@@ -80,7 +80,7 @@ class SeaweedS3:
         return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                 "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def start(self) -> "SeaweedS3":
+    def start(self) -> SeaweedS3:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
@@ -123,7 +123,7 @@ class SeaweedS3:
                 if fs.cat(f"{probe}/x") == b"ready":
                     fs.rm(probe, recursive=True)
                     return
-            except Exception:  # noqa: BLE001 - the volume server may not have joined yet
+            except Exception:
                 pass
             self._check_alive(deadline)
             fs.invalidate_cache()
@@ -162,7 +162,7 @@ class SeaweedS3:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "SeaweedS3":
+    def __enter__(self) -> SeaweedS3:
         return self.start()
 
     def __exit__(self, *_exc) -> None:

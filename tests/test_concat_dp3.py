@@ -20,8 +20,7 @@ from factor_archive.errors import BadInput, FactorArchiveError  # noqa: E402
 from factor_archive.ms.concat import TimeGroup, concat_in_frequency, group_by_time  # noqa: E402
 from factor_archive.ms.dp3 import Dp3Run, MsRecipe, dp3_available, run_dp3, write_recipes  # noqa: E402
 from factor_archive.ms.synth import write_ms  # noqa: E402
-from factor_archive.sample import (BANDS, DYSCO_CHUNK, MISSING_CALIBRATED, band_name,  # noqa: E402
-                                   root_name)
+from factor_archive.sample import BANDS, DYSCO_CHUNK, MISSING_CALIBRATED, band_name, root_name  # noqa: E402
 
 NCHAN = 4
 CHAN_WIDTH = 48828.125  # LOFAR-like, not a round number

@@ -17,8 +17,17 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from fault_cases import (FORMS, GOOD, Case, CleanArchive, Damage, judge_damaged_archive, record, regions_of,
-                    workspace)  # noqa: F401 - workspace is a fixture
+from fault_cases import (
+    FORMS,
+    GOOD,
+    Case,
+    CleanArchive,
+    Damage,
+    judge_damaged_archive,
+    record,
+    regions_of,
+    workspace,  # noqa: F401 - workspace is a fixture
+)
 
 CATEGORIES = {
     "dir": ["manifest", "checksums file", "tag manifest", "member data"],
@@ -201,8 +210,8 @@ def test_a_renamed_member_in_an_old_directory_archive_is_caught(workspace, tmp_p
     """The flip the issue found: `input_bands.mapfile` became `i,put_bands.mapfile` in the
     manifest and nothing noticed. Without a tag manifest, manifest-sha256.txt (derived from the
     manifest) is the witness: the two disagree, so verify and restore both refuse."""
-    from fault_cases import run_cli
     from factor_archive.manifest import MANIFEST_NAME
+    from fault_cases import run_cli
 
     old = _as_previous_version("dir", workspace["dir"].archive, tmp_path / "old")
     text = (old / MANIFEST_NAME).read_text()

@@ -21,8 +21,18 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from fault_cases import (EPOCH, FORMS, GOOD, MARKER, Case, Workspace, manifest_json, record,
-                    restore_differences, workspace)  # noqa: F401 - workspace is a fixture
+from fault_cases import (
+    EPOCH,
+    FORMS,
+    GOOD,
+    MARKER,
+    Case,
+    Workspace,
+    manifest_json,
+    record,
+    restore_differences,
+    )
+
 # (kills per chain, chains) in the full suite: 5*5*2*2 + 3*3*2*2 = 136 planned kill points (a
 # kill that would land after the run finished is no kill point: typically 100-120 remain). CI: one
 # chain of one kill for each (form, operation) marked fast below (a zarr chain takes ~20 s; the
@@ -292,9 +302,9 @@ def test_leftovers_of_a_killed_archive_are_removed_and_reported(form, workspace,
 def test_a_directory_archive_killed_between_rename_and_journal_completes(workspace, tmp_path, capfd):
     """The window the kill suite found: a member renamed into place, then kill -9 before its
     journal line. The rerun must take the member for its own leftover, not a stranger's file."""
-    from fault_cases import run_cli
     from factor_archive.containers.directory import JOURNAL_NAME
     from factor_archive.manifest import CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME
+    from fault_cases import run_cli
 
     out = tmp_path / "run-archive"
     shutil.copytree(workspace["dir"].archive, out)

@@ -151,8 +151,8 @@ def test_resumable_round_trip_restores_every_item_with_paths_moved(sample_run, t
 
 
 def test_calibrated_data_fills_the_missing_band_with_flagged_data(sample_run, tmp_path):
-    from casacore import tables as ct
     import numpy as np
+    from casacore import tables as ct
 
     archive = tmp_path / "a"
     assert archivefactor_main(["-q", "-d", "facet1", str(sample_run), str(archive)]) == 0
@@ -331,6 +331,7 @@ def test_output_inside_the_working_directory_is_refused(sample_run, capsys):
 
 def test_full_disk_is_one_line(sample_run, tmp_path, monkeypatch, capsys):
     import errno
+
     from factor_archive.containers import base
 
     real = base.copy_stream

@@ -13,12 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from casacore import tables as ct
-from factor_archive.ms import table_codec as tc
+
 from factor_archive.errors import FactorArchiveError
-from factor_archive.ms.table_codec import (CorruptTableData, RawTableRequired, decode_table,
-                                           encode_table, table_content_sha256)
+from factor_archive.ms import table_codec as tc
+from factor_archive.ms.table_codec import (
+    CorruptTableData,
+    RawTableRequired,
+    decode_table,
+    encode_table,
+    table_content_sha256,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -24,10 +24,10 @@ import pytest
 import zarr
 
 hypothesis = pytest.importorskip("hypothesis")
+from casacore import tables as ct  # noqa: E402
 from hypothesis import given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from casacore import tables as ct  # noqa: E402
 from factor_archive.ms import table_codec as tc  # noqa: E402
 from test_table_codec import assert_tables_equal  # noqa: E402
 

@@ -15,12 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from fault_cases import Case, record
 from factor_archive.containers import tar as tarmod
 from factor_archive.containers.tar import TarReader, TarWriter, looks_like_tar
 from factor_archive.errors import BadInput, UnsafeArchive
-from factor_archive.manifest import (CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME, Manifest, Member,
-                                     tag_manifest_text)
+from factor_archive.manifest import (
+    CHECKSUMS_NAME,
+    MANIFEST_NAME,
+    TAG_MANIFEST_NAME,
+    Manifest,
+    Member,
+    tag_manifest_text,
+)
+from fault_cases import Case, record
 
 SPACE_NAME = "field image ñ é.fits"      # a space and non-ASCII characters
 CREATED = "2024-05-01T12:00:00+00:00"

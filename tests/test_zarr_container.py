@@ -417,8 +417,7 @@ def test_existing_store_needs_clobber_and_a_failed_archive_leaves_nothing(sample
 
 
 def test_awkward_member_names_survive(tmp_path):
-    from factor_archive.containers.zarr_store import (ZarrReader, ZarrWriter, archive_path_of,
-                                                      node_component, node_path)
+    from factor_archive.containers.zarr_store import ZarrReader, ZarrWriter, archive_path_of, node_component, node_path
     from factor_archive.manifest import Manifest, Member
 
     for name in ("zarr.json", "__init__", "100%.txt", "a b ø", "c", "_x"):

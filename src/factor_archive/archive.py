@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from . import signals
 from .containers.base import disk_full, is_disk_full, written_path

@@ -11,13 +11,13 @@ if __name__ == "__main__" or os.path.basename(getattr(sys.modules.get("__main__"
         in ("archivefactor", "unarchivefactor", "factor-archive"):
     signals.remember_early()  # run as a program: a Ctrl-C from here on ends as "interrupted"
 
-import argparse  # noqa: E402 - after the line above, which should come as early as it can
-import errno  # noqa: E402
-import signal  # noqa: E402
-from typing import Callable, Sequence  # noqa: E402
+import argparse
+import errno
+import signal
+from collections.abc import Callable, Sequence
 
-from . import __version__  # noqa: E402
-from .errors import FactorArchiveError  # noqa: E402
+from . import __version__
+from .errors import FactorArchiveError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1

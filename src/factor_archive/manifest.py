@@ -10,8 +10,9 @@ import hashlib
 import json
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from . import FORMAT_VERSION, __version__
 from .errors import BadInput, DamagedArchive, UnsafeArchive
@@ -91,7 +92,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=False, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | bytes, origin: str = "manifest") -> "Manifest":
+    def from_json(cls, text: str | bytes, origin: str = "manifest") -> Manifest:
         try:
             raw = json.loads(text)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -307,7 +308,7 @@ def tag_problems(origin: str, tag_bytes: bytes, files: dict[str, bytes | None]) 
     return problems
 
 
-def check_checksums_file(origin: str, manifest: "Manifest", checksums_bytes: bytes | None) -> list[str]:
+def check_checksums_file(origin: str, manifest: Manifest, checksums_bytes: bytes | None) -> list[str]:
     """``manifest-sha256.txt`` must say exactly what the manifest says (it is derived from it)."""
     if checksums_bytes is None:
         return [f"{origin}/{CHECKSUMS_NAME}: missing"]

@@ -18,8 +18,9 @@ import re
 import shutil
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Protocol
 
 from ..errors import BadInput, DiskFull, FactorArchiveError
 from ..manifest import FileEntry, Manifest, Member, tree_digest

@@ -12,16 +12,39 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
-from ..manifest import (CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME, FileEntry, Manifest, Member,
-                        check_checksums_file, checksums_text, safe_relpath, tag_manifest_text,
-                        tag_problems, tree_digest)
-from .base import (Progress, copy_stream, fill_file_member, finish_table_member, fsync_dir, hash_file,
-                   io_error, start_writeback, stat_entry, sync_filesystem, walk_table, write_atomic)
+from ..manifest import (
+    CHECKSUMS_NAME,
+    MANIFEST_NAME,
+    TAG_MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    Member,
+    check_checksums_file,
+    checksums_text,
+    safe_relpath,
+    tag_manifest_text,
+    tag_problems,
+    tree_digest,
+)
+from .base import (
+    Progress,
+    copy_stream,
+    fill_file_member,
+    finish_table_member,
+    fsync_dir,
+    hash_file,
+    io_error,
+    start_writeback,
+    stat_entry,
+    sync_filesystem,
+    walk_table,
+    write_atomic,
+)
 
 JOURNAL_NAME = ".factor-archive-journal.jsonl"
 WRITEBACK_MIN = 1 << 20  # smaller files are left to the final sync, which batches them

@@ -16,20 +16,37 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
 from ..manifest import (
-    CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME, FileEntry, Manifest, Member,
-    check_checksums_file, check_member_paths, checksums_text, safe_relpath, tag_manifest_text,
-    tag_problems, tree_digest,
+    CHECKSUMS_NAME,
+    MANIFEST_NAME,
+    TAG_MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    Member,
+    check_checksums_file,
+    check_member_paths,
+    checksums_text,
+    safe_relpath,
+    tag_manifest_text,
+    tag_problems,
+    tree_digest,
 )
 from .base import (
-    Progress, copy_stream, fill_file_member, finish_table_member, fsync_dir, io_error,
-    remove_stale_partials, walk_table,
+    Progress,
+    copy_stream,
+    fill_file_member,
+    finish_table_member,
+    fsync_dir,
+    io_error,
+    remove_stale_partials,
+    walk_table,
 )
 
 BLOCKSIZE = 512
@@ -105,7 +122,7 @@ def ustar_header(path: str, typeflag: bytes, size: int, mode: int, mtime: int) -
 
 
 def pax_record(key: str, value: str) -> bytes:
-    body = f" {key}={value}\n".encode("utf-8")
+    body = f" {key}={value}\n".encode()
     n = len(body) + 1
     while len(str(n)) + len(body) != n:
         n = len(str(n)) + len(body)
@@ -413,7 +430,7 @@ class TarWriter:
         # A stream gets no index and no end-of-archive blocks: readers see it as truncated.
         self._remove_staging()
 
-    def __enter__(self) -> "TarWriter":
+    def __enter__(self) -> TarWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
@@ -841,7 +858,7 @@ class TarReader:
         if self._own:
             self._f.close()
 
-    def __enter__(self) -> "TarReader":
+    def __enter__(self) -> TarReader:
         return self
 
     def __exit__(self, *_: Any) -> None:

@@ -23,17 +23,25 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import unquote
 
 import numpy as np
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError
 from ..manifest import FileEntry, Manifest, Member, safe_relpath, tree_digest
-from .base import (Progress, finish_table_member, fsync_dir, io_error, remove_stale_partials, stat_entry,
-                   sync_filesystem, walk_table)
+from .base import (
+    Progress,
+    finish_table_member,
+    fsync_dir,
+    io_error,
+    remove_stale_partials,
+    stat_entry,
+    sync_filesystem,
+    walk_table,
+)
 
 LAYOUT = "factor-archive/zarr"
 LAYOUT_VERSION = 1
@@ -201,7 +209,7 @@ def _close_url_store(store) -> None:
         return
     try:
         _sync(creator.__aexit__(None, None, None))
-    except Exception:  # noqa: BLE001 - closing a session to a server that went away
+    except Exception:
         pass
     fs._s3 = fs._s3creator = None
 
@@ -305,7 +313,7 @@ def _fresh_store_class():
         async def _upload(self, key, value, size) -> None:
             try:
                 await self._store.set(key, value)
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 if self._error is None:
                     self._error = exc
             finally:
@@ -459,7 +467,7 @@ class ZarrWriter:
                 "layout": LAYOUT, "layout_version": LAYOUT_VERSION, "members": MEMBERS,
                 "manifest": MANIFEST_NODE}})
             self._groups[MEMBERS] = self.root.create_group(MEMBERS)
-        except Exception as exc:  # noqa: BLE001 - translated, or raised as it is
+        except Exception as exc:
             self.abort()
             raise self._failure(exc, self.tmp or self.loc.text) from None
         except BaseException:  # interrupted (Ctrl-C) before the caller holds the writer to abort
@@ -474,7 +482,7 @@ class ZarrWriter:
             holds = bool(_sync(fs._ls(path)))
         except FileNotFoundError:
             holds = False
-        except Exception as exc:  # noqa: BLE001 - translated, or raised as it is
+        except Exception as exc:
             raise self._failure(exc, self.loc.text) from None
         if not holds:
             return
@@ -484,7 +492,7 @@ class ZarrWriter:
             # The old manifest goes first: from then on the old store no longer looks complete.
             _remove_objects(fs, f"{path}/{MANIFEST_NODE}")
             _remove_objects(fs, path)
-        except Exception as exc:  # noqa: BLE001 - translated, or raised as it is
+        except Exception as exc:
             raise self._failure(exc, self.loc.text) from None
 
     def _failure(self, exc: BaseException, path) -> BaseException:
@@ -526,7 +534,7 @@ class ZarrWriter:
                 member.size, member.sha256 = size, sha
                 member.mode, member.mtime = stat.S_IMODE(st.st_mode), st.st_mtime
                 member.extra = {**member.extra, "zarr": _file_extra(node, size)}
-        except Exception as exc:  # noqa: BLE001 - translated, or raised as it is
+        except Exception as exc:
             raise self._failure(exc, source) from None
         if self._staging is not None and Path(source).parent == self._staging:
             _remove(Path(source))  # generated data (calibrated chunks): stored, so free the disk now
@@ -553,7 +561,7 @@ class ZarrWriter:
                 _swap_into_place(self.tmp, self.loc.path)
             else:
                 _sync(self.store.flush())
-        except Exception as exc:  # noqa: BLE001 - translated, or raised as it is
+        except Exception as exc:
             raise self._failure(exc, self.loc.text) from None
         self._closed = True
         self._cleanup()
@@ -573,13 +581,13 @@ class ZarrWriter:
                     # Best effort, and bounded: the store may be what failed. Without a manifest
                     # what stays behind is no archive, and a rerun with -c replaces it.
                     _sync(asyncio.wait_for(_remove_objects_async(fs, path), ABORT_CLEANUP_SECONDS))
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
             else:
                 _wait_for_zarr()                # an interrupted write goes on in zarr's loop
                 try:
                     self.store.close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
                 for _attempt in range(3):       # zarr's loop may still finish a write meanwhile
                     try:
@@ -721,7 +729,7 @@ def _wait_for_zarr(timeout: float = 30.0) -> None:
 
     try:
         asyncio.run_coroutine_threadsafe(others(), loop).result(timeout + 5)
-    except Exception:  # noqa: BLE001 - best effort: the removal below retries anyway
+    except Exception:
         pass
 
 
@@ -834,7 +842,7 @@ class ZarrReader:
             if self.loc.kind == "url":
                 raise _url_error(self.loc, exc) from None
             raise BadInput(f"{self.origin}: cannot read ({exc.strerror or exc})") from None
-        except Exception as exc:  # noqa: BLE001 - a damaged zip directory, torn metadata JSON, ...
+        except Exception as exc:
             self.close()
             raise _read_failure(self.loc, exc, "the archive") from None
         except BaseException:
@@ -856,7 +864,7 @@ class ZarrReader:
             data = arr[:].tobytes()
         except BadInput:
             raise
-        except Exception as exc:  # noqa: BLE001 - a torn manifest chunk fails its crc32c
+        except Exception as exc:
             raise DamagedArchive(f"{self.origin}: manifest unreadable ({_what_failed(exc)}); damaged, or "
                                  "an interrupted archive?") from None
         if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(data).hexdigest() \
@@ -870,7 +878,7 @@ class ZarrReader:
             return self.root[node_path(member.path)]
         except KeyError:
             raise DamagedArchive(f"{self.origin}: {member.path}: member missing from the archive") from None
-        except Exception as exc:  # noqa: BLE001 - its zarr.json (or a parent's) is damaged
+        except Exception as exc:
             raise DamagedArchive(f"{self.origin}: {member.path}: metadata damaged "
                                  f"({_what_failed(exc)})") from None
 
@@ -926,7 +934,7 @@ class ZarrReader:
             except FactorArchiveError:
                 self._check_reachable()
                 raise
-            except Exception as exc:  # noqa: BLE001 - zarr or the zip module on damaged bytes
+            except Exception as exc:
                 self._check_reachable()
                 raise _read_failure(self.loc, exc, member.path) from None
 
@@ -1056,7 +1064,7 @@ class ZarrReader:
             except FactorArchiveError as exc:
                 self._check_reachable()
                 problems.append(str(exc))
-            except Exception as exc:  # noqa: BLE001 - zarr or the zip module on damaged bytes
+            except Exception as exc:
                 if self.loc.kind == "url" and _is_transport(exc):
                     raise _url_error(self.loc, exc) from None   # the store went away: stop
                 if isinstance(exc, OSError):
@@ -1072,7 +1080,7 @@ class ZarrReader:
             return
         try:
             _store_exists(self.store, "zarr.json")
-        except Exception as exc:  # noqa: BLE001 - the connection is what failed
+        except Exception as exc:
             raise _url_error(self.loc, exc) from None
 
     def _verify_member(self, member: Member, progress: Progress) -> list[str]:
@@ -1113,7 +1121,7 @@ class ZarrReader:
         if store is not None:
             try:
                 store.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             if self.loc.kind == "url":
                 _close_url_store(store)
@@ -1195,7 +1203,7 @@ def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
     for start, stop in _blocks(arr):
         try:
             block = arr[start:stop]
-        except Exception as exc:  # noqa: BLE001 - crc32c mismatch, truncated shard, ...
+        except Exception as exc:
             raise FactorArchiveError(f"{what}: bytes {start}-{stop - 1}: stored data is damaged "
                                      f"({_first_line(exc)})") from None
         data = memoryview(np.ascontiguousarray(block, dtype=np.uint8)).cast("B")

@@ -172,18 +172,20 @@ import struct
 import threading
 import warnings
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import zarr
 from zarr import codecs as zc
 
 from ..errors import FactorArchiveError
-from .casacore_record import RecordFormatError, dec_float as _dec_float, enc_float as _enc_float
-from .casacore_record import parse_cell, serialize_cell
+from .casacore_record import RecordFormatError, parse_cell, serialize_cell
+from .casacore_record import dec_float as _dec_float
+from .casacore_record import enc_float as _enc_float
 
 __all__ = ["encode_table", "decode_table", "verify_table", "table_content_sha256", "RawTableRequired",
            "CorruptTableData", "FORMAT", "FORMAT_VERSION"]
@@ -356,7 +358,7 @@ def _keyword_types(tb, path) -> tuple[dict, dict[str, dict]]:
     ct = _ct()
     try:
         text = ct.taql("show table $1 tabkey colkey", tables=[tb])[0]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise RawTableRequired(path, f"cannot list keyword types: {e}") from e
     lines = text.split("\n")
     try:
@@ -666,7 +668,7 @@ def _is_plain(path: Path) -> bool:
 def _open(path: Path):
     try:
         return _table(str(path), ack=False, lockoptions="autonoread")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise RawTableRequired(path, f"casacore cannot open it: {e}") from e
 
 
@@ -680,7 +682,7 @@ def _column_node(name: str) -> str:
     return node
 
 
-def _plan(path: Path, row_block: int | None, *, work: "_Work | None" = None) -> _Plan:
+def _plan(path: Path, row_block: int | None, *, work: _Work | None = None) -> _Plan:
     """The table's layout; ``work`` (threads for the codec trials) or None: default codecs."""
     path = Path(path)
     if not (path / "table.dat").is_file():
@@ -830,7 +832,7 @@ def _plan_column(tb, path, name, nrows, desc, row_block, work, *, cells=None, re
             n = max(1, min(n, _SAMPLE_BYTES // max(1, cell_bytes)))
             try:
                 sample = _as_cells(_getcol(tb, col, row, n), col, (n,) + tuple(col.shapes[0]))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise RawTableRequired(path, f"column {name} rows {row}-{row + n - 1}: {e}") from e
             col.choice = _start_choice(col, col.total * col.itemsize, sample, work)
         return col
@@ -880,7 +882,7 @@ def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block, track_runs=False) 
         n = min(step, nrows - start)
         try:
             defined, shapes = _block_shapes(tb, col.name, start, n, cache)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise RawTableRequired(path, f"column {col.name}: cannot read cell shapes: {e}") from e
         undefined += int(n - defined.sum())
         for i, s in enumerate(shapes):
@@ -1041,7 +1043,7 @@ def _block_shapes(tb, name, start, n, cache) -> tuple[np.ndarray, list]:
         defined = np.ones(n, bool)
         if len(strs) == 1 and n > 1:
             strs = strs * n
-    except Exception:  # noqa: BLE001 - undefined cells in the block
+    except Exception:
         defined = _defined(tb, name, start, n)
         strs = [tb.getcolshapestring(name, start + i, 1)[0] if d else None
                 for i, d in enumerate(defined)]
@@ -1056,7 +1058,7 @@ def _defined(tb, name, start, n) -> np.ndarray:
                                   tables=[tb]), dtype=bool).reshape(-1)
         if d.shape == (n,):
             return d
-    except Exception:  # noqa: BLE001 - e.g. a column name TaQL cannot parse
+    except Exception:
         pass
     return np.fromiter((tb.iscelldefined(name, start + i) for i in range(n)), bool, n)
 
@@ -1159,7 +1161,7 @@ class _ChunkCodec:
             self._filter = None
 
     @classmethod
-    def from_label(cls, label: str, dtype: np.dtype, chunk_shape: tuple) -> "_ChunkCodec":
+    def from_label(cls, label: str, dtype: np.dtype, chunk_shape: tuple) -> _ChunkCodec:
         if label in _BLOSC:
             cname, level, shuffle = _BLOSC[label]
             return cls(dtype, chunk_shape, None, ("blosc", cname, level, shuffle))
@@ -1209,7 +1211,7 @@ class _ChunkCodec:
             return
         try:
             raw = np.frombuffer(self._codec.decode(body), np.uint8)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _BadChunk(f"cannot decompress: {e}") from None
         if self._filter is not None:
             size = self.nbytes // self.dtype.itemsize
@@ -1237,7 +1239,7 @@ def _codec_from_metadata(arr) -> tuple[_ChunkCodec, int, int] | None:
     try:  # the stored JSON document, as the zarr v3 spec describes it
         md = json.loads(arr.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
         dtype = np.dtype(arr.dtype)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if sys.byteorder != "little" or dtype.kind not in "biufc" or len(md.get("codecs", ())) != 1:
         return None
@@ -1286,7 +1288,7 @@ def _codec_from_metadata(arr) -> tuple[_ChunkCodec, int, int] | None:
             return None
     try:
         return _ChunkCodec(dtype, chunk, filt, c), chunk[0], shard[0]
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -1322,12 +1324,12 @@ def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) ->
     return out
 
 
-def _choose_codec(tb, path, col: _Col, nrows: int, sample, work: "_Work") -> str:
+def _choose_codec(tb, path, col: _Col, nrows: int, sample, work: _Work) -> str:
     row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
     return _start_choice(col, nrows * row_bytes, sample, work)(tb, path)
 
 
-def _start_choice(col: _Col, nbytes: int, sample, work: "_Work") -> Callable:
+def _start_choice(col: _Col, nbytes: int, sample, work: _Work) -> Callable:
     """Start the codec trials of a column of ``nbytes`` on the pool; returns finish(tb, path)
     -> label.
 
@@ -1532,7 +1534,7 @@ class _Work:
         for f in stores:
             try:
                 f.result()
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 first = first or e
         if first is not None:
             raise first
@@ -1578,12 +1580,12 @@ def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = No
     if out is not None and col.dtype in _GETCOLNP and out.dtype == col.dtype and not col.per_cell:
         try:
             tb.getcolnp(col.name, out, start, n)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
         return out
     try:
         v = _getcol(tb, col, start, n)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
     a = _as_cells(v, col, (n,) + tuple(col.cell_shape), start)
     if out is not None:
@@ -1621,7 +1623,7 @@ def _read_runs(tb, col: _Col, start: int, n: int, cache: dict):
         defined, shapes = _block_shapes(tb, col.name, start, n, cache)
     except _ReadFailure:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: {e}") from e
     runs = []
     i = 0
@@ -1635,7 +1637,7 @@ def _read_runs(tb, col: _Col, start: int, n: int, cache: dict):
                 raise _ReadFailure(f"column {col.name} row {start + i}: ndim changed while reading")
             try:
                 v = _getcol(tb, col, start + i, j - i)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise _ReadFailure(f"column {col.name} rows {start + i}-{start + j - 1}: {e}") from e
             runs.append((i, j - i, s, _as_cells(v, col, (j - i,) + s, start + i)))
         i = j
@@ -1785,9 +1787,9 @@ def _table_sha(header: dict, columns: dict[str, str], subtables: dict[str, str])
     h = hashlib.sha256(_HASH_MAGIC)
     h.update(_canon(header) + b"\n")
     for name in sorted(columns):
-        h.update(f"column\t{name}\t{columns[name]}\n".encode("utf-8"))
+        h.update(f"column\t{name}\t{columns[name]}\n".encode())
     for name in sorted(subtables):
-        h.update(f"subtable\t{name}\t{subtables[name]}\n".encode("utf-8"))
+        h.update(f"subtable\t{name}\t{subtables[name]}\n".encode())
     return h.hexdigest()
 
 
@@ -1817,7 +1819,7 @@ class _ArrayOut:
     _SHARDS_IN_FLIGHT of them are waiting to be stored.
     """
 
-    def __init__(self, node: "_Node", work: _Work):
+    def __init__(self, node: _Node, work: _Work):
         self.work = work
         self.node = node
         self.store, self.path = node.store, node.path
@@ -1914,7 +1916,7 @@ class _ZarrOut:
         return _stored_bytes(self.arr)
 
 
-def _writer(node: "_Node", work: _Work):
+def _writer(node: _Node, work: _Work):
     if node.dtype is None:
         arr = zarr.open_array(node.store, path=node.path, mode="r+", zarr_format=3)
         return _ZarrOut(arr.with_config({"write_empty_chunks": True}))  # every shard stored
@@ -1951,7 +1953,7 @@ class _Appender:
         self.out.close()
 
 
-def _digest(h: "_ColumnHash", futs: list) -> str:
+def _digest(h: _ColumnHash, futs: list) -> str:
     for f in futs:  # done already (same thread, in order); re-raises a failed update
         f.result()
     return h.hexdigest()
@@ -2104,7 +2106,7 @@ def _result(d):
     return d.result() if hasattr(d, "result") else d
 
 
-def _scan_table(plan: _Plan, sink, progress, work: _Work, worker: "_Worker | None" = None) -> dict:
+def _scan_table(plan: _Plan, sink, progress, work: _Work, worker: _Worker | None = None) -> dict:
     """Read every column of plan's table in blocks, feed ``sink``; return content tree."""
     tb = _open(plan.path)
     rtb = worker.open(plan.path) if worker is not None else None
@@ -2364,7 +2366,7 @@ def _stored_bytes(arr) -> int | None:
 
     try:
         return int(sync(arr.store.getsize_prefix(f"{arr.path}/c/")))
-    except Exception:  # noqa: BLE001 - not every store can size its objects
+    except Exception:
         return None
 
 
@@ -2447,7 +2449,7 @@ def _cleanup(group: zarr.Group, keep: set) -> None:
         if k not in keep:
             try:
                 del group[k]
-            except Exception:  # noqa: BLE001 - e.g. a ZipStore cannot delete
+            except Exception:
                 pass
 
 
@@ -2575,7 +2577,7 @@ os._exit(0)  # no interpreter shutdown: nothing left for destructors to write
 _IDLE_WORKERS = 2  # finished workers kept for the next table within a worker_session
 _session_lock = threading.Lock()
 _sessions = 0
-_idle: list["_Worker"] = []
+_idle: list[_Worker] = []
 _spawner = None  # the thread that starts workers (see _spawn)
 
 
@@ -2727,7 +2729,7 @@ class _Worker:
                     self._failed = True
                     tname, kind, text = value
                     fut.set_exception(_reply_error((tname, kind, _full_disk_note(text, path))))
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             self._error = _WorkerGone(f"casacore worker process failed: {e}")
         with self._lock:
             pending = list(self._waiting)
@@ -2744,7 +2746,7 @@ class _Worker:
         """The worker's last words on its standard error (see _last_words)."""
         try:
             self.proc.wait(timeout=5)  # the replies ended: it is exiting, or gone
-        except Exception:  # noqa: BLE001 - still running: read what there is
+        except Exception:
             pass
         try:
             size = os.fstat(self._stderr).st_size
@@ -2826,14 +2828,14 @@ class _Worker:
     def __exit__(self, exc_type, exc, tb):
         self.close(kill=exc_type is not None)
 
-    def open(self, path, writable: bool = False) -> "_RemoteTable":
+    def open(self, path, writable: bool = False) -> _RemoteTable:
         """The table, opened for reading (or writing) in the worker (asynchronously)."""
         self._ntables += 1
         tid = self._ntables
         self._open.add(tid)
         return _RemoteTable(self, tid, self.send(("open", tid, str(path), writable)))
 
-    def table(self, path, desc, nrow, dminfo, endian) -> "_RemoteTable":
+    def table(self, path, desc, nrow, dminfo, endian) -> _RemoteTable:
         self._ntables += 1
         tid = self._ntables
         self._open.add(tid)
@@ -2884,7 +2886,7 @@ class _Worker:
             self._stop_sender()
             try:
                 self.proc.wait(timeout=None if kill else 30)
-            except Exception:  # noqa: BLE001 - a worker that does not leave is killed
+            except Exception:
                 self.proc.kill()
                 self.proc.wait()
         finally:
@@ -2920,7 +2922,7 @@ def _worker_for(nbytes: int, *, writes: bool = False):
             return _idle.pop()
     try:
         return _Worker(_BUFFERS * BLOCK_BYTES)
-    except Exception:  # noqa: BLE001 - cannot start a process here: casacore in this one
+    except Exception:
         return _NoWorker()
 
 
@@ -3067,7 +3069,7 @@ class _ArrayIn:
         key = _shard_key(self.meta, self.path, s, len(self.shape))
         try:
             got = sync(self.store.get(key, prototype=default_buffer_prototype()))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _Damage(first, last, "damaged", f"cannot read it: {_first_line(e)}") from None
         if got is None:
             raise _Damage(first, last, "missing")
@@ -3200,7 +3202,7 @@ class _ZarrIn:
             self._check(s)
         try:
             return self.arr[a:b]
-        except Exception as e:  # noqa: BLE001 - crc32c mismatch, truncated shard, ...
+        except Exception as e:
             raise _Damage(a, b - 1, "damaged", _first_line(e)) from None
 
     def blocks(self):
@@ -3367,7 +3369,7 @@ def _decode_into(group: zarr.Group, st: dict, path: Path, content: dict | None, 
         else:
             try:
                 tb.close()
-            except Exception:  # noqa: BLE001 - the first failure is the one to report
+            except Exception:
                 pass
     header = _hash_header(nrows, st["info"], {c["name"]: c["desc"] for c in cols}, st["keywords"],
                           {c["name"]: c["keywords"] for c in cols})
@@ -3491,7 +3493,7 @@ def _array_at(group, node: str, what: str):
         return group[node]
     except KeyError:
         raise _Unreadable("stored array is missing") from None
-    except Exception as e:  # noqa: BLE001 - a damaged zarr.json
+    except Exception as e:
         raise _Unreadable(f"stored array is unreadable ({_first_line(e)})") from None
 
 
@@ -3550,7 +3552,7 @@ def _put_records(tb, name: str, block, start: int, resolve, what: str) -> None:
             value = _dec_kw(json.loads(str(text)), resolve)
         except CorruptTableData:
             raise
-        except Exception as e:  # noqa: BLE001 - damaged text: json or structure
+        except Exception as e:
             raise CorruptTableData(f"{what} row {start + i}: stored record is damaged ({_first_line(e)})") from None
         tb.putcell(name, start + i, value)
 
@@ -3753,7 +3755,7 @@ def _verify_into(group, content: dict | None, version: int, where: str, progress
         sub_where = f"{where}/{s['name']}"
         try:
             sg = group[s["group"]]
-        except Exception:  # noqa: BLE001 - absent, or its zarr.json is damaged
+        except Exception:
             problems.append(f"{sub_where}: subtable missing")
             subs[s["name"]] = None
             continue

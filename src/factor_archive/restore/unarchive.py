@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import signals
 from ..containers.base import disk_full, is_disk_full, write_atomic, written_path

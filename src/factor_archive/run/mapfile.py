@@ -10,8 +10,8 @@ escapes and are seen here as latin-1 characters, as in :mod:`factor_archive.run.
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import BadInput
 

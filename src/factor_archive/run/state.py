@@ -16,7 +16,7 @@ import math
 import re
 import struct
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
