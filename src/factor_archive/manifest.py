@@ -241,7 +241,8 @@ def _check_types(raw: dict) -> None:
     _expect(raw.get("tag_manifest") is None or isinstance(raw["tag_manifest"], str),
             "tag_manifest is neither a string nor null")
     members = raw.get("members")
-    _expect(isinstance(members, list), "members is not a list")
+    if not isinstance(members, list):
+        raise ValueError("members is not a list")
     member_keys = ("path", "source", "category", "kind", "size", "mode", "mtime", "sha256")
     for i, m in enumerate(members):
         where = f"members[{i}]"

@@ -25,12 +25,13 @@ import shutil
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import FactorArchiveError
 from .ms.dp3 import MsRecipe, dp3_available, write_recipes
-from .run.mapfile import _py2_literal as py2_literal
+from .run.mapfile import py2_literal
 from .run.state import dumps_py2
 
 OBS = "L123456"
@@ -217,7 +218,8 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
         "dir_local = /tmp/scratch\n")
     (wd / "regions" / "facets_ds9.reg").write_text(
         "# Region file format: DS9 version 4.0\nfk5\npolygon(219.1,33.5,220.5,33.4,220.6,34.6,219.0,34.7)\n")
-    (wd / "regions" / "calimages_ds9.reg").write_text("# Region file format: DS9 version 4.0\nfk5\nbox(219.6,33.9,0.2,0.2,0)\n")
+    (wd / "regions" / "calimages_ds9.reg").write_text(
+        "# Region file format: DS9 version 4.0\nfk5\nbox(219.6,33.9,0.2,0.2,0)\n")
     (wd / "factor.log").write_text(
         "2017-06-15 10:00:00,000 - INFO - factor - Factor started\n"
         "2017-06-17 22:13:08,512 - INFO - factor - Factor has finished :)\n")
@@ -228,7 +230,7 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
     for d in DIRECTIONS + ["target"]:
         (wd / "logs" / "facetimage").mkdir(parents=True, exist_ok=True)
         (wd / "logs" / "facetimage" / f"{d}.out.log").write_text("wsclean output\n")
-        state = {
+        state: dict[str, Any] = {
             "name": d, "ra": 219.62, "dec": 33.96, "working_dir": str(wd),
             "save_file": str(wd / "state" / f"{d}_save.pkl"),
             "vertices_file": str(wd / "state" / f"{d}_save.pkl"),
@@ -266,9 +268,9 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
             _mapfile(md / "concat_data_local.mapfile", [f"/tmp/scratch/{d}_a1b2c3/concat.ms"])
             _mapfile(md / "verify_subtract.break.mapfile", ["True"])
             _mapfile(md / "make_selfcal_plots.mapfile", [str(p) for p in sorted(sc.glob("*.png"))])
-            sub = res / "facetsub" / d / "mapfiles"
-            sub.mkdir(parents=True)
-            _mapfile(sub / "input_files_single.mapfile", chunk_files)
+            facetsub_maps = res / "facetsub" / d / "mapfiles"
+            facetsub_maps.mkdir(parents=True)
+            _mapfile(facetsub_maps / "input_files_single.mapfile", chunk_files)
             state.update({
                 "started_operations": ["facetselfcal", "facetsub"],
                 "completed_operations": ["facetselfcal", "facetsub"],
@@ -304,7 +306,7 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
     _outlier_peel(wd, res, chunk_files, next(seed))
 
     # Field mosaic ------------------------------------------------------------------------------
-    field = {"name": "field", "working_dir": str(wd), "save_file": str(wd / "state" / "field_save.pkl"),
+    field: dict[str, Any] = {"name": "field", "working_dir": str(wd), "save_file": str(wd / "state" / "field_save.pkl"),
              "facet_image_filenames": [], "started_operations": [], "completed_operations": [],
              "facet_vertices_filenames": [str(wd / "state" / f"{d}_save.pkl") for d in DIRECTIONS + ["target"]]}
     for op in MOSAIC_OPS:
@@ -413,7 +415,7 @@ def write_parmdb(path: Path, seed: int) -> None:
 
 def _calibrated_data(od: Path, md: Path, seed: int) -> list[MsRecipe]:
     """facet1's phase-shifted, averaged per band and chunk MSs, one band missing in one chunk."""
-    files = []
+    files: list[MsRecipe] = []
     for c in range(3):
         for sb, centre in BANDS:
             if (sb, c) in MISSING_CALIBRATED:

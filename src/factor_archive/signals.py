@@ -117,10 +117,11 @@ def last_received() -> int | None:
         return _received
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     late = list(signal.sigpending() & set(HANDLED))
-    try:
-        late += [n for n in os.read(_wakeup, 4096) if n in HANDLED]
-    except (BlockingIOError, OSError, TypeError):
-        pass
+    if _wakeup is not None:
+        try:
+            late += [n for n in os.read(_wakeup, 4096) if n in HANDLED]
+        except OSError:  # BlockingIOError: nothing arrived
+            pass
     if _received is None and late:
         _received = late[0]
     return _received

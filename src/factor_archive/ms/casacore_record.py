@@ -44,7 +44,8 @@ _TABLE, _RECORD = 12, 25
 _SCALAR_CODE = {v: k for k, v in _SCALARS.items()}
 _ARRAY_CODE = {v: k for k, v in _ARRAYS.items()}
 # Element types in canonical (big endian) form; Bool arrays are packed bits.
-_BE = {"uChar": np.dtype("u1"), "Short": np.dtype(">i2"), "Int": np.dtype(">i4"),
+_BE: dict[str, np.dtype] = {
+       "uChar": np.dtype("u1"), "Short": np.dtype(">i2"), "Int": np.dtype(">i4"),
        "uInt": np.dtype(">u4"), "Int64": np.dtype(">i8"), "Float": np.dtype(">f4"),
        "Double": np.dtype(">f8"), "Complex": np.dtype(">c8"), "DComplex": np.dtype(">c16")}
 _SCALAR_FMT = {"Bool": ">B", "uChar": ">B", "Short": ">h", "Int": ">i", "uInt": ">I",

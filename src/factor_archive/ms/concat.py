@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,9 @@ _BLOCK_BYTES = 256 * 2**20  # cap on one block's arrays, whatever row_block says
 _SCAN_ROWS = 1_000_000  # rows per read when scanning a scalar column
 _TIME_TOL = 1e-3  # seconds; DP3 compares times with casacore::near
 
+# An open ``casacore.tables.table``: python-casacore ships no type information.
+Table = Any
+
 
 @dataclass
 class TimeGroup:
@@ -56,7 +60,7 @@ class TimeGroup:
     slots: list[str | None]  # frequency-ordered; None = gap (Factor's dummy.ms)
 
 
-def _open(path, **kw):
+def _open(path: str | os.PathLike, **kw: Any) -> Table:
     from casacore import tables as ct
 
     try:
@@ -70,7 +74,7 @@ def _one_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def _spw_id(ms) -> int:
+def _spw_id(ms: Table) -> int:
     """The SPECTRAL_WINDOW row of the data (that of the first row's DATA_DESC_ID)."""
     from casacore import tables as ct
 
@@ -82,7 +86,7 @@ def _spw_id(ms) -> int:
         dd.close()
 
 
-def _spw_row(ms) -> tuple[object, int]:
+def _spw_row(ms: Table) -> tuple[Table, int]:
     from casacore import tables as ct
 
     spw_id = _spw_id(ms)
@@ -156,7 +160,7 @@ def group_by_time(ms_paths: Sequence[str]) -> list[TimeGroup]:
 @dataclass
 class _Band:
     path: str
-    table: object
+    table: Table
     nchan: int
     freqs: np.ndarray
     widths: np.ndarray
@@ -199,7 +203,7 @@ def _spectral_layout(slots: Sequence[_Band | None]):
         return tuple(np.concatenate([getattr(b, attr) for b in real])
                      for attr in ("freqs", "widths", "resolution", "effective_bw"))
     first_idx = next(i for i, b in enumerate(slots) if b is not None)
-    first = slots[first_idx]
+    first = real[0]
     nfill = first.nchan
     chanw = float(first.widths[0])
     cursor = float(first.freqs[0]) - first_idx * nfill * chanw
@@ -461,13 +465,13 @@ def concat_in_frequency(slots: Sequence[str | None], out_path, *, row_block: int
             data = np.zeros((n, nchan, ncorr), np.complex64)
             flag = np.ones((n, nchan, ncorr), bool)
             wspec = np.zeros((n, nchan, ncorr), np.float32)
-            for i, band in enumerate(bands):
-                if band is None:
+            for i, slot in enumerate(bands):
+                if slot is None:
                     continue
-                if band is not first:
-                    _check_same_rows(band.path, first.path, start, time, a1, a2, band.table)
+                if slot is not first:
+                    _check_same_rows(slot.path, first.path, start, time, a1, a2, slot.table)
                 c0, c1 = offsets[i], offsets[i + 1]
-                data[:, c0:c1], flag[:, c0:c1], wspec[:, c0:c1] = _read_band_block(band, start, n)
+                data[:, c0:c1], flag[:, c0:c1], wspec[:, c0:c1] = _read_band_block(slot, start, n)
 
             cols.update({
                 "DATA": data, "FLAG": flag, "WEIGHT_SPECTRUM": wspec,
@@ -500,9 +504,9 @@ def concat_in_frequency(slots: Sequence[str | None], out_path, *, row_block: int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        for band in bands:
-            if band is not None:
-                band.table.close()
+        for opened in bands:
+            if opened is not None:
+                opened.table.close()
 
 
 def _read_band_block(band: _Band, start: int, n: int):

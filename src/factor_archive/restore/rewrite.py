@@ -20,7 +20,8 @@ def make_path_mapper(old_roots: list[str], new_root: str,
     CASA-style list strings (``'["/a.rgn","/b.rgn"]'``) are mapped element by element.
     """
     roots = sorted({_norm(r) for r in old_roots if r}, key=len, reverse=True)
-    moves = sorted(((_norm(k), v) for k, v in relocations.items() if k.startswith("/")), key=lambda kv: len(kv[0]), reverse=True)
+    moves = sorted(((_norm(k), v) for k, v in relocations.items() if k.startswith("/")),
+                   key=lambda kv: len(kv[0]), reverse=True)
 
     def one(path: str) -> str | None:
         if not path.startswith("/"):

@@ -50,14 +50,14 @@ def _split(file: str) -> list[str]:
     return [file]
 
 
-def _literal(node: ast.AST):
+def _literal(node: ast.expr) -> object:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise MapfileError(f"not a plain literal at line {getattr(node, 'lineno', '?')}") from None
 
 
-def _entries(text: str) -> list[tuple[MapEntry, ast.AST | None]]:
+def _entries(text: str) -> list[tuple[MapEntry, ast.expr | None]]:
     """Parse and check the structure; return each entry with the AST node of its file value."""
     if not isinstance(text, str):
         raise TypeError("mapfile text must be str")
@@ -68,11 +68,11 @@ def _entries(text: str) -> list[tuple[MapEntry, ast.AST | None]]:
     body = tree.body
     if not isinstance(body, ast.List):
         raise MapfileError("not a mapfile (not a list)")
-    out = []
+    out: list[tuple[MapEntry, ast.expr | None]] = []
     for i, item in enumerate(body.elts):
         where = f"entry {i}"
         if isinstance(item, ast.Dict):
-            fields: dict[str, ast.AST] = {}
+            fields: dict[object, ast.expr] = {}
             for k, v in zip(item.keys, item.values):
                 key = _literal(k) if k is not None else None
                 if key not in ("host", "file", "skip") or key in fields:
@@ -110,7 +110,7 @@ def parse_mapfile(text: str) -> list[MapEntry]:
     return [entry for entry, _ in _entries(text)]
 
 
-def _py2_literal(value: str, quote: str, unicode_ok: bool) -> str:
+def py2_literal(value: str, quote: str, unicode_ok: bool) -> str:
     """A literal Python 2 evaluates back to ``value`` (``repr`` style, preferring ``quote``)."""
     if quote in value and ('"' if quote == "'" else "'") not in value:
         quote = '"' if quote == "'" else "'"
@@ -126,15 +126,22 @@ def _py2_literal(value: str, quote: str, unicode_ok: bool) -> str:
         elif ch == "\r":
             out.append("\\r")
         elif c < 0x20 or 0x7F <= c <= 0xFF:
-            out.append("\\x%02x" % c)
+            out.append(f"\\x{c:02x}")
         elif c > 0xFF:
             if not unicode_ok:
                 raise ValueError(f"{value!r} does not fit a Python 2 byte string")
-            out.append("\\u%04x" % c if c <= 0xFFFF else "\\U%08x" % c)
+            out.append(f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}")
         else:
             out.append(ch)
     out.append(quote)
     return "".join(out)
+
+
+def _end(node: ast.expr) -> tuple[int, int]:
+    """(line, column) where a node ends: ``ast.parse`` sets both (None only for made-up nodes)."""
+    if node.end_lineno is None or node.end_col_offset is None:
+        raise MapfileError(f"no end position for the value at line {node.lineno}")
+    return node.end_lineno, node.end_col_offset
 
 
 def rewrite_mapfile(text: str, fn: Callable[[str], str | None]) -> tuple[str, int]:
@@ -172,22 +179,24 @@ def rewrite_mapfile(text: str, fn: Callable[[str], str | None]) -> tuple[str, in
             continue
         value = "[" + ",".join(new_elems) + "]" if entry.is_multi else new_elems[0]
         start = line_starts[node.lineno - 1] + node.col_offset
-        end = line_starts[node.end_lineno - 1] + node.end_col_offset
+        end_line, end_col = _end(node)
+        end = line_starts[end_line - 1] + end_col
         source = raw[start:end].decode("utf-8")
         prefix = ""
         while source[len(prefix)] not in "'\"":
             prefix += source[len(prefix)]
         unicode_ok = "u" in prefix.lower()
-        literal = ("u" if unicode_ok else "") + _py2_literal(value, source[len(prefix)], unicode_ok)
+        literal = ("u" if unicode_ok else "") + py2_literal(value, source[len(prefix)], unicode_ok)
         edits.append((start, end, literal.encode("utf-8")))
 
     if not edits:
         return text, 0
-    out, last = [], 0
-    for start, end, new in edits:
-        out += (raw[last:start], new)
+    pieces: list[bytes] = []
+    last = 0
+    for start, end, literal_bytes in edits:
+        pieces += (raw[last:start], literal_bytes)
         last = end
-    out.append(raw[last:])
-    new_text = b"".join(out).decode("utf-8")
+    pieces.append(raw[last:])
+    new_text = b"".join(pieces).decode("utf-8")
     _entries(new_text)  # our own output must still parse
     return new_text, changed

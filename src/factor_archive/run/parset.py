@@ -93,7 +93,11 @@ def rewrite_parset(text: str, changes: dict[tuple[str, str], str]) -> str:
         out.append(line)
     flush_section(section)
     for (s, k), v in list(pending.items()):
-        if not any(_SECTION_LINE.match(l) and _SECTION_LINE.match(l).group(1) == s for l in out):
+        if s not in _section_names(out):
             out.append(f"[{s}]")
         out.append(f"{k} = {v}")
     return "\n".join(out) + "\n"
+
+
+def _section_names(lines: list[str]) -> set[str]:
+    return {m.group(1) for m in map(_SECTION_LINE.match, lines) if m}
