@@ -24,9 +24,11 @@ symlinks laid out as the archive, one per member, or ``cp -aL`` of each member's
 
 | form | archive: ours | reference | restore: ours | reference |
 |---|---|---|---|---|
-| dir  | ``archivefactor -q -r --format dir`` + sync | ``cp -aL ... && sync`` | ``unarchivefactor -q`` + sync | ``tar xf ref.tar && sync`` |
-| tar  | ``archivefactor -q -r --format tar`` + sync | ``tar chf ref.tar ... && sync`` | the same | the same |
-| zarr | ``archivefactor -q -r --format zarr`` + sync | ``tar chf - ... | zstd -3 -T0 -o ... && sync`` | the same | the same |
+| dir  | ``archivefactor -q -r --format dir`` | ``cp -aL ...`` | ``unarchivefactor -q`` | ``tar xf ref.tar`` |
+| tar  | ``archivefactor -q -r --format tar`` | ``tar chf ref.tar ...`` | the same | the same |
+| zarr | ``archivefactor -q -r --format zarr`` | ``tar chf - ... | zstd -3 -T0 -o ...`` | the same | the same |
+
+(every side, ours and reference, ends with ``sync``, inside the time measured)
 
 and the zarr store's size against ``tar chf - ... | zstd -19 -T0`` (run once per run built; its
 size is kept in the work directory). ``--threads 1,2`` adds zarr archive sides with the table
@@ -403,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             for n in threads if form == "zarr" else []:
                 label = f"{n} thread{'s' if n > 1 else ''}"
+                shown = f"[table_codec._THREADS = {n}] " + shlex.join(argv) + " && sync"
                 rows.append({"form": form, "op": f"archive, {label}", "ours": summary(res[label]),
-                             "ref": row["ref"], "cmd": (f"[table_codec._THREADS = {n}] " + shlex.join(argv) + " && sync",
-                                                        ref_shown), "out": sizes[form]})
+                             "ref": row["ref"], "cmd": (shown, ref_shown), "out": sizes[form]})
             if args.skip_restore:
                 remove([ours])
                 continue
@@ -445,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {command}")
     print(f"machine: {machine_line()}; load average {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after")
     print(f"code measured: {code}")
-    print(f"conditions: page cache warm; sync {'and wait (up to %g s) for an idle machine ' % args.idle_wait if idle else ''}"
+    waiting = f"and wait (up to {args.idle_wait:g} s) for an idle machine " if idle else ""
+    print(f"conditions: page cache warm; sync {waiting}"
           f"before every trial; sides alternate; {args.repeat} trial(s) per side")
     for n in notes:
         print(n)

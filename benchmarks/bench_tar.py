@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_restore:
             out, out2 = work / "out", work / "out2"
             ours_r = [*tool("unarchivefactor", args.block_kib), "-q", str(ours_tar), str(out)]
-            tar_x = f"mkdir {shlex.quote(str(out2))} && tar -x -f {shlex.quote(str(same_tar))} -C {shlex.quote(str(out2))}"
+            out2_q = shlex.quote(str(out2))
+            tar_x = f"mkdir {out2_q} && tar -x -f {shlex.quote(str(same_tar))} -C {out2_q}"
             theirs_r = ["sh", "-c", f"{tar_x} && sync"]
             res = alternate("restore", [("gnu tar", lambda: timed(theirs_r)),
                                         ("factor-archive", lambda: timed(ours_r, then_sync=True))],

@@ -311,18 +311,12 @@ def make_farm(parset: Path, farm: Path, form: str = "tar") -> tuple[list[str], i
 
 # -- Measurement Sets -----------------------------------------------------------------------------
 
-def casacore_env() -> dict:
-    import casacore
-
-    root = os.path.dirname(casacore.__file__)
-    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "AIPSPATH": root,
-            "CASACORE_DATADIR": os.path.join(root, "data")}
-
-
 def rewrite_with_dp3(src: Path, dest: Path) -> None:
     """``DP3 msin=src steps=[] msout=dest``: the table DP3 writes (its storage managers and tiles)."""
-    cmd = [str(BIN / "DP3.py"), f"msin={src}", "steps=[]", f"msout={dest}"]
-    subprocess.run(cmd, check=True, env=casacore_env(), stdout=subprocess.DEVNULL)
+    from factor_archive.ms.dp3 import Rewrite
+    from factor_archive.ms.dp3 import rewrite_with_dp3 as rewrite
+
+    rewrite([Rewrite(src, dest)])
 
 
 def realistic_columns(ms: Path, seed: int = 7) -> None:
@@ -354,9 +348,9 @@ def realistic_columns(ms: Path, seed: int = 7) -> None:
     nsrc = 8
     flux = rng.uniform(0.5, 15.0, nsrc)
     alpha = rng.normal(-0.8, 0.3, nsrc)
-    l = rng.uniform(-0.035, 0.035, nsrc)
+    ell = rng.uniform(-0.035, 0.035, nsrc)  # direction cosines l, m
     m = rng.uniform(-0.035, 0.035, nsrc)
-    n1 = np.sqrt(1 - l * l - m * m) - 1
+    n1 = np.sqrt(1 - ell * ell - m * m) - 1
     spec = flux[:, None] * (freqs[None, :] / freqs[0]) ** alpha[:, None]          # (src, chan)
     station_amp = rng.uniform(0.9, 1.1, nant)
     station_rate = rng.normal(0, 2 * math.pi / 1800, nant)                         # rad/s
@@ -378,7 +372,7 @@ def realistic_columns(ms: Path, seed: int = 7) -> None:
             a2 = t.getcol("ANTENNA2", start, n)
             time_ = t.getcol("TIME", start, n) - start_time
             # Exact point-source prediction: exp(-2 pi i (ul + vm + w(n-1)) f / c).
-            geo = (uvw[:, 0:1] * l + uvw[:, 1:2] * m + uvw[:, 2:3] * n1)           # (row, src) metres
+            geo = (uvw[:, 0:1] * ell + uvw[:, 1:2] * m + uvw[:, 2:3] * n1)           # (row, src) metres
             phase = -2 * math.pi * geo[:, :, None] * (freqs / c)[None, None, :]     # (row, src, chan)
             vis = np.einsum("rsc,sc->rc", np.exp(1j * phase), spec)                 # Stokes I
             g1 = station_amp[a1] * np.exp(1j * (station_phase0[a1] + station_rate[a1] * time_))
