@@ -77,6 +77,32 @@ def dp3_ms_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("dp3-ms-cache")
 
 
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, dp3_ms_cache):
+    """The fault-injection suites' clean archives of every form, made when first needed."""
+    from fault_cases import Workspace
+
+    return Workspace(tmp_path_factory.mktemp("faults"), dp3_ms_cache)
+
+
+@pytest.fixture(scope="session")
+def archived_run(tmp_path_factory) -> dict:
+    """For the interruption and full-disk suites: the sample run and an archive in every form."""
+    import faults
+
+    return faults.session_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def clean_restore(archived_run, tmp_path_factory) -> Path:
+    """A restore of the dir archive that nothing interrupted (tests only read it)."""
+    from factor_archive.cli import unarchivefactor_main
+
+    out = tmp_path_factory.mktemp("clean") / "restored"
+    assert unarchivefactor_main(["-q", str(archived_run["archives"]["dir"]), str(out)]) == 0
+    return out
+
+
 @pytest.fixture
 def sample_run(tmp_path, dp3_ms_cache) -> Path:
     """A fresh sample run below a path with spaces and non-ASCII characters; returns its parset.
@@ -85,9 +111,10 @@ def sample_run(tmp_path, dp3_ms_cache) -> Path:
     return write_sample_run(tmp_path / "site ø" / "run with spaces", dp3=True, ms_cache=dp3_ms_cache)
 
 
-def tree_snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry below root: kind, size, mtime and content hash (links: their target)."""
-    snap = {}
+def tree_snapshot(root: Path, *, dir_mtimes: bool = True) -> dict[str, tuple]:
+    """Every entry below root: files by mode, size, content hash and mtime, links by target,
+    directories by mode and (unless ``dir_mtimes`` is False) mtime."""
+    snap: dict[str, tuple] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = Path(dirpath) / name
@@ -96,9 +123,10 @@ def tree_snapshot(root: Path) -> dict[str, tuple]:
             if p.is_symlink():
                 snap[rel] = ("link", os.readlink(p))
             elif p.is_file():
-                snap[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+                snap[rel] = ("file", st.st_mode, st.st_size,
+                             hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns)
             else:
-                snap[rel] = ("dir", st.st_mtime_ns, st.st_mode)
+                snap[rel] = ("dir", st.st_mode, st.st_mtime_ns) if dir_mtimes else ("dir", st.st_mode)
     return snap
 
 
@@ -126,7 +154,7 @@ def assert_tables_equal(a: Path, b: Path) -> None:
                     assert ca.dtype == cb.dtype and ca.tobytes() == cb.tobytes(), (a, col)
                 else:
                     assert ca == cb, (a, col)
-        for name, value in ta.getkeywords().items():
+        for value in ta.getkeywords().values():
             if isinstance(value, str) and value.startswith("Table: "):
                 assert_tables_equal(Path(value[7:]), b / Path(value[7:]).name)
     finally:

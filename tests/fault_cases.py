@@ -14,7 +14,6 @@ nothing), ``traceback`` (a Python traceback, or a message of more than one line)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,8 +26,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pytest
-
+from conftest import tree_snapshot
 from factor_archive.cli import main
 from factor_archive.containers import tar as tarmod
 
@@ -126,22 +124,8 @@ def run_cli(argv: list[str], capfd) -> Run:
 # What a restore wrote, to compare with a clean restore
 
 def restored_tree(root: Path) -> dict[str, tuple]:
-    """Every entry below root: files by mode, size, content and mtime, links by target,
-    directories by mode."""
-    snap: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            st = os.lstat(p)
-            if p.is_symlink():
-                snap[rel] = ("link", os.readlink(p))
-            elif p.is_file():
-                snap[rel] = ("file", st.st_mode, st.st_size,
-                             hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns)
-            else:
-                snap[rel] = ("dir", st.st_mode)
-    return snap
+    """What a restore wrote (directory mtimes aside: a restore sets them as it goes)."""
+    return tree_snapshot(root, dir_mtimes=False)
 
 
 def table_contents(root: Path, tables: set[str]) -> dict[str, str]:
@@ -451,11 +435,6 @@ def manifest_json(archive: Path) -> str:
         return reader.manifest.to_json()
     finally:
         reader.close()
-
-
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory, dp3_ms_cache) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("faults"), dp3_ms_cache)
 
 
 def judge_damaged_archive(base: CleanArchive, capfd) -> tuple[str, str]:

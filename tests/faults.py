@@ -80,12 +80,11 @@ def run(argv: list[str], *, when: Callable[[float, subprocess.Popen], bool] | No
     Standard output goes to ``stdout_file`` or a pipe drained as fast as it fills (like
     ``| mbuffer``); standard input comes from ``stdin_file`` through a pipe (like ``cat run.tar |``).
     """
-    out = open(stdout_file, "wb") if stdout_file is not None else subprocess.PIPE
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin_file else subprocess.DEVNULL,
-                            stdout=out, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, **(env or {})})
-    if stdout_file is not None:
-        out.close()
+    with (open(stdout_file, "wb") if stdout_file is not None
+          else contextlib.nullcontext(subprocess.PIPE)) as out:  # the command keeps its own copy
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin_file else subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.PIPE, start_new_session=True,
+                                env={**os.environ, **(env or {})})
     errors: list[bytes] = []
     threads = [threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)]
     if stdout_file is None:
@@ -231,9 +230,9 @@ def leftovers(root: Path) -> list[str]:
     """Partial and staging entries below ``root`` (what an ended command must not leave behind)."""
     names = []
     for p in root.rglob("*"):
-        if ".partial" in p.name or ".staging" in p.name or p.name.startswith(".factor-archive-restore"):
-            if p.name != ".factor-archive-restore-incomplete":
-                names.append(str(p.relative_to(root)))
+        partial = ".partial" in p.name or ".staging" in p.name or p.name.startswith(".factor-archive-restore")
+        if partial and p.name != ".factor-archive-restore-incomplete":
+            names.append(str(p.relative_to(root)))
     return sorted(names)
 
 

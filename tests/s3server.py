@@ -102,9 +102,9 @@ class SeaweedS3:
             f"-s3.port={s3}", f"-s3.port.grpc={s3_g}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-metricsPort={metrics}",
         ]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir, start_new_session=True)
+        with open(self.log_path, "wb") as log:  # the server keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.workdir, start_new_session=True)
         self._wait_ready()
         return self
 
@@ -158,9 +158,6 @@ class SeaweedS3:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-            self._log = None
 
     def __enter__(self) -> SeaweedS3:
         return self.start()

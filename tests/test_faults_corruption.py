@@ -26,7 +26,6 @@ from fault_cases import (
     judge_damaged_archive,
     record,
     regions_of,
-    workspace,  # noqa: F401 - workspace is a fixture
 )
 
 CATEGORIES = {

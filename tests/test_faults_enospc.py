@@ -30,21 +30,12 @@ RESTORE_FORMS = ("dir", "tar", "stdin", "zarr", "zarr.zip")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
-    return faults.session_run(tmp_path_factory)
+def restored_bytes(clean_restore) -> int:
+    return faults.tree_bytes(clean_restore)
 
 
-@pytest.fixture(scope="module")
-def restored_bytes(run, tmp_path_factory) -> int:
-    from factor_archive.cli import unarchivefactor_main
-
-    out = tmp_path_factory.mktemp("clean") / "restored"
-    assert unarchivefactor_main(["-q", str(run["archives"]["dir"]), str(out)]) == 0
-    return faults.tree_bytes(out)
-
-
-def archived_bytes(run: dict, form: str) -> int:
-    return faults.tree_bytes(run["archives"]["tar" if form in ("stream", "stdin") else form])
+def archived_bytes(archived_run: dict, form: str) -> int:
+    return faults.tree_bytes(archived_run["archives"]["tar" if form in ("stream", "stdin") else form])
 
 
 def check_disk_full(outcome: faults.Outcome, prog: str, mnt: Path) -> str:
@@ -61,9 +52,10 @@ def check_disk_full(outcome: faults.Outcome, prog: str, mnt: Path) -> str:
 
 # -- archiving ----------------------------------------------------------------------------------
 
-def archive(run: dict, form: str, mnt: Path, env: dict | None = None, when=None, action=None):
+def archive(archived_run: dict, form: str, mnt: Path, env: dict | None = None, when=None, action=None):
     name = ARCHIVE_FORMS[form][0]
-    argv = command("archivefactor") + ARCHIVE_ARGS + [str(run["parset"]), name if form == "stream" else str(mnt / name)]
+    target = name if form == "stream" else str(mnt / name)
+    argv = command("archivefactor") + ARCHIVE_ARGS + [str(archived_run["parset"]), target]
     return faults.run(argv, when=when, action=action, env=env,
                       stdout_file=mnt / "run.tar" if form == "stream" else None)
 
@@ -82,13 +74,13 @@ def check_archive_left(form: str, mnt: Path, line: str) -> None:
         assert line.endswith("nothing was kept")
 
 
-def rerun_archive(run: dict, form: str, mnt: Path) -> None:
+def rerun_archive(archived_run: dict, form: str, mnt: Path) -> None:
     """The user frees space and runs the same command again: the archive is complete."""
     faults.grow(mnt, ROOMY)
     (mnt / "ballast").unlink(missing_ok=True)
     if form == "stream":
         (mnt / "run.tar").unlink()
-    again = archive(run, form, mnt)
+    again = archive(archived_run, form, mnt)
     assert again.returncode == 0, again.stderr
     target = mnt / ("run.tar" if form == "stream" else ARCHIVE_FORMS[form][0])
     verified = faults.run(command("factor-archive") + ["verify", "-q", str(target)])
@@ -102,16 +94,16 @@ FULL_FRACTIONS = (0.05, 0.15, 0.45, 0.6, 0.75, 0.9)
 @pytest.mark.parametrize("form", ARCHIVE_FORMS)
 @pytest.mark.parametrize("fraction", [*FAST_FRACTIONS, *[pytest.param(f, marks=pytest.mark.full)
                                                           for f in FULL_FRACTIONS]])
-def test_a_full_disk_while_archiving_is_one_line_and_exit_1(run, tmp_path, form, fraction):
-    size = int(archived_bytes(run, form) * fraction)
+def test_a_full_disk_while_archiving_is_one_line_and_exit_1(archived_run, tmp_path, form, fraction):
+    size = int(archived_bytes(archived_run, form) * fraction)
     with faults.small_filesystem(tmp_path / "disk", size) as mnt:
-        outcome = archive(run, form, mnt)
+        outcome = archive(archived_run, form, mnt)
         if outcome.returncode == 0:
             pytest.skip(f"{size} bytes were enough for the {form} archive")
         line = check_disk_full(outcome, "archivefactor", mnt)
         check_archive_left(form, mnt, line)
         if form == "dir" or fraction == 0.45:
-            rerun_archive(run, form, mnt)
+            rerun_archive(archived_run, form, mnt)
 
 
 SLOW_FORMS = ("zarr", "zarr.zip")  # encoding and decoding tables takes seconds: reruns only with --full
@@ -121,7 +113,7 @@ SLOW_FORMS = ("zarr", "zarr.zip")  # encoding and decoding tables takes seconds:
     *[(f, 64 << 10) for f in ("dir", "stream", "zarr.zip")],
     *[pytest.param(f, leave, marks=pytest.mark.full) for f in ARCHIVE_FORMS for leave in (0, 1 << 20)],
     *[pytest.param(f, 64 << 10, marks=pytest.mark.full) for f in ("tar", "zarr")]])
-def test_the_disk_fills_while_d_builds_calibrated_data(run, tmp_path, form, leave, full_suite):
+def test_the_disk_fills_while_d_builds_calibrated_data(archived_run, tmp_path, form, leave, full_suite):
     """-d concatenates calibrated data in a staging area on the output's disk (TMPDIR for a
     stream); another program fills that disk meanwhile."""
     with faults.small_filesystem(tmp_path / "disk", ROOMY) as mnt:
@@ -129,7 +121,7 @@ def test_the_disk_fills_while_d_builds_calibrated_data(run, tmp_path, form, leav
                    else mnt / "run" / ".factor-archive-staging" if form == "dir"
                    else mnt / f".{ARCHIVE_FORMS[form][0]}.staging-*")
         env = {"TMPDIR": str(mnt)} if form == "stream" else None
-        outcome = archive(run, form, mnt, env=env, when=faults.once_exists(staging),
+        outcome = archive(archived_run, form, mnt, env=env, when=faults.once_exists(staging),
                           action=faults.fill(mnt, leave))
         assert outcome.interrupted, "the staging area never appeared"
         line = check_disk_full(outcome, "archivefactor", mnt)
@@ -137,13 +129,13 @@ def test_the_disk_fills_while_d_builds_calibrated_data(run, tmp_path, form, leav
             assert "while building calibrated data" in line, line
         check_archive_left(form, mnt, line)
         if form not in SLOW_FORMS or full_suite:
-            rerun_archive(run, form, mnt)
+            rerun_archive(archived_run, form, mnt)
 
 
 # -- restoring ----------------------------------------------------------------------------------
 
-def restore(run: dict, form: str, out: Path, *, clobber: bool = False, when=None, action=None):
-    archive_path = run["archives"]["tar" if form == "stdin" else form]
+def restore(archived_run: dict, form: str, out: Path, *, clobber: bool = False, when=None, action=None):
+    archive_path = archived_run["archives"]["tar" if form == "stdin" else form]
     argv = command("unarchivefactor") + ["-q"] + (["-c"] if clobber else []) \
         + ["-" if form == "stdin" else str(archive_path), str(out)]
     return faults.run(argv, when=when, action=action, stdin_file=archive_path if form == "stdin" else None)
@@ -157,10 +149,10 @@ def check_restore_left(out: Path, line: str) -> None:
     assert "run the same command with -c to complete it" in line
 
 
-def rerun_restore(run: dict, form: str, mnt: Path, out: Path) -> None:
+def rerun_restore(archived_run: dict, form: str, mnt: Path, out: Path) -> None:
     faults.grow(mnt, ROOMY)
     (mnt / "ballast").unlink(missing_ok=True)
-    again = restore(run, form, out, clobber=True)
+    again = restore(archived_run, form, out, clobber=True)
     assert again.returncode == 0, again.stderr
     assert not (out / ".factor-archive-restore-incomplete").exists()
     assert (out / "factor.parset").exists() and faults.leftovers(out) == []
@@ -169,27 +161,27 @@ def rerun_restore(run: dict, form: str, mnt: Path, out: Path) -> None:
 @pytest.mark.parametrize("form", RESTORE_FORMS)
 @pytest.mark.parametrize("fraction", [0.4, *[pytest.param(f, marks=pytest.mark.full)
                                              for f in (0.05, 0.2, 0.6, 0.8, 0.95)]])
-def test_a_full_disk_while_restoring_is_one_line_and_exit_1(run, restored_bytes, tmp_path, form, fraction):
+def test_a_full_disk_while_restoring_is_one_line_and_exit_1(archived_run, restored_bytes, tmp_path, form, fraction):
     with faults.small_filesystem(tmp_path / "disk", int(restored_bytes * fraction)) as mnt:
         out = mnt / "restored"
-        outcome = restore(run, form, out)
+        outcome = restore(archived_run, form, out)
         line = check_disk_full(outcome, "unarchivefactor", mnt)
         check_restore_left(out, line)
         if form in ("dir", "tar") or fraction == 0.6:
-            rerun_restore(run, form, mnt, out)
+            rerun_restore(archived_run, form, mnt, out)
 
 
 @pytest.mark.parametrize("form", ["zarr", "zarr.zip"])
 @pytest.mark.parametrize("delay", [0.0, pytest.param(0.2, marks=pytest.mark.full),
                                    pytest.param(0.6, marks=pytest.mark.full)])
-def test_the_disk_fills_while_the_casacore_worker_writes_a_table(run, tmp_path, form, delay, full_suite):
+def test_the_disk_fills_while_the_casacore_worker_writes_a_table(archived_run, tmp_path, form, delay, full_suite):
     """A zarr restore decodes tables in the casacore worker; casacore aborts the process it runs
     in when a write fails there, which is why it is not ours: the restore still ends in one line."""
     with faults.small_filesystem(tmp_path / "disk", ROOMY) as mnt:
         out = mnt / "restored"
-        outcome = restore(run, form, out, when=faults.once_worker_runs(delay), action=faults.fill(mnt))
+        outcome = restore(archived_run, form, out, when=faults.once_worker_runs(delay), action=faults.fill(mnt))
         assert outcome.interrupted, "no casacore worker ran"
         line = check_disk_full(outcome, "unarchivefactor", mnt)
         check_restore_left(out, line)
         if full_suite:
-            rerun_restore(run, form, mnt, out)
+            rerun_restore(archived_run, form, mnt, out)

@@ -27,7 +27,7 @@ from factor_archive.manifest import (
     checksums_text,
     tag_manifest_text,
 )
-from fault_cases import GOOD, Case, record, run_cli, workspace  # noqa: F401 - workspace is a fixture
+from fault_cases import GOOD, Case, record, run_cli
 
 EVIL = Path(f"/tmp/factor-archive-evil-{os.getpid()}")
 

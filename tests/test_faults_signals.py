@@ -29,21 +29,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 RESTORE_FORMS = ("dir", "tar", "stdin", "zarr", "zarr.zip")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
-    return faults.session_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def clean_restore(run, tmp_path_factory) -> Path:
-    """A restore that was never interrupted."""
-    from factor_archive.cli import unarchivefactor_main
-
-    out = tmp_path_factory.mktemp("clean") / "restored"
-    assert unarchivefactor_main(["-q", str(run["archives"]["dir"]), str(out)]) == 0
-    return out
-
-
 def snapshot(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): ("link:" + os.readlink(p)) if p.is_symlink()
             else hashlib.sha256(p.read_bytes()).hexdigest()
@@ -160,8 +145,8 @@ def check_interrupted(outcome: faults.Outcome, prog: str, sig: int) -> str:
     return line
 
 
-def archive_argv(run: dict, out: Path) -> list[str]:
-    return command("archivefactor") + ARCHIVE_ARGS + [str(run["parset"]), "-" if out.name == "-" else str(out)]
+def archive_argv(archived_run: dict, out: Path) -> list[str]:
+    return command("archivefactor") + ARCHIVE_ARGS + [str(archived_run["parset"]), "-" if out.name == "-" else str(out)]
 
 
 def check_archive_left(form: str, out: Path, tmp: Path, line: str) -> bool:
@@ -180,7 +165,7 @@ def check_archive_left(form: str, out: Path, tmp: Path, line: str) -> bool:
 
 
 @pytest.mark.parametrize("form,moment,factory", ARCHIVE_CASES)
-def test_ctrl_c_while_archiving_exits_130_and_leaves_what_the_docs_say(run, tmp_path, form, moment, factory):
+def test_ctrl_c_while_archiving_exits_130_and_leaves_what_the_docs_say(archived_run, tmp_path, form, moment, factory):
     out = tmp_path / "o" / ARCHIVE_FORMS[form][0]
     tmp = tmp_path / "tmp"
 
@@ -190,21 +175,21 @@ def test_ctrl_c_while_archiving_exits_130_and_leaves_what_the_docs_say(run, tmp_
         out.parent.mkdir(parents=True)
         tmp.mkdir()
 
-    outcome = interrupt(archive_argv(run, out), out, tmp, factory, reset=reset)
+    outcome = interrupt(archive_argv(archived_run, out), out, tmp, factory, reset=reset)
     line = check_interrupted(outcome, "archivefactor", signal.SIGINT)
     complete = check_archive_left(form, out, tmp, line)
     if form == "dir" and not complete and moment in ("writing+0.4", "calibrated", "writing+0.9"):
         # "run the same command again to complete it"
-        again = faults.run(archive_argv(run, out))
+        again = faults.run(archive_argv(archived_run, out))
         assert again.returncode == 0, again.stderr
         verified = faults.run(command("factor-archive") + ["verify", "-q", str(out)])
         assert verified.returncode == 0, verified.stderr
 
 
 @pytest.mark.parametrize("form,moment,factory", RESTORE_CASES)
-def test_ctrl_c_while_restoring_exits_130_and_marks_the_output_incomplete(run, clean_restore, tmp_path,
+def test_ctrl_c_while_restoring_exits_130_and_marks_the_output_incomplete(archived_run, clean_restore, tmp_path,
                                                                          form, moment, factory):
-    archive = run["archives"]["tar" if form == "stdin" else form]
+    archive = archived_run["archives"]["tar" if form == "stdin" else form]
     out = tmp_path / "restored"
     tmp = tmp_path / "tmp"
 
@@ -238,7 +223,7 @@ def test_ctrl_c_while_restoring_exits_130_and_marks_the_output_incomplete(run, c
 @pytest.mark.parametrize("form", [
     "dir", "zarr", pytest.param("tar", marks=pytest.mark.full), pytest.param("stream", marks=pytest.mark.full),
     pytest.param("zarr.zip", marks=pytest.mark.full)])
-def test_sigterm_while_archiving_exits_143(run, tmp_path, form):
+def test_sigterm_while_archiving_exits_143(archived_run, tmp_path, form):
     out = tmp_path / "o" / ARCHIVE_FORMS[form][0]
     tmp = tmp_path / "tmp"
 
@@ -248,14 +233,14 @@ def test_sigterm_while_archiving_exits_143(run, tmp_path, form):
         out.parent.mkdir(parents=True)
         tmp.mkdir()
 
-    outcome = interrupt(archive_argv(run, out), out, tmp, _writing(0.3), sig=signal.SIGTERM, reset=reset)
+    outcome = interrupt(archive_argv(archived_run, out), out, tmp, _writing(0.3), sig=signal.SIGTERM, reset=reset)
     line = check_interrupted(outcome, "archivefactor", signal.SIGTERM)
     check_archive_left(form, out, tmp, line)
 
 
 @pytest.mark.parametrize("form", ["zarr", pytest.param("dir", marks=pytest.mark.full),
                                   pytest.param("zarr.zip", marks=pytest.mark.full)])
-def test_sigterm_while_restoring_exits_143(run, tmp_path, form):
+def test_sigterm_while_restoring_exits_143(archived_run, tmp_path, form):
     out = tmp_path / "restored"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -263,7 +248,7 @@ def test_sigterm_while_restoring_exits_143(run, tmp_path, form):
     def reset():
         shutil.rmtree(out, ignore_errors=True)
 
-    argv = command("unarchivefactor") + ["-q", str(run["archives"][form]), str(out)]
+    argv = command("unarchivefactor") + ["-q", str(archived_run["archives"][form]), str(out)]
     outcome = interrupt(argv, out, tmp, _restoring(0.3), sig=signal.SIGTERM, reset=reset)
     check_interrupted(outcome, "unarchivefactor", signal.SIGTERM)
     assert faults.leftovers(out) == []
@@ -279,9 +264,9 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def test_the_worker_ends_silently_when_unarchivefactor_is_killed(run, tmp_path):
+def test_the_worker_ends_silently_when_unarchivefactor_is_killed(archived_run, tmp_path):
     """kill -9 of the command: its casacore worker does not live on, nor print anything."""
-    argv = command("unarchivefactor") + ["-q", str(run["archives"]["zarr"]), str(tmp_path / "r")]
+    argv = command("unarchivefactor") + ["-q", str(archived_run["archives"]["zarr"]), str(tmp_path / "r")]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 60

@@ -76,7 +76,8 @@ def test_resumable_round_trip_restores_every_item_with_paths_moved(sample_run, t
     by_path = {m["path"]: m for m in manifest["members"]}
     # Solutions: v2 h5parm of a selfcal direction, v1 parmdb table of a peeled outlier.
     assert by_path["instrument_tables/facet1/combined_solutions.h5"]["kind"] == "file"
-    assert by_path["instrument_tables/facet3/L123456_SB000_uv.dppp.pre-cal_chunk0.merge_selfcal_parmdbs"]["kind"] == "table"
+    parmdb = "instrument_tables/facet3/L123456_SB000_uv.dppp.pre-cal_chunk0.merge_selfcal_parmdbs"
+    assert by_path[parmdb]["kind"] == "table"
     assert "sky_models/facet3/L123456_SB000_uv.dppp.pre-cal_chunk0.make_sourcedb_new_facet_sources" in by_path
     # Mapfiles of every operation of a direction, the mosaic's included.
     assert {"pipeline_state/facet1/facetselfcal/input_files_single.mapfile",
@@ -239,8 +240,8 @@ def test_verify_names_the_damaged_and_missing_members(sample_run, tmp_path, caps
     capsys.readouterr()
     assert main(["verify", "-q", str(out)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert any(img.name in l and "differs" in l for l in lines)
-    assert any("state/target_save.pkl: missing" in l for l in lines)
+    assert any(img.name in line and "differs" in line for line in lines)
+    assert any("state/target_save.pkl: missing" in line for line in lines)
     # A restore from the damaged archive fails with one line and does not look complete.
     assert unarchivefactor_main(["-q", str(out), str(tmp_path / "r")]) == 1
     assert not (tmp_path / "r" / "factor.parset").exists()
@@ -252,9 +253,9 @@ def test_ls_lists_members_with_category_direction_and_size(sample_run, tmp_path,
     capsys.readouterr()
     assert main(["ls", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    chunk = [l for l in lines if "chunks/Band_120.21MHz/L123456_SB000_uv.dppp.pre-cal_chunk0.ms" in l]
+    chunk = [line for line in lines if "chunks/Band_120.21MHz/L123456_SB000_uv.dppp.pre-cal_chunk0.ms" in line]
     assert chunk and chunk[0].split()[:3] == ["chunks", "-", "table"]
-    assert any(l.split()[:2] == ["images", "facet2"] for l in lines)
+    assert any(line.split()[:2] == ["images", "facet2"] for line in lines)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(sample_run, tmp_path, capsys):

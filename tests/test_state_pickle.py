@@ -300,7 +300,7 @@ def test_hostile_pickles_are_refused_and_run_nothing(tmp_path, monkeypatch):
         "REDUCE on data": b"(I1\nI2\ntR.",
         "copy_reg": b"ccopy_reg\n_reconstructor\n(c__builtin__\nobject\nN\ntR.",
     }
-    for what, data in hostile.items():
+    for data in hostile.values():
         with pytest.raises(UnsafePickleError):
             load_state(data)
         with pytest.raises(UnsafePickleError):
