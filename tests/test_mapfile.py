@@ -117,6 +117,19 @@ def test_rewritten_literals_use_python2_escapes():
         rewrite_mapfile(text, lambda p: "/snow/\u2603")  # not a Python 2 byte string
 
 
+def test_non_ascii_before_a_value_and_unicode_literals_keep_their_place():
+    # ast counts columns in UTF-8 bytes: a non-ASCII host before the path on the same line,
+    # on a later line of the file, must not shift the edit.
+    text = ("[{'host': u'n\u00f8de', 'file': 'dummy.ms', 'skip': True},\n"
+            " {'host': u'nøde', 'file': u'/data/wdir/x.ms', 'skip': False}]")
+    new, n = rewrite_mapfile(text, relocate)
+    assert n == 1 and new == text.replace(OLD, NEW)
+    # a unicode literal may take characters a Python 2 byte string cannot: written as escapes
+    new, _ = rewrite_mapfile(text, lambda p: "/snow/\u2603" if p.startswith("/") else None)
+    assert new.endswith("'file': u'/snow/\\u2603', 'skip': False}]")
+    assert parse_mapfile(new)[1].file == "/snow/\u2603"
+
+
 def test_element_with_a_comma_cannot_enter_a_compressed_entry():
     with pytest.raises(ValueError):
         rewrite_mapfile(IMAGING_INPUT, lambda p: p + ",x")
