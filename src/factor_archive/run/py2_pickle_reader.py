@@ -230,6 +230,16 @@ def _take(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
     return data[pos:pos + n], pos + n
 
 
+def _memo_index(data: bytes, pos: int, form: int) -> tuple[int, int]:
+    """The argument of PUT/GET (form 0: a decimal line), BINPUT/BINGET (1: one byte) and
+    LONG_BINPUT/LONG_BINGET (2: four bytes, little endian)."""
+    if form == 0:
+        line, pos = _line(data, pos)
+        return int(line), pos
+    b, pos = _take(data, pos, 1 if form == 1 else 4)
+    return (b[0] if form == 1 else struct.unpack("<I", b)[0]), pos
+
+
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|[\s\S]?)")
 _SIMPLE_ESCAPES = {b"\\": b"\\", b"'": b"'", b'"': b'"', b"a": b"\a", b"b": b"\b", b"f": b"\f",
                    b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\n": b""}
@@ -420,29 +430,13 @@ def _run(data: bytes) -> ScannedPickle:
                 _fail("bad SETITEMS")
             for i in range(0, len(items), 2):
                 stack[-1][items[i]] = items[i + 1]
-        elif op in (0x70, 0x71, 0x72, 0x94):               # PUT, BINPUT, LONG_BINPUT, MEMOIZE
-            if op == 0x70:
-                line, pos = _line(data, pos)
-                idx = int(line)
-            elif op == 0x71:
-                b, pos = _take(data, pos, 1)
-                idx = b[0]
-            elif op == 0x72:
-                b, pos = _take(data, pos, 4)
-                idx = struct.unpack("<I", b)[0]
-            else:
-                idx = len(memo)
+        elif op in (0x70, 0x71, 0x72):                     # PUT, BINPUT, LONG_BINPUT
+            idx, pos = _memo_index(data, pos, op - 0x70)
             memo[idx] = stack[-1]
+        elif op == 0x94:                                   # MEMOIZE
+            memo[len(memo)] = stack[-1]
         elif op in (0x67, 0x68, 0x6A):                     # GET, BINGET, LONG_BINGET
-            if op == 0x67:
-                line, pos = _line(data, pos)
-                idx = int(line)
-            elif op == 0x68:
-                b, pos = _take(data, pos, 1)
-                idx = b[0]
-            else:
-                b, pos = _take(data, pos, 4)
-                idx = struct.unpack("<I", b)[0]
+            idx, pos = _memo_index(data, pos, {0x67: 0, 0x68: 1, 0x6A: 2}[op])
             if idx not in memo:
                 _fail(f"memo key {idx} missing")
             stack.append(memo[idx])
