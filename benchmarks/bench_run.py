@@ -32,8 +32,8 @@ symlinks laid out as the archive, one per member, or ``cp -aL`` of each member's
 
 and the zarr store's size against ``tar chf - ... | zstd -19 -T0`` (run once per run built; its
 size is kept in the work directory). ``--threads 1,2`` adds zarr archive sides with the table
-codec's compression pool set to that many threads (``table_codec._THREADS``, set by a wrapper
-that imports the module and assigns it before calling the CLI: a monkeypatch, no edit of src/).
+codec's compression pool set to that many threads (``PipelineSettings(threads=N)``, passed by a
+wrapper that binds it to the package's ``encode_table`` before calling the CLI: no edit of src/).
 
 Reported per side: wall time (best and median), CPU seconds (user + system of the command and
 every process it reaped, e.g. the casacore worker), bytes written (``write_bytes`` of
@@ -278,8 +278,11 @@ def ensure_run(work: Path, p: dict) -> Path:
 
 _THREADS_WRAPPER = """
 import sys
-import factor_archive.ms.table_codec as table_codec
-table_codec._THREADS = int(sys.argv[1])
+import functools
+from factor_archive.ms import casacore_table
+from factor_archive.ms.casacore_table import encode
+casacore_table.encode_table = functools.partial(
+    encode.encode_table, settings=casacore_table.PipelineSettings(threads=int(sys.argv[1])))
 from factor_archive import cli
 sys.exit(cli.archivefactor_main(sys.argv[2:]))
 """
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="trials per side (default 1)")
     ap.add_argument("--threads", default="",
                     help="also time the zarr archive with the table codec's compression pool at these "
-                         "thread counts, e.g. 1,2 (sets table_codec._THREADS in a wrapper)")
+                         "thread counts, e.g. 1,2 (PipelineSettings(threads=N) in a wrapper)")
     ap.add_argument("--skip-restore", action="store_true")
     ap.add_argument("--skip-zstd19", action="store_true",
                     help="do not run tar | zstd -19 (slow); an earlier result for this run is still shown")
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             for n in threads if form == "zarr" else []:
                 label = f"{n} thread{'s' if n > 1 else ''}"
-                shown = f"[table_codec._THREADS = {n}] " + shlex.join(argv) + " && sync"
+                shown = f"[PipelineSettings(threads={n})] " + shlex.join(argv) + " && sync"
                 rows.append({"form": form, "op": f"archive, {label}", "ours": summary(res[label]),
                              "ref": row["ref"], "cmd": (shown, ref_shown), "out": sizes[form]})
             if args.skip_restore:

@@ -208,7 +208,7 @@ def main() -> int:
     t_tarx, _ = median_run(fresh_tx, f"tar xf '{tar}' -C '{tx}' && sync", shell=True)
 
     # The restored table equals the input, column by column (content checksum).
-    check = subprocess.run(me[:1] + ["-c", "import sys; from factor_archive.ms.table_codec import "
+    check = subprocess.run(me[:1] + ["-c", "import sys; from factor_archive.ms.casacore_table import "
                                      "table_content_sha256 as h; print(h(sys.argv[1]) == h(sys.argv[2]))",
                                      str(big), str(dest)], check=True, capture_output=True, text=True)
     same = check.stdout.strip() == "True"

@@ -131,7 +131,7 @@ def restored_tree(root: Path) -> dict[str, tuple]:
 def table_contents(root: Path, tables: set[str]) -> dict[str, str]:
     """The content checksum (values, description, keywords) of each restored table named;
     "" for a table it cannot be computed for (Dysco: stored, and restored, as raw files)."""
-    from factor_archive.ms.table_codec import RawTableRequired, table_content_sha256
+    from factor_archive.ms.casacore_table import RawTableRequired, table_content_sha256
 
     out = {}
     for t in sorted(tables):

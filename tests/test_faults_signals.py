@@ -39,7 +39,7 @@ def assert_same_run(restored: Path, clean: Path) -> None:
     """Every file and table is back, every table with the same content. (Table files themselves
     may differ: the zarr form rebuilds tables from their columns, with its own file numbering.
     Files holding paths, such as the parset and mapfiles, name their own output: compared by name.)"""
-    from factor_archive.ms.table_codec import RawTableRequired, table_content_sha256
+    from factor_archive.ms.casacore_table import RawTableRequired, table_content_sha256
 
     def layout(root: Path) -> tuple[list[str], list[str]]:
         tables = sorted({str(p.parent.relative_to(root)) for p in root.rglob("table.dat")})
@@ -292,11 +292,11 @@ def test_the_worker_ends_silently_when_unarchivefactor_is_killed(archived_run, t
 def test_a_worker_whose_command_pipe_closes_exits_at_once_and_quietly():
     """EOF on its command pipe (the parent went away, on a system without a parent-death
     signal) ends the worker with status 0 and nothing on its standard error."""
-    from factor_archive.ms import table_codec as tc
+    from factor_archive.ms.casacore_table import worker_client
 
     if not hasattr(os, "memfd_create"):
         pytest.skip("no memfd_create here")
-    worker = tc._Worker(1 << 20)
+    worker = worker_client._Worker(1 << 20)
     try:
         worker._stop_sender()  # closes the command pipe, as the parent's exit would
         assert worker.proc.wait(timeout=30) == 0

@@ -16,13 +16,25 @@ import zarr
 from casacore import tables as ct
 
 from factor_archive.errors import FactorArchiveError
-from factor_archive.ms import table_codec as tc
-from factor_archive.ms.table_codec import (
+from factor_archive.ms import casacore_table
+from factor_archive.ms.casacore_table import (
     CorruptTableData,
+    PipelineSettings,
     RawTableRequired,
+    casacore_read,
+    codec_choice,
+    codecs,
+    common,
     decode_table,
+    encode,
     encode_table,
+    keywords,
+    pipeline,
+    schema,
+    shards,
     table_content_sha256,
+    worker_client,
+    zarr_internals,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -307,7 +319,7 @@ def _source_table(ms: Path) -> None:
 
 def _show(path: Path) -> str:
     """casacore's own listing of description, storage and typed keywords, paths removed."""
-    with tc._table(str(path), ack=False) as t:
+    with common._table(str(path), ack=False) as t:
         text = ct.taql("show table $1 tabkey colkey", tables=[t])[0]
     text = text.replace(str(Path(path).resolve()), "<T>").replace(str(path), "<T>")
     return "\n".join(text.split("\n")[3:])  # drop the title lines with the name
@@ -362,10 +374,10 @@ def dm_layout(dminfo: dict) -> list:
 def stored_records(table: Path) -> dict:
     """The bytes casacore stores for every cell of every record column (None: never written)."""
     out = {}
-    with tc._table(str(table), ack=False) as t:
+    with common._table(str(table), ack=False) as t:
         names = [c for c in t.colnames() if t.coldatatype(c) == "record"]
         if names and t.nrows():
-            cells = tc._StoredRecords(t, Path(table), names)
+            cells = casacore_read._StoredRecords(t, Path(table), names)
             try:
                 out = {(c, r): cells.cell(c, r) for c in names for r in range(t.nrows())}
             finally:
@@ -378,7 +390,7 @@ def assert_tables_equal(a: Path, b: Path) -> None:
     keywords included), typed keywords, info, endianness, data-manager layout, and for every
     cell its definedness, shape and value (record cells: the bytes casacore stores); the same
     for every subtable."""
-    ta, tb = tc._table(str(a), ack=False), tc._table(str(b), ack=False)
+    ta, tb = common._table(str(a), ack=False), common._table(str(b), ack=False)
     try:
         assert tb.colnames() == ta.colnames()
         assert tb.nrows() == ta.nrows()
@@ -461,7 +473,8 @@ def _roundtrip(src: Path, tmp_path: Path, kind: str, **kw) -> tuple[dict, Path]:
         store = zarr.storage.LocalStore(str(tmp_path / "a.zarr"), read_only=True)
     out = tmp_path / "restored" / src.name
     out.parent.mkdir()
-    decode_table(zarr.open_group(store, mode="r", path="tables/T"), out)
+    settings = kw.get("settings", PipelineSettings())
+    decode_table(zarr.open_group(store, mode="r", path="tables/T"), out, settings=settings)
     store.close()
     return info, out
 
@@ -606,19 +619,18 @@ def _long_table(path: Path, nrows: int) -> Path:
 
 
 def test_peak_memory_does_not_grow_with_table_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(tc, "SHARD_BYTES", 64 << 10)
-    monkeypatch.setattr(tc, "CHUNK_BYTES", 16 << 10)
+    small_shards = PipelineSettings(shard_bytes=64 << 10, chunk_bytes=16 << 10)
     peaks = []
     for nrows in (2000, 8000):
         src = _long_table(tmp_path / f"t{nrows}.tab", nrows)
         store, root = _local(tmp_path, f"t{nrows}.zarr")
         g = root.create_group("T")
         tracemalloc.start()
-        encode_table(src, g, row_block=500)
+        encode_table(src, g, row_block=500, settings=small_shards)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         tracemalloc.start()
-        decode_table(g, tmp_path / f"r{nrows}.tab")
+        decode_table(g, tmp_path / f"r{nrows}.tab", settings=small_shards)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     enc_small, dec_small, enc_big, dec_big = peaks
@@ -769,7 +781,7 @@ def test_each_cell_shape_of_a_column_reads_with_plain_zarr_and_xarray(casa_ms, t
 
 def test_ushort_columns_come_back(tmp_path):
     p = tmp_path / "u.tab"
-    t = tc._table(str(p), ct.maketabdesc([
+    t = common._table(str(p), ct.maketabdesc([
         ct.makescacoldesc("S", 0, valuetype="ushort"),
         ct.makearrcoldesc("F", 0, valuetype="ushort", shape=[3], options=4),
         ct.makearrcoldesc("V", 0, valuetype="ushort", ndim=1)]), nrow=12, ack=False)
@@ -871,10 +883,10 @@ def test_a_record_python_casacore_cannot_write_back_means_raw(tmp_path):
     assert dict(parse_cell(commented)["fields"])["a"] == {"type": "Int", "value": 1}
     assert serialize_cell(parse_cell(commented)) != commented
     with pytest.raises(RawTableRequired, match="cannot write back"):
-        tc._record_cell(commented, tc._Refs(tmp_path), "column R row 0")
+        keywords._record_cell(commented, keywords._Refs(tmp_path), "column R row 0")
     uchar = {"type": "Record", "fields": [["u", {"type": "uChar", "value": 7}]]}
     with pytest.raises(RawTableRequired, match="uChar"):
-        tc._record_cell(serialize_cell(uchar), tc._Refs(tmp_path), "column R row 0")
+        keywords._record_cell(serialize_cell(uchar), keywords._Refs(tmp_path), "column R row 0")
 
 
 # --------------------------------------------------------------------------- refusals
@@ -919,14 +931,14 @@ def test_dysco_column_means_raw_files_even_when_readable(ms, tmp_path, monkeypat
 
 
 def test_column_failing_midway_leaves_no_partial_table(ms, tmp_path, monkeypatch):
-    real = tc._read_uniform
+    real = casacore_read._read_uniform
 
     def flaky(tb, col, start, n, *args, **kwargs):
         if col.name == "WEIGHT_SPECTRUM" and start > 0:
-            raise tc._ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: I/O error")
+            raise common._ReadFailure(f"column {col.name} rows {start}-{start + n - 1}: I/O error")
         return real(tb, col, start, n, *args, **kwargs)
 
-    monkeypatch.setattr(tc, "_read_uniform", flaky)
+    monkeypatch.setattr(encode, "_read_uniform", flaky)
     store, root = _local(tmp_path)
     g = root.create_group("T")
     with pytest.raises(RawTableRequired, match="WEIGHT_SPECTRUM"):
@@ -1017,6 +1029,9 @@ def test_decode_refuses_incomplete_group_and_existing_output(ms, tmp_path):
 # --------------------------------------------------------------------------- direct shard I/O
 
 
+BLOSC_LABELS = [label for label, spec in codecs.CODECS.items() if spec.compressor[0] == "blosc"]
+
+
 def _arrays(group) -> list:
     return sorted((a for _n, a in group.members(max_depth=None) if isinstance(a, zarr.Array)),
                   key=lambda a: a.path)
@@ -1029,10 +1044,10 @@ def test_shards_written_directly_read_back_the_same_through_zarr(src_name, reque
     src = request.getfixturevalue(src_name)
     store, g = _encoded(src, tmp_path, row_block=7)
     fast = 0
-    with tc._Work() as work:
+    with pipeline._Work() as work:
         for arr in _arrays(g):
-            reader = tc._reader(arr, work)
-            if isinstance(reader, tc._ArrayIn):
+            reader = shards._reader(arr, work)
+            if isinstance(reader, shards._ArrayIn):
                 fast += 1
             got = reader.read(0, arr.shape[0])
             want = arr[:]
@@ -1050,16 +1065,16 @@ def test_shards_written_directly_read_back_the_same_through_zarr(src_name, reque
     # zarr-written arrays, every codec label, read by the fast reader
     root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
     rng = np.random.default_rng(3)
-    cases = [(np.float32, l) for l in tc._BLOSC] + [(np.float64, "delta-zstd"), (np.int32, "zstd"),
+    cases = [(np.float32, label) for label in BLOSC_LABELS] + [(np.float64, "delta-zstd"), (np.int32, "zstd"),
                                                     (np.int32, "zstd1"), (bool, "packbits-zstd"),
                                                     (np.complex64, "blosc-bitshuffle-lz4")]
-    with tc._Work() as work:
+    with pipeline._Work() as work:
         for i, (dt, label) in enumerate(cases):
             data = (rng.random((53, 3)) * 100).astype(dt)
-            arr = tc._create(root, f"a{i}", data.shape, np.dtype(dt), 4, 12, label, ("row", "x"))
+            arr = codecs._create(root, f"a{i}", data.shape, np.dtype(dt), 4, 12, label, ("row", "x"))
             arr[:] = data
-            reader = tc._reader(arr, work)
-            assert isinstance(reader, tc._ArrayIn), label
+            reader = shards._reader(arr, work)
+            assert isinstance(reader, shards._ArrayIn), label
             want = arr[:]  # float delta is not exact for arbitrary values: compare with zarr
             assert reader.read(0, 53).tobytes() == want.tobytes(), label
             assert reader.read(5, 30).tobytes() == want[5:30].tobytes(), label
@@ -1071,30 +1086,33 @@ def test_node_documents_are_the_ones_zarr_writes():
     from zarr.core.buffer import default_buffer_prototype
 
     root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-    cases = [((100, 8, 4), np.dtype(np.complex64), 16, 64, l) for l in tc._BLOSC]
+    cases = [((100, 8, 4), np.dtype(np.complex64), 16, 64, label) for label in BLOSC_LABELS]
     cases += [((100,), np.dtype(np.float64), 32, 96, "delta-zstd"), ((7,), None, 7, 7, "zstd"),
               ((100, 3), np.dtype(bool), 10, 50, "packbits-zstd"), ((0, 2), np.dtype(np.int16), 1, 1, "zstd1")]
     for i, (shape, dtype, chunk, shard, label) in enumerate(cases):
         dims = ("row",) + tuple(f"d{k}" for k in range(len(shape) - 1))
-        arr = tc._create(root, f"x{i}", shape, dtype, chunk, shard, label, dims)
+        arr = codecs._create(root, f"x{i}", shape, dtype, chunk, shard, label, dims)
         want = json.loads(arr.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
-        doc, _chunks, _shards = tc._array_doc(shape, dtype, chunk, shard, label, dims)
+        doc, _chunks, _shards = shards._array_doc(shape, dtype, chunk, shard, label, dims)
         assert doc == want, label
-        assert json.loads(tc._node_bytes(doc).to_bytes()) == want
+        assert json.loads(zarr_internals.node_bytes(doc).to_bytes()) == want
 
 
 def test_codec_choice_weighs_speed_for_big_columns(monkeypatch):
-    col = tc._Col(name="DATA", ctype="complex", dtype=np.dtype(np.complex64), layout="fixed",
+    col = schema._Col(name="DATA", ctype="complex", dtype=np.dtype(np.complex64), layout="fixed",
                   cell_shape=(64, 4), chunk_rows=1024, block_rows=32768)
     sample = np.zeros((1024, 64, 4), np.complex64)
     fake = {"blosc-shuffle-zstd": (1830, 0.020), "blosc-bitshuffle-zstd": (1820, 0.010),
             "blosc-shuffle-zstd1": (1970, 0.006), "blosc-bitshuffle-zstd1": (1880, 0.006),
             "blosc-shuffle-lz4": (1940, 0.0024), "blosc-bitshuffle-lz4": (1870, 0.0024)}
     fake = {k: (v[0] * 1000, v[1]) for k, v in fake.items()}  # bytes of a 2 MiB chunk
-    monkeypatch.setattr(tc, "_trials", lambda cands, s, timed, runs=1: {c: fake[c] for c in cands if c in fake})
-    with tc._Work() as work:
-        assert tc._choose_codec(None, None, col, 351540, sample, work) == "blosc-bitshuffle-lz4"
-        assert tc._choose_codec(None, None, col, 100, sample, work) == "blosc-bitshuffle-zstd"
+    monkeypatch.setattr(codec_choice, "_trials",
+                        lambda cands, s, timed, runs=1: {c: fake[c] for c in cands if c in fake})
+    with pipeline._Work() as work:
+        row_bytes = 64 * 4 * 8
+        choice = codec_choice._start_choice(col, 351540 * row_bytes, sample, work)
+        assert choice(None, None) == "blosc-bitshuffle-lz4"
+        assert codec_choice._start_choice(col, 100 * row_bytes, sample, work)(None, None) == "blosc-bitshuffle-zstd"
 
 
 # --------------------------------------------------------------------------- verify_table
@@ -1104,7 +1122,7 @@ def test_verify_table_finds_nothing_wrong_in_an_intact_table(custom, ms, tmp_pat
     for src in (ms, custom):
         store, g = _encoded(src, tmp_path / src.name, row_block=9)
         seen = []
-        assert tc.verify_table(g, name="t", progress=seen.append) == []
+        assert casacore_table.verify_table(g, name="t", progress=seen.append) == []
         info_total = sum(seen)
         back = []
         decode_table(g, tmp_path / src.name / "out", progress=back.append)
@@ -1121,7 +1139,7 @@ def test_verify_table_names_damaged_missing_and_altered_data(ms, tmp_path):
     (base / "FLAG" / "c" / "2" / "0" / "0").unlink()
     (base / "subtables" / "ANTENNA" / "POSITION" / "c" / "0" / "0").unlink()
     g["ANTENNA1"][5] = 3  # a valid chunk with other content
-    problems = tc.verify_table(zarr.open_group(store, mode="r", path="T"), name="x/band.ms")
+    problems = casacore_table.verify_table(zarr.open_group(store, mode="r", path="T"), name="x/band.ms")
     assert any(re.fullmatch(r"x/band\.ms: column DATA rows 40-79: stored data is damaged \(.*\)", p)
                for p in problems), problems
     assert "x/band.ms: column FLAG rows 80-119: stored data is missing" in problems
@@ -1135,10 +1153,10 @@ def test_verify_table_notices_altered_description(ms, tmp_path):
     store, g = _encoded(ms, tmp_path)
     st = dict(g.attrs["casacore_table"])
     st["info"] = {**st["info"], "readme": "changed\n"}
-    tc._quiet_attrs_update(g, {"casacore_table": st})
-    assert tc.verify_table(g, name="T") == ["T: table description differs from its stored checksum"]
+    common._quiet_attrs_update(g, {"casacore_table": st})
+    assert casacore_table.verify_table(g, name="T") == ["T: table description differs from its stored checksum"]
     g2 = _local(tmp_path, "other.zarr")[1].create_group("E")
-    assert tc.verify_table(g2, name="E") == [
+    assert casacore_table.verify_table(g2, name="E") == [
         "E: no content checksum (the table was not stored completely)",
         "E: no readable casacore table description"]
 
@@ -1152,7 +1170,7 @@ def test_plain_zip_store_with_prefix_sharing_columns(ms, tmp_path):
     store = zarr.storage.ZipStore(str(tmp_path / "a.zip"), mode="r")
     g = zarr.open_group(store, mode="r", path="T")
     assert {"DATA", "DATA_DESC_ID"} <= set(g.keys())
-    assert tc.verify_table(g, name="T") == []
+    assert casacore_table.verify_table(g, name="T") == []
     decode_table(g, tmp_path / "out.ms")
     store.close()
     assert_tables_equal(ms, tmp_path / "out.ms")
@@ -1162,7 +1180,7 @@ def test_damage_in_a_shaped_column_is_named_by_shape_and_cells(casa_ms, tmp_path
     store, g = _encoded(casa_ms, tmp_path)
     base = tmp_path / "store.zarr" / "T" / "shaped" / "DATA" / "16x4"
     (base / "DATA" / "c" / "0" / "0" / "0").unlink()
-    problems = tc.verify_table(zarr.open_group(store, mode="r", path="T"), name="casa.ms")
+    problems = casacore_table.verify_table(zarr.open_group(store, mode="r", path="T"), name="casa.ms")
     assert len(problems) == 1 and re.fullmatch(
         r"casa\.ms: column DATA shape 16x4 cells 0-\d+: stored data is missing", problems[0]), problems
     with pytest.raises(CorruptTableData, match="column DATA shape 16x4 cells 0-"):
@@ -1178,26 +1196,26 @@ def test_metadata_checksum_guards_what_restore_writes(tiled_ms, tmp_path):
     st = json.loads(json.dumps(original))
     ism = next(dm for dm in st["dminfo"] if dm["TYPE"] == "IncrementalStMan")
     ism["SPEC"]["BUCKETSIZE"] += 1024
-    tc._quiet_attrs_update(g, {"casacore_table": st})
-    assert tc.verify_table(g, name="T") == ["T: table description differs from its stored checksum"]
+    common._quiet_attrs_update(g, {"casacore_table": st})
+    assert casacore_table.verify_table(g, name="T") == ["T: table description differs from its stored checksum"]
     with pytest.raises(CorruptTableData, match="T: table description differs"):
         decode_table(g, tmp_path / "T")
     assert not (tmp_path / "T").exists() and not list(tmp_path.glob(".T.partial*"))
-    tc._quiet_attrs_update(g, {"casacore_table": original})
-    assert tc.verify_table(g, name="T") == []
+    common._quiet_attrs_update(g, {"casacore_table": original})
+    assert casacore_table.verify_table(g, name="T") == []
 
     sub = g["subtables/ANTENNA"]
     sst = json.loads(json.dumps(dict(sub.attrs["casacore_table"])))
     sst["columns"][0]["desc"]["comment"] += "!"
-    tc._quiet_attrs_update(sub, {"casacore_table": sst})
-    assert tc.verify_table(g, name="T") == ["T/ANTENNA: table description differs from its stored checksum"]
+    common._quiet_attrs_update(sub, {"casacore_table": sst})
+    assert casacore_table.verify_table(g, name="T") == ["T/ANTENNA: table description differs from its stored checksum"]
     with pytest.raises(CorruptTableData, match="T/ANTENNA: table description differs"):
         decode_table(g, tmp_path / "T")
 
     content = json.loads(json.dumps(dict(g.attrs["casacore_content"])))
     del content["metadata_sha256"]
-    tc._quiet_attrs_update(g, {"casacore_content": content})
-    assert "T: table description has no checksum" in tc.verify_table(g, name="T")
+    common._quiet_attrs_update(g, {"casacore_content": content})
+    assert "T: table description has no checksum" in casacore_table.verify_table(g, name="T")
 
 
 def test_archives_of_format_version_1_still_restore(tmp_path):
@@ -1208,7 +1226,7 @@ def test_archives_of_format_version_1_still_restore(tmp_path):
     try:
         g = zarr.open_group(store, mode="r", path="T")
         assert g.attrs["casacore_table"]["version"] == 1 and "version" not in g.attrs["casacore_content"]
-        assert tc.verify_table(g, name="T") == []
+        assert casacore_table.verify_table(g, name="T") == []
         decode_table(g, tmp_path / "out.tab")
         stored = g.attrs["casacore_content"]["content_sha256"]
     finally:
@@ -1239,7 +1257,7 @@ def test_archives_of_format_version_2_written_before_the_split_still_restore(tmp
         for name, src in (("T", custom), ("C", casa)):
             g = zarr.open_group(store, mode="r", path=name)
             assert g.attrs["casacore_table"]["version"] == 2
-            assert tc.verify_table(g, name=name) == []
+            assert casacore_table.verify_table(g, name=name) == []
             decode_table(g, tmp_path / f"out-{name}")
             assert_tables_equal(src, tmp_path / f"out-{name}")
             again = fresh.create_group(name)
@@ -1254,20 +1272,22 @@ def test_archives_of_format_version_2_written_before_the_split_still_restore(tmp
 # --------------------------------------------------------------------------- casacore worker
 
 
+IN_WORKERS = PipelineSettings(worker_min_bytes=0)  # every table, however small, in a worker process
+
+
 @pytest.fixture
 def workers(monkeypatch):
-    """Decode every table in a casacore worker process; yields the workers started."""
+    """Counts the casacore worker processes started (tests pass settings=IN_WORKERS)."""
     if not hasattr(os, "memfd_create"):
         pytest.skip("no memfd_create here")
     started = []
-    real = tc._Worker.__init__
+    real = worker_client._Worker.__init__
 
     def init(self, *a, **kw):
         real(self, *a, **kw)
         started.append(self)
 
-    monkeypatch.setattr(tc, "_WORKER_MIN_BYTES", 0)
-    monkeypatch.setattr(tc._Worker, "__init__", init)
+    monkeypatch.setattr(worker_client._Worker, "__init__", init)
     yield started
     for w in started:
         assert w.proc.poll() is not None  # none left running
@@ -1275,30 +1295,30 @@ def workers(monkeypatch):
 
 def test_encode_and_decode_in_casacore_worker_processes(custom, ms, tmp_path, workers):
     for src in (custom, ms):
-        info, out = _roundtrip(src, tmp_path / src.name, "local", row_block=5)
+        info, out = _roundtrip(src, tmp_path / src.name, "local", row_block=5, settings=IN_WORKERS)
         assert_tables_equal(src, out)
-        assert table_content_sha256(out) == info["content_sha256"]
+        assert table_content_sha256(out, IN_WORKERS) == info["content_sha256"]
     # encode, decode, checksum of each; and the scratch table in which planning the custom
     # table (encode, checksum) finds the tile shapes of its TiledShapeStMan
     assert len(workers) == 8
 
 
 def test_worker_decode_of_damaged_data_leaves_nothing(ms, tmp_path, workers):
-    store, g = _encoded(ms, tmp_path, row_block=40)
+    store, g = _encoded(ms, tmp_path, row_block=40, settings=IN_WORKERS)
     shard = tmp_path / "store.zarr" / "T" / "DATA" / "c" / "1" / "0" / "0"
     raw = bytearray(shard.read_bytes())
     raw[100:140] = bytes(b ^ 0xFF for b in raw[100:140])
     shard.write_bytes(bytes(raw))
     out = tmp_path / "out.ms"
     with pytest.raises(CorruptTableData, match=r"column DATA rows 40-79: stored data is damaged"):
-        decode_table(zarr.open_group(store, mode="r", path="T"), out)
+        decode_table(zarr.open_group(store, mode="r", path="T"), out, settings=IN_WORKERS)
     assert not out.exists() and not list(tmp_path.glob(".out.ms.partial*"))
     assert len(workers) == 2  # encode, decode
 
 
 def test_a_worker_that_dies_is_an_error_not_a_hang(ms, tmp_path, workers, monkeypatch):
     store, g = _encoded(ms, tmp_path)
-    real = tc._RemoteTable._call
+    real = worker_client._RemoteTable._call
 
     def dying(self, method, *args):
         if method == "putcol":
@@ -1306,14 +1326,14 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(ms, tmp_path, workers, monkey
             self.worker.proc.wait()
         return real(self, method, *args)
 
-    monkeypatch.setattr(tc._RemoteTable, "_call", dying)
+    monkeypatch.setattr(worker_client._RemoteTable, "_call", dying)
     with pytest.raises(FactorArchiveError, match="worker"):
-        decode_table(g, tmp_path / "out.ms")
+        decode_table(g, tmp_path / "out.ms", settings=IN_WORKERS)
     assert not (tmp_path / "out.ms").exists()
 
 
 def test_a_worker_that_dies_while_encoding_fails_the_encode(ms, tmp_path, workers, monkeypatch):
-    real = tc._RemoteTable.call
+    real = worker_client._RemoteTable.call
 
     def dying(self, method, *args):
         if method == "getcolnp":
@@ -1321,17 +1341,17 @@ def test_a_worker_that_dies_while_encoding_fails_the_encode(ms, tmp_path, worker
             self.worker.proc.wait()
         return real(self, method, *args)
 
-    monkeypatch.setattr(tc._RemoteTable, "call", dying)
+    monkeypatch.setattr(worker_client._RemoteTable, "call", dying)
     store, root = _local(tmp_path)
     g = root.create_group("T")
     with pytest.raises(FactorArchiveError, match="worker") as e:
-        encode_table(ms, g)
+        encode_table(ms, g, settings=IN_WORKERS)
     assert not isinstance(e.value, RawTableRequired)  # not mistaken for an unreadable table
     assert list(g.keys()) == []
 
 
 def test_shaped_columns_and_records_through_worker_processes(casa_ms, tmp_path, workers):
-    info, out = _roundtrip(casa_ms, tmp_path, "local", row_block=7)
+    info, out = _roundtrip(casa_ms, tmp_path, "local", row_block=7, settings=IN_WORKERS)
     assert_tables_equal(casa_ms, out)
-    assert table_content_sha256(out) == info["content_sha256"]
+    assert table_content_sha256(out, IN_WORKERS) == info["content_sha256"]
     assert len(workers) >= 3  # encode, decode, checksum, and the scratch tables planning makes

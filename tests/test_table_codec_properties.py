@@ -28,7 +28,8 @@ from casacore import tables as ct  # noqa: E402
 from hypothesis import given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from factor_archive.ms import table_codec as tc  # noqa: E402
+from factor_archive.ms import casacore_table  # noqa: E402
+from factor_archive.ms.casacore_table import casacore_read, common, keywords  # noqa: E402
 from test_table_codec import assert_tables_equal  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -270,7 +271,7 @@ def build(spec: TableSpec, path: Path, records: dict) -> Path:
             inner.putcol("Y", [1.5, -2.5])
         with ct.table(str(first), readonly=False, ack=False) as sub:
             sub.putkeyword("INNER", "Table: " + str((first / "INNER").resolve()))
-    with tc._table(str(path), readonly=False, ack=False) as t:
+    with common._table(str(path), readonly=False, ack=False) as t:
         for c in spec.columns:
             if c.kind == "record":
                 for r, value in enumerate(records[c.name]):
@@ -318,7 +319,7 @@ def _build_main(spec: TableSpec, path: Path) -> None:
     desc = ct.maketabdesc(cds)
     if hyper:
         desc["_define_hypercolumn_"] = hyper
-    t = tc._table(str(path), desc, nrow=spec.nrows, dminfo=dminfo, ack=False, endian=spec.endian)
+    t = common._table(str(path), desc, nrow=spec.nrows, dminfo=dminfo, ack=False, endian=spec.endian)
     try:
         t.putinfo({**spec.info, "readme": spec.info["readme"].rstrip("\n")})
         for c in spec.columns:
@@ -370,22 +371,23 @@ def test_any_table_is_stored_as_columns_and_comes_back_bit_for_bit(spec, data):
         store = zarr.storage.LocalStore(str(work / "s.zarr"))
         group = zarr.open_group(store, mode="w").create_group("T")
         # As the commands run them (every casacore write in a worker process), or in this process.
-        session = tc.worker_session() if data.draw(st.booleans(), label="in a worker session") \
+        session = casacore_table.worker_session() if data.draw(st.booleans(), label="in a worker session") \
             else contextlib.nullcontext()
         with session:
             try:
-                info = tc.encode_table(src, group, row_block=data.draw(st.sampled_from([None, 5])))
-            except tc.RawTableRequired as e:
+                info = casacore_table.encode_table(src, group, row_block=data.draw(st.sampled_from([None, 5])))
+            except casacore_table.RawTableRequired as e:
                 allowed = [RAW_REASONS[k] for k in raw_cases(spec)]
                 assert allowed and any(a in e.reason for a in allowed), f"unexpected raw: {e.reason}"
                 assert list(group.keys()) == []
                 return
             assert info["raw_fallback"] is False
-            assert tc.verify_table(group, name="T") == []
+            assert casacore_table.verify_table(group, name="T") == []
             out = work / "out.tab"
-            tc.decode_table(group, out)
+            casacore_table.decode_table(group, out)
         assert_tables_equal(src, out)
-        assert tc.table_content_sha256(out) == tc.table_content_sha256(src) == info["content_sha256"]
+        checksum = casacore_table.table_content_sha256
+        assert checksum(out) == checksum(src) == info["content_sha256"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -400,13 +402,13 @@ def test_record_cells_parse_to_their_exact_types_and_serialize_back(values):
     work = Path(tempfile.mkdtemp(prefix="table-codec-rec-"))
     try:
         p = work / "r.tab"
-        with tc._table(str(p), ct.maketabdesc([ct.makescacoldesc("R", {}, valuetype="record")]),
+        with common._table(str(p), ct.maketabdesc([ct.makescacoldesc("R", {}, valuetype="record")]),
                        nrow=len(values), ack=False) as t:
             for r, v in enumerate(values):
                 if v is not None:
                     t.putcell("R", r, v)
             t.flush()
-            cells = tc._StoredRecords(t, p, ["R"])
+            cells = casacore_read._StoredRecords(t, p, ["R"])
             try:
                 for r, v in enumerate(values):
                     raw = cells.cell("R", r)
@@ -415,7 +417,7 @@ def test_record_cells_parse_to_their_exact_types_and_serialize_back(values):
                         continue
                     rec = parse_cell(raw)
                     assert serialize_cell(rec) == raw
-                    assert _typed(tc._dec_kw(rec, lambda rel: rel)) == _typed(t.getcell("R", r))
+                    assert _typed(keywords._dec_kw(rec, lambda rel: rel)) == _typed(t.getcell("R", r))
                     assert _types(rec) == _types_of(v)
             finally:
                 cells.close()

@@ -78,7 +78,7 @@ def restore_both(dir_archive: Path, zarr_archive: str, out: Path) -> Path:
 
 def test_zarr_round_trip_restores_what_the_directory_form_restores(sample_run, tmp_path, monkeypatch):
     from factor_archive.containers import zarr_store
-    from factor_archive.ms.table_codec import table_content_sha256
+    from factor_archive.ms.casacore_table import table_content_sha256
 
     real_write = zarr_store.ZarrWriter.write
     staged_left = []
@@ -287,7 +287,7 @@ def test_incomplete_store_is_not_an_archive(sample_run, tmp_path, capsys):
 
 def test_symlink_restore_materialises_each_chunk_once(sample_run, tmp_path, monkeypatch):
     from factor_archive.containers.zarr_store import ZarrReader
-    from factor_archive.ms import table_codec
+    from factor_archive.ms import casacore_table as table_codec
 
     store = tmp_path / "run.zarr"
     assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
@@ -340,7 +340,7 @@ def test_symlink_restore_materialises_each_chunk_once(sample_run, tmp_path, monk
 # Raw tables, clobber, interruption, names
 
 def test_tables_that_cannot_be_decoded_are_kept_as_raw_files(sample_run, tmp_path, monkeypatch, capsys):
-    from factor_archive.ms import table_codec
+    from factor_archive.ms import casacore_table as table_codec
 
     real = table_codec.encode_table
 

@@ -14,7 +14,7 @@ from .containers.base import disk_full, is_disk_full, written_path
 from .containers.detect import open_writer
 from .errors import BadInput, FactorArchiveError
 from .manifest import Manifest, Member
-from .ms.table_codec import run_in_worker, worker_session
+from .ms.casacore_table import run_in_worker, worker_session
 from .plan import ArchivePlan, Options, PlanItem, make_plan
 from .progress import Reporter, human
 from .run.model import load_run

@@ -1,6 +1,6 @@
 """The zarr form: one zarr v3 store (a directory, a zip file or an object-store prefix).
 
-Casacore tables become zarr groups of columns (``ms.table_codec``), so a Measurement Set can be
+Casacore tables become zarr groups of columns (``ms.casacore_table``), so a Measurement Set can be
 read with plain zarr or xarray; every other file is a compressed 1-D ``uint8`` array; the manifest
 is the array ``manifest.json`` at the root, written last. ``formats/zarr.md`` specifies the
 layout; this module is the only code that depends on it.
@@ -654,7 +654,7 @@ class ZarrWriter:
 
     def _write_table(self, member: Member, source: Path, parent, name: str, node: str,
                      progress: Progress) -> None:
-        from ..ms.table_codec import RawTableRequired, encode_table
+        from ..ms.casacore_table import RawTableRequired, encode_table
 
         files, dirs = walk_table(source)
         st = stat_entry(source)
@@ -955,7 +955,7 @@ class ZarrReader:
         os.rename(partial, dest)
 
     def _extract_table(self, member: Member, dest: Path, progress: Progress) -> None:
-        from ..ms.table_codec import decode_table
+        from ..ms.casacore_table import decode_table
 
         group = self._node(member)
         content = group.attrs.get("casacore_content") or {}
@@ -1098,7 +1098,7 @@ class ZarrReader:
             content = node.attrs.get("casacore_content") or {}
             if not isinstance(content, dict) or content.get("content_sha256") != member.sha256:
                 problems.append(f"{member.path}: table checksum in the store differs from the manifest")
-            from ..ms.table_codec import verify_table  # every shard, column sha256s, content
+            from ..ms.casacore_table import verify_table  # every shard, column sha256s, content
 
             return problems + verify_table(node, name=member.path, progress=progress)
         try:
@@ -1227,7 +1227,7 @@ class _Null:
 
 
 def _describe_array(table: str, rel: str) -> tuple[str, str, str]:
-    """(table name, column, unit) of an array at ``rel`` below a table group (table_codec layout)."""
+    """(table name, column, unit) of an array at ``rel`` below a table group (casacore_table layout)."""
     parts = rel.split("/")
     while len(parts) > 2 and parts[0] == "subtables":
         table = f"{table}/{parts[1]}"

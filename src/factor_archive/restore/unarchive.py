@@ -17,7 +17,7 @@ from ..containers.base import disk_full, is_disk_full, write_atomic, written_pat
 from ..containers.detect import open_reader
 from ..errors import BadInput, FactorArchiveError
 from ..manifest import Manifest, Member, safe_relpath
-from ..ms.table_codec import worker_session
+from ..ms.casacore_table import worker_session
 from ..progress import Reporter
 from ..run.mapfile import MapfileError, rewrite_mapfile
 from ..run.parset import rewrite_parset

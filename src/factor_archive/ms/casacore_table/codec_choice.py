@@ -1,0 +1,132 @@
+"""Choosing a column's codec: the candidates for its type are tried on a sample, on the
+compression pool, while planning goes on; the smallest wins, or for a big column the cheapest in
+CPU seconds plus stored bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from .casacore_read import _read_uniform
+from .codecs import CODECS, _BadChunk, _candidates, _ChunkCodec
+from .common import RawTableRequired, _ReadFailure
+from .pipeline import _Work
+from .schema import _Col
+
+
+def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) -> dict[str, tuple[int, float]]:
+    """{label: (compressed bytes, encode + decode CPU seconds)} of one chunk; a pipeline that
+    does not give the chunk back bit for bit is left out. Timed: the best of ``runs`` runs of
+    this thread's CPU time, so other threads and processes do not skew the choice."""
+    import time
+
+    out = {}
+    sample = np.ascontiguousarray(sample)
+    back = np.empty_like(sample)
+    for label in cands:
+        codec = _ChunkCodec.from_label(label, sample.dtype, sample.shape)
+        best = math.inf
+        for _ in range(runs if timed else 1):
+            t0 = time.thread_time()
+            data, crc = codec.encode(sample)
+            t1 = time.thread_time()
+            stored = np.empty(len(data) + 4, np.uint8)
+            stored[:-4] = np.frombuffer(data, np.uint8)
+            stored[-4:] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
+            t2 = time.thread_time()
+            try:
+                codec.decode(stored, back)
+            except _BadChunk:
+                break
+            t3 = time.thread_time()
+            best = min(best, (t1 - t0) + (t3 - t2))
+        else:
+            if back.tobytes() == sample.tobytes():
+                out[label] = (len(data), best if timed else 0.0)
+    return out
+
+
+def _choose_codec(tb, path, col: _Col, nrows: int, sample, work: _Work) -> str:
+    row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
+    return _start_choice(col, nrows * row_bytes, sample, work)(tb, path)
+
+
+def _start_choice(col: _Col, nbytes: int, sample, work: _Work) -> Callable:
+    """Start the codec trials of a column of ``nbytes`` on the pool; returns finish(tb, path)
+    -> label.
+
+    The smallest on the first chunk wins; for a column of settings.speed_min_bytes or more the
+    cheapest in (encode + decode CPU seconds) + (stored bytes / settings.worth), so that fast codecs
+    win on noisy data. A numcodecs pipeline must beat that by 10 % (float delta: exactly).
+    """
+    if sample is None or sample.size == 0:
+        return lambda tb, path: _candidates(col)[0]
+    settings = work.settings
+    big = nbytes >= settings.speed_min_bytes and sample.nbytes >= settings.numcodecs_min_sample
+    cands = _candidates(col, big)
+    if len(cands) == 1:
+        return lambda tb, path: cands[0]
+    if sample.nbytes < settings.numcodecs_min_sample:
+        cands = [c for c in cands if not CODECS[c].numcodecs]
+    res: dict[str, tuple[int, float]] = {}
+
+    def run(labels, runs=1):
+        return [work.pool.submit(_trials, [c], sample, big, runs) for c in labels]
+
+    def collect(futs):
+        for f in futs:
+            for c, (size, secs) in f.result().items():
+                res[c] = (size, min(secs, res[c][1]) if c in res else secs)
+
+    first = run(cands)
+
+    def finish(tb, path) -> str:
+        collect(first)
+        spec = [c for c in cands if not CODECS[c].numcodecs and c in res]
+        if not spec:
+            return _candidates(col)[0]
+        if big:
+            def cost(c):
+                return res[c][1] + res[c][0] / settings.worth
+
+            low = min(cost(c) for c in spec)
+            collect(run([c for c in spec if cost(c) <= 1.08 * low], 2))  # contenders: best of 3
+            best = min(spec, key=cost)
+        else:
+            best = min(spec, key=lambda c: res[c][0])
+        for c in cands:
+            if CODECS[c].numcodecs and c in res and res[c][0] < settings.numcodecs_margin * res[best][0]:
+                rows = nbytes // col.itemsize  # float delta: scalar columns only
+                if (not CODECS[c].exact_on_floats and col.dtype.kind == "f"
+                        and not _delta_exact(tb, path, col, rows)):
+                    continue
+                return c
+        return best
+
+    return finish
+
+
+def _delta_exact(tb, path, col: _Col, nrows: int) -> bool:
+    """Float delta is lossless only if cumsum(diff) gives back every bit of every chunk (as
+    numcodecs computes them: the first value, then the differences, in the column's type)."""
+    for start in range(0, nrows, col.block_rows):
+        n = min(col.block_rows, nrows - start)
+        try:
+            block = _read_uniform(tb, col, start, n)
+        except _ReadFailure as e:
+            raise RawTableRequired(path, str(e)) from e
+        k = -(-n // col.chunk_rows)
+        chunks = np.zeros(k * col.chunk_rows, col.dtype)  # zero padded, like the last chunk
+        chunks[:n] = block
+        chunks = chunks.reshape(k, col.chunk_rows)
+        enc = np.empty_like(chunks)
+        enc[:, 0] = chunks[:, 0]
+        np.subtract(chunks[:, 1:], chunks[:, :-1], out=enc[:, 1:])
+        back = np.cumsum(enc, axis=1, dtype=col.dtype)
+        if back.tobytes() != chunks.tobytes():
+            return False
+    return True
+

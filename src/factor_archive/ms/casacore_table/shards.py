@@ -1,0 +1,429 @@
+"""Sharded arrays written and read shard by shard, exactly as zarr lays them out (``sharding_indexed``,
+index at the end), with a reader that reports an absent shard or chunk as missing data instead
+of reading fill values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from . import zarr_internals
+from .codecs import _BadChunk, _ChunkCodec, _codec_from_metadata, _create
+from .common import _MAX_U64, _first_line, _ReadFailure
+from .pipeline import PipelineSettings, _block_rows, _buffer_view, _Work
+
+
+def _rows_layout(nrows: int, row_bytes: int, row_block: int | None, settings: PipelineSettings,
+                 shard_bytes: int | None = None) -> tuple[int, int]:
+    """(chunk rows, shard rows); the shard is also the read/write block."""
+    row_bytes = max(1, row_bytes)
+    chunk = max(1, settings.chunk_bytes // row_bytes)
+    if row_block:
+        chunk = min(chunk, row_block)
+    chunk = max(1, min(chunk, nrows))
+    k = max(1, (shard_bytes or settings.shard_bytes) // (chunk * row_bytes))
+    if row_block:
+        k = max(1, min(k, row_block // chunk))
+    k = min(k, max(1, -(-nrows // chunk)))
+    return chunk, chunk * k
+
+
+def _shard_key(doc: dict, path: str, s: int, ndim: int) -> str:
+    """The store key of shard ``s`` (along rows) of the array at ``path``."""
+    key = zarr_internals.chunk_key(doc, (s,) + (0,) * (ndim - 1))
+    return f"{path}/{key}" if path else key
+
+
+class _ArrayOut:
+    """Writes a sharded array, block by block in row order, straight to the store.
+
+    Blocks cover whole inner chunks (the last one may end with the array). Each chunk is
+    compressed on the pool; once a shard's chunks are all queued, the io thread assembles them
+    with the shard index (zarr's sharding format: chunks, then (offset, length) uint64 pairs
+    and their crc32c) and stores the shard: every shard is written once, and at most
+    settings.shards_in_flight of them are waiting to be stored.
+    """
+
+    def __init__(self, node: _Node, work: _Work):
+        self.work = work
+        self.node = node
+        self.store, self.path = node.store, node.path
+        self.shape = node.shape
+        self.nrows = self.shape[0]
+        self.chunk, self.shard = node.chunks[0], node.shards[0]
+        self.cps = self.shard // self.chunk
+        self.empty = 0 in self.shape
+        self.codec = _ChunkCodec.from_label(node.label, node.dtype, node.chunks)
+        self.pos = 0
+        self.parts: list = []
+        self.inflight: deque = deque()
+        self.stored = 0
+
+    def write(self, block: np.ndarray) -> list:
+        """Queue rows [pos, pos + len(block)); returns the futures still reading ``block``."""
+        n = len(block)
+        start = self.pos
+        if start + n > self.nrows:
+            raise _ReadFailure(f"{self.path}: {start + n} rows for an array of {self.nrows}")
+        self.pos += n
+        if self.empty or n == 0:
+            return []
+        if start % self.chunk or (n % self.chunk and start + n != self.nrows):
+            raise ValueError(f"{self.path}: block {start}+{n} is not made of whole chunks")
+        futs = []
+        for i in range(0, n, self.chunk):
+            futs.append(self.work.pool.submit(self.codec.encode, block[i:i + self.chunk]))
+            self.parts.append(futs[-1])
+            end = start + min(n, i + self.chunk)
+            if end % self.shard == 0 or end == self.nrows:
+                self._flush((end - 1) // self.shard)
+        return futs
+
+    def _flush(self, s: int) -> None:
+        while len(self.inflight) >= self.work.settings.shards_in_flight:
+            self.inflight.popleft().result()
+        parts, self.parts = self.parts, []
+        self.inflight.append(self.work.store(self._store_shard, s, parts))
+
+    def _store_shard(self, s: int, parts: list) -> None:
+        import google_crc32c
+
+        done = [f.result() for f in parts]
+        parts.clear()
+        total = sum(len(d) + 4 for d, _ in done) + 16 * self.cps + 4
+        buf = np.empty(total, np.uint8)
+        index = np.full((self.cps, 2), _MAX_U64, dtype="<u8")
+        off = 0
+        for j in range(len(done)):
+            data, crc = done[j]
+            done[j] = None  # compressed chunks are freed as they are copied
+            n = len(data)
+            buf[off:off + n] = np.frombuffer(data, np.uint8)
+            buf[off + n:off + n + 4] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
+            index[j] = (off, n + 4)
+            off += n + 4
+            del data
+        raw = index.tobytes()
+        buf[off:off + len(raw)] = np.frombuffer(raw, np.uint8)
+        buf[off + len(raw):] = np.frombuffer(google_crc32c.value(raw).to_bytes(4, "little"), np.uint8)
+        zarr_internals.store_set(self.store, self.node.shard_key(s), buf)
+        self.stored += total
+
+    def close(self) -> None:
+        if self.pos != self.nrows:
+            raise _ReadFailure(f"wrote {self.pos} of {self.nrows} elements")
+
+    def stored_bytes(self) -> int | None:
+        return self.stored
+
+
+class _ZarrOut:
+    """Writes through zarr itself (variable-length strings), whole shards at a time."""
+
+    def __init__(self, arr):
+        self.arr, self.pos = arr, 0
+
+    def write(self, block) -> list:
+        n = len(block)
+        if n:
+            self.arr[self.pos:self.pos + n] = block
+        self.pos += n
+        return []
+
+    def close(self) -> None:
+        if self.pos != self.arr.shape[0]:
+            raise _ReadFailure(f"wrote {self.pos} of {self.arr.shape[0]} elements")
+
+    def stored_bytes(self) -> int | None:
+        return _stored_bytes(self.arr)
+
+
+def _writer(node: _Node, work: _Work):
+    if node.dtype is None:
+        arr = zarr.open_array(node.store, path=node.path, mode="r+", zarr_format=3)
+        return _ZarrOut(arr.with_config({"write_empty_chunks": True}))  # every shard stored
+    return _ArrayOut(node, work)
+
+
+class _Appender:
+    """Buffers values along axis 0 and writes whole shards, so no shard is written twice."""
+
+    def __init__(self, out, shard: int):
+        self.out, self.shard = out, shard
+        self.parts: list[np.ndarray] = []
+        self.n = 0
+
+    def add(self, a: np.ndarray) -> None:
+        if len(a):
+            self.parts.append(a)
+            self.n += len(a)
+            if len(self.parts) > 64:  # many small parts cost more than their values
+                self.parts = [np.concatenate(self.parts)]
+        while self.n >= self.shard:
+            self._flush(self.shard)
+
+    def _flush(self, count: int) -> None:
+        buf = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        self.out.write(buf[:count])
+        rest = buf[count:]
+        self.parts = [rest] if len(rest) else []
+        self.n = len(rest)
+
+    def close(self) -> None:
+        if self.n:
+            self._flush(self.n)
+        self.out.close()
+
+
+_TEMPLATES: dict = {}  # (dtype, codec label, ndim) -> the metadata document zarr writes
+
+
+@dataclass
+class _Node:
+    """An array to be written: where, its layout, and its zarr.json document."""
+
+    store: Any
+    path: str
+    shape: tuple
+    chunks: tuple
+    shards: tuple
+    label: str
+    dtype: np.dtype | None
+    doc: dict
+
+    def shard_key(self, s: int) -> str:
+        return _shard_key(self.doc, self.path, s, len(self.shape))
+
+
+def _array_doc(shape, dtype, chunk0: int, shard0: int, label: str, dims, attrs=None) -> tuple:
+    """(zarr.json document, chunks, shards) of a new array. The document is the one zarr's
+    create_array writes for an array of this dtype and codec (made once per kind, in memory),
+    with shape, chunk shapes, dimension names and attributes filled in: creating each array
+    through zarr costs milliseconds (validation, existence checks), which adds up for the many
+    small columns of subtables."""
+    shape = tuple(int(x) for x in shape)
+    chunks = (max(1, chunk0),) + tuple(max(1, x) for x in shape[1:])
+    shards = (max(1, shard0),) + chunks[1:]
+    key = ("str" if dtype is None else np.dtype(dtype).str, label, len(shape))
+    t = _TEMPLATES.get(key)
+    if t is None:
+        g = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        arr = _create(g, "t", (1,) * len(shape), dtype, 1, 1, label, ("d",) * len(shape))
+        t = zarr_internals.array_document(arr)
+        _TEMPLATES[key] = t
+    doc = json.loads(json.dumps(t))
+    doc["shape"] = list(shape)
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = list(shards)
+    doc["codecs"][0]["configuration"]["chunk_shape"] = list(chunks)
+    doc["dimension_names"] = list(dims)
+    doc["attributes"] = {"codec": label, **(attrs or {})}
+    return doc, chunks, shards
+
+
+def _stored_bytes(arr) -> int | None:
+    """Bytes of the array's shards in the store (metadata not counted)."""
+    try:
+        return zarr_internals.stored_bytes(arr.store, f"{arr.path}/c/")
+    except Exception:
+        return None
+
+
+class _Damage(Exception):
+    """Stored data of rows (or values) first..last is missing or damaged."""
+
+    def __init__(self, first: int, last: int, kind: str, detail: str = ""):
+        super().__init__(f"{first}-{last}: {kind}")
+        self.first, self.last, self.kind, self.detail = first, last, kind, detail
+
+    def text(self, unit: str) -> str:
+        return (f"{unit} {self.first}-{self.last}: stored data is {self.kind}"
+                + (f" ({self.detail})" if self.detail else ""))
+
+
+class _ArrayIn:
+    """Reads an array stored as _ArrayOut writes it, without zarr's per-chunk machinery: the
+    io thread fetches whole shards (one ahead), the pool checks each inner chunk's crc32c and
+    decompresses it straight into a reused row-block buffer. A shard that is absent, or an
+    inner chunk absent from its shard, is *missing* (zarr would read fill values); a bad
+    checksum or size is *damaged*. Nothing needs listing the store, so any store works."""
+
+    def __init__(self, arr, codec: _ChunkCodec, chunk: int, shard: int, work: _Work):
+        self.arr, self.codec, self.chunk, self.shard, self.work = arr, codec, chunk, shard, work
+        self.store, self.path, self.doc = arr.store, arr.path, zarr_internals.array_document(arr)
+        self.shape = tuple(arr.shape)
+        self.nrows = self.shape[0]
+        self.row_shape = self.shape[1:]
+        self.dtype = np.dtype(arr.dtype)
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.cps = shard // chunk
+        self.nshards = -(-self.nrows // shard)
+        self._cached: dict[int, Any] = {}
+
+    def _range(self, s: int) -> tuple[int, int]:
+        return s * self.shard, min(self.nrows, (s + 1) * self.shard) - 1
+
+    def _fetch(self, s: int):
+        import google_crc32c
+
+        first, last = self._range(s)
+        key = _shard_key(self.doc, self.path, s, len(self.shape))
+        try:
+            data = zarr_internals.store_get(self.store, key)
+        except Exception as e:
+            raise _Damage(first, last, "damaged", f"cannot read it: {_first_line(e)}") from None
+        if data is None:
+            raise _Damage(first, last, "missing")
+        isz = 16 * self.cps + 4
+        if len(data) < isz:
+            raise _Damage(first, last, "damaged", "shard too short")
+        idx = data[-isz:]
+        if google_crc32c.value(idx[:-4]) != int.from_bytes(idx[-4:].tobytes(), "little"):
+            raise _Damage(first, last, "damaged", "shard index checksum mismatch")
+        return data, np.frombuffer(idx[:-4].tobytes(), "<u8").reshape(self.cps, 2), len(data) - isz
+
+    def _chunk(self, shard_fut, s: int, j: int, out: np.ndarray, skip: int = 0) -> None:
+        """Decode inner chunk j of shard s; put its rows skip.. into ``out``."""
+        data, table, end = shard_fut.result()
+        r0 = s * self.shard + j * self.chunk
+        r1 = min(self.nrows, r0 + self.chunk) - 1
+        off, length = int(table[j, 0]), int(table[j, 1])
+        if off == _MAX_U64:
+            raise _Damage(r0, r1, "missing", "chunk absent from its shard")
+        if off + length > end:
+            raise _Damage(r0, r1, "damaged", "chunk outside its shard")
+        whole = (self.chunk,) + self.row_shape
+        target = out if (skip == 0 and out.shape == whole) else np.empty(whole, self.dtype)
+        try:
+            self.codec.decode(data[off:off + length], target)
+        except _BadChunk as e:
+            raise _Damage(r0, r1, "damaged", str(e)) from None
+        if target is not out:
+            out[:] = target[skip:skip + len(out)]
+
+    def blocks(self):
+        """(start, stop, rows, buffer, damage) in row order; the caller gives ``buffer`` back
+        (work.give) once it is done with ``rows``."""
+        if self.nrows == 0:
+            return
+        step = _block_rows(self.chunk, self.shard, self.row_bytes, self.work.settings.block_bytes)
+        plan = [(b0, min(self._range(s)[1] + 1, b0 + step), s)
+                for s in range(self.nshards) for b0 in range(s * self.shard, self._range(s)[1] + 1, step)]
+        if self.row_bytes == 0:
+            for b0, b1, _s in plan:
+                yield b0, b1, np.zeros((b1 - b0,) + self.row_shape, self.dtype), None, None
+            return
+        fetched: dict[int, Any] = {}
+        pending: deque = deque()
+        work = self.work
+
+        def submit(i: int) -> None:
+            b0, b1, s = plan[i]
+            for t in (s, s + 1):  # this shard, and the next one ahead
+                if t < self.nshards and t not in fetched:
+                    fetched[t] = work.io.submit(self._fetch, t)
+            buf = work.take((b1 - b0) * self.row_bytes)
+            rows = _buffer_view(buf, self.dtype, (b1 - b0,) + self.row_shape)
+            futs = [work.pool.submit(self._chunk, fetched[s], s, (r - s * self.shard) // self.chunk,
+                                     rows[r - b0:min(b1, r + self.chunk) - b0])
+                    for r in range(b0, b1, self.chunk)]
+            pending.append((b0, b1, s, rows, buf, futs))
+
+        nxt = 0
+        try:
+            for i in range(len(plan)):
+                while nxt < len(plan) and nxt < i + work.settings.ahead:
+                    submit(nxt)
+                    nxt += 1
+                b0, b1, s, rows, buf, futs = pending.popleft()
+                damage = None
+                for f in futs:
+                    try:
+                        f.result()
+                    except _Damage as e:
+                        damage = damage or e
+                if i + 1 == len(plan) or plan[i + 1][2] != s:
+                    fetched.pop(s, None)
+                yield b0, b1, rows, buf, damage
+        finally:
+            for _b0, _b1, _s, _rows, buf, futs in pending:  # abandoned: back once decoded
+                work.give(buf, futs)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) (raises _Damage); for the small ragged arrays."""
+        out = np.zeros((max(0, stop - start),) + self.row_shape, self.dtype)
+        if stop <= start or self.row_bytes == 0:
+            return out
+        first_shard = start // self.shard
+        for s in [k for k in self._cached if k < first_shard]:
+            del self._cached[s]
+        futs = []
+        for r in range(start - start % self.chunk, stop, self.chunk):
+            s = r // self.shard
+            if s not in self._cached:
+                self._cached[s] = self.work.io.submit(self._fetch, s)
+            a, b = max(start, r), min(stop, r + self.chunk)
+            futs.append(self.work.pool.submit(self._chunk, self._cached[s], s, (r % self.shard) // self.chunk,
+                                              out[a - start:b - start], a - r))
+        damage = None
+        for f in futs:
+            try:
+                f.result()
+            except _Damage as e:
+                damage = damage or e
+        if damage:
+            raise damage
+        return out
+
+
+class _ZarrIn:
+    """Reads through zarr (strings, or an array stored some other way): shard by shard, each
+    checked to exist first, since zarr would silently read fill values for an absent one."""
+
+    def __init__(self, arr, work: _Work):
+        self.arr, self.work = arr, work
+        self.shape = tuple(arr.shape)
+        self.nrows = self.shape[0]
+        self.shard = (arr.shards or arr.chunks)[0]
+        self._present: set[int] = set()
+        self._doc = zarr_internals.array_document(arr)
+
+    def _check(self, s: int) -> None:
+        if s in self._present or 0 in self.shape:
+            return
+        key = _shard_key(self._doc, self.arr.path, s, len(self.shape))
+        if not zarr_internals.store_exists(self.arr.store, key):
+            raise _Damage(s * self.shard, min(self.nrows, (s + 1) * self.shard) - 1, "missing")
+        self._present.add(s)
+
+    def _get(self, a: int, b: int):
+        for s in range(a // self.shard, (b - 1) // self.shard + 1):
+            self._check(s)
+        try:
+            return self.arr[a:b]
+        except Exception as e:
+            raise _Damage(a, b - 1, "damaged", _first_line(e)) from None
+
+    def blocks(self):
+        for a in range(0, self.nrows, self.shard):
+            b = min(self.nrows, a + self.shard)
+            try:
+                yield a, b, self._get(a, b), None, None
+            except _Damage as e:
+                yield a, b, None, None, e
+
+    def read(self, start: int, stop: int):
+        if stop <= start:
+            return self.arr[start:start]
+        return self._get(start, stop)
+
+
+def _reader(arr, work: _Work):
+    fast = _codec_from_metadata(arr)
+    return _ArrayIn(arr, *fast, work) if fast else _ZarrIn(arr, work)
+

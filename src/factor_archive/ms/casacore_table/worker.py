@@ -1,0 +1,115 @@
+"""The casacore worker process: ``python -m factor_archive.ms.casacore_table.worker CMD_FD REPLY_FD PARENT_PID``.
+
+It runs casacore calls for the codec (see worker_client.py, the client): commands arrive pickled on
+the command pipe, each answered in order on the reply pipe; row blocks travel through shared
+memory (a memfd both map, announced by the "shm" command). It imports only numpy and casacore
+(this package's ``__init__`` imports nothing eagerly), so it starts in about 0.1 s.
+
+The pipes carry pickles between this process and its parent only: both ends are ours, made by
+the parent for this child; nothing read from an archive or a working directory is unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+# The parent decides when we stop: Ctrl-C and SIGTERM reach the whole process group, and the
+# parent stops its threads first, then ends us. If the parent dies, we die with it (parent-death
+# signal; EOF on the command pipe where there is no prctl).
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[3]):  # the parent died before prctl
+    os._exit(0)
+import importlib  # noqa: E402
+import mmap  # noqa: E402
+import pickle  # noqa: E402
+import struct  # noqa: E402
+
+import numpy as np  # noqa: E402
+from casacore import tables as ct  # noqa: E402
+
+RUN = {"concat_in_frequency": "factor_archive.ms.concat"}  # what the "run" command may call
+
+
+class Table(ct.table):  # as common._table: also tables with a uShort column
+    def _makerow(self):
+        try:
+            super()._makerow()
+        except RuntimeError:
+            self._row = None
+
+
+def kind(e):
+    names = {c.__name__ for c in type(e).__mro__}
+    return "bad_input" if "BadInput" in names else "ours" if "FactorArchiveError" in names else "other"
+
+
+def main():
+    rd = os.fdopen(int(sys.argv[1]), "rb")
+    wr = os.fdopen(int(sys.argv[2]), "wb")
+    shm = None
+    tables = {}
+    # Failed calls are kept, with their frames: a casacore table in them that failed to write
+    # would write again in its destructor, and abort. The parent never reuses a worker that failed.
+    failed = []
+
+    def value(a):
+        if isinstance(a, tuple) and len(a) == 4 and a[0] == "__shm__":
+            _tag, off, dtype, shape = a
+            n = int(np.prod(shape, dtype=np.int64))
+            return np.frombuffer(shm, dtype=np.dtype(dtype), count=n, offset=off).reshape(shape)
+        return a
+
+    while True:
+        head = rd.read(8)
+        if len(head) < 8:
+            return
+        op = pickle.loads(rd.read(struct.unpack("<Q", head)[0]))
+        try:
+            if op[0] == "shm":
+                shm = mmap.mmap(op[1], op[2])
+                out = None
+            elif op[0] == "open":
+                writable = len(op) > 3 and op[3]
+                tables[op[1]] = Table(op[2], ack=False, readonly=not writable,
+                                      lockoptions="default" if writable else "autonoread")
+                out = None
+            elif op[0] == "new":
+                _o, tid, path, desc, nrow, dminfo, endian = op
+                tables[tid] = Table(path, desc, nrow=nrow, dminfo=dminfo, ack=False, endian=endian)
+                out = None
+            elif op[0] == "call":
+                _o, tid, method, args = op
+                out = getattr(tables[tid], method)(*[value(a) for a in args])
+                if method == "close":
+                    del tables[tid]
+                elif isinstance(out, np.ndarray) and out.base is not None:
+                    out = np.array(out)
+            elif op[0] == "run":
+                _o, name, args = op
+                out = getattr(importlib.import_module(RUN[name]), name)(*args)
+            elif op[0] == "exit":
+                for t in tables.values():
+                    t.close()
+                return
+            reply = (True, out)
+        except BaseException as e:
+            failed.append(e)
+            reply = (False, (type(e).__name__, kind(e), " ".join(str(e).split())))
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        wr.write(struct.pack("<Q", len(data)) + data)
+        wr.flush()
+
+
+try:
+    main()
+except BaseException:  # the parent went away (broken pipe): nobody to tell
+    pass
+os._exit(0)  # no interpreter shutdown: nothing left for destructors to write

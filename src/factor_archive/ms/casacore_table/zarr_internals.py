@@ -1,0 +1,87 @@
+"""The private zarr-python APIs the codec calls, all here, each with the reason.
+
+The codec writes and reads numeric arrays whole shards at a time instead of through zarr's
+per-chunk machinery: casacore reading, compression and storing then overlap, a shard is stored
+once, and an absent shard or inner chunk is reported as missing data (zarr reads fill values
+for it). That takes the store's own get/set (public, ``zarr.abc.store.Store``, but async:
+zarr has no public way to run them on its event loop, hence ``zarr.core.sync.sync``) and the
+exact ``zarr.json`` documents zarr writes (``zarr.core.metadata.v3.ArrayV3Metadata`` and
+``zarr.core.group.GroupMetadata``: the public ``zarr.create_hierarchy`` takes the same private
+classes and checks every node for existence first, a read per node, which on S3 costs more
+than writing the table's small subtables). Nothing else in the package imports ``zarr.core``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+
+
+def _sync(coro) -> Any:
+    from zarr.core.sync import sync
+
+    return sync(coro)
+
+
+def _prototype():
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()
+
+
+def array_document(arr) -> dict:
+    """The ``zarr.json`` document of an open array, as stored."""
+    return json.loads(arr.metadata.to_buffer_dict(_prototype())["zarr.json"].to_bytes())
+
+
+def node_bytes(doc: dict | None, attrs: dict | None = None):
+    """zarr's serialisation of an array document (validated by zarr), or of a group with
+    ``attrs``: the bytes zarr itself would store as the node's ``zarr.json``."""
+    from zarr.core.group import GroupMetadata
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        md = ArrayV3Metadata.from_dict(doc) if doc is not None else GroupMetadata(attributes=attrs or {})
+        return md.to_buffer_dict(_prototype())["zarr.json"]
+
+
+def chunk_key(doc: dict, coords: tuple) -> str:
+    """The store key of a chunk (a shard, for a sharded array) below its array, by the
+    array document's ``chunk_key_encoding`` (zarr v3 specification)."""
+    enc = doc["chunk_key_encoding"]
+    sep = (enc.get("configuration") or {}).get("separator", "/" if enc["name"] == "default" else ".")
+    parts = [str(int(c)) for c in coords]
+    return ("c" + sep + sep.join(parts)) if enc["name"] == "default" else sep.join(parts)
+
+
+def store_set(store, key: str, data: np.ndarray) -> None:
+    """Store the bytes of a uint8 array under ``key``."""
+    _sync(store.set(key, _prototype().buffer.from_array_like(data)))
+
+
+def store_many(store, items: list[tuple[str, Any]]) -> None:
+    """Store ``(key, zarr buffer)`` pairs concurrently (one round trip on an object store)."""
+    async def put_all():
+        await asyncio.gather(*(store.set(k, v) for k, v in items))
+
+    _sync(put_all())
+
+
+def store_get(store, key: str) -> np.ndarray | None:
+    """The bytes under ``key`` as a uint8 array, or None when there is no such object."""
+    got = _sync(store.get(key, prototype=_prototype()))
+    return None if got is None else got.as_numpy_array().reshape(-1).view(np.uint8)
+
+
+def store_exists(store, key: str) -> bool:
+    return bool(_sync(store.exists(key)))
+
+
+def stored_bytes(store, prefix: str) -> int:
+    """Bytes of the objects below ``prefix``."""
+    return int(_sync(store.getsize_prefix(prefix)))
