@@ -1099,7 +1099,7 @@ def test_node_documents_are_the_ones_zarr_writes():
 
 
 def test_codec_choice_weighs_speed_for_big_columns(monkeypatch):
-    col = schema._Col(name="DATA", ctype="complex", dtype=np.dtype(np.complex64), layout="fixed",
+    col = schema.ColumnSchema(name="DATA", ctype="complex", dtype=np.dtype(np.complex64), layout="fixed",
                   cell_shape=(64, 4), chunk_rows=1024, block_rows=32768)
     sample = np.zeros((1024, 64, 4), np.complex64)
     fake = {"blosc-shuffle-zstd": (1830, 0.020), "blosc-bitshuffle-zstd": (1820, 0.010),

@@ -13,7 +13,7 @@ import numpy as np
 from .common import RawTableRequired, _ct, _parse_shape, _ReadFailure, _str_array, _table
 from .hypercubes import _scratch_table
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings
-from .schema import _Col
+from .schema import ColumnSchema
 
 
 def _block_shapes(tb, name, start, n, cache) -> tuple[np.ndarray, list]:
@@ -52,7 +52,7 @@ def _exact_cast(a: np.ndarray, col) -> np.ndarray:
     return b
 
 
-def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+def _read_uniform(tb, col: ColumnSchema, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
     """Rows [start, start + n) of a uniform column; into ``out`` (C-contiguous, the column's
     dtype and shape) when given: getcolnp into a reused buffer is several times faster than
     getcol, which allocates (and page-faults) a new array each time."""
@@ -77,7 +77,7 @@ def _read_uniform(tb, col: _Col, start: int, n: int, out: np.ndarray | None = No
 _GETCOLNP = {np.dtype(t) for t in (bool, np.int32, np.float32, np.float64, np.complex64, np.complex128)}
 
 
-def _getcol(tb, col: _Col, start: int, n: int):
+def _getcol(tb, col: ColumnSchema, start: int, n: int):
     """getcol; cell by cell for a TiledCellStMan column, whose row-range access casacore gets
     wrong (it fails or reads other cells when a tile does not fit the cell)."""
     if not col.per_cell:
@@ -85,7 +85,7 @@ def _getcol(tb, col: _Col, start: int, n: int):
     return np.stack([np.asarray(tb.getcell(col.name, start + i)) for i in range(n)])
 
 
-def _as_cells(v, col: _Col, want: tuple, start: int = 0) -> np.ndarray:
+def _as_cells(v, col: ColumnSchema, want: tuple, start: int = 0) -> np.ndarray:
     """What getcol returned as an array of the column's type and shape ``want``."""
     a = _str_array(v) if col.is_string else _exact_cast(np.asarray(v), col)
     if a.shape != want:
@@ -94,7 +94,7 @@ def _as_cells(v, col: _Col, want: tuple, start: int = 0) -> np.ndarray:
     return a
 
 
-def _read_runs(tb, col: _Col, start: int, n: int, cache: dict):
+def _read_runs(tb, col: ColumnSchema, start: int, n: int, cache: dict):
     """Rows [start, start + n) of a column whose cells vary: (defined, shapes, runs), runs being
     (first row in the block, rows, shape, cells) of consecutive defined cells of one shape,
     each read with one getcol."""
@@ -135,7 +135,7 @@ def _shape_records(defined: np.ndarray, shapes: list, max_ndim: int) -> tuple[np
     return ndim, shp
 
 
-def _run_values(runs: list, col: _Col) -> np.ndarray:
+def _run_values(runs: list, col: ColumnSchema) -> np.ndarray:
     """The values of the runs' cells, one cell after another, each in C order."""
     if runs:
         return np.concatenate([a.reshape(-1) for _i, _n, _s, a in runs])
@@ -171,7 +171,7 @@ class _StoredRecords:
                      "dataManagerGroup": d.get("dataManagerGroup", ""), "keywords": {}}
             sdesc[c] = d
         sdesc.update({"_define_hypercolumn_": {}, "_keywords_": {}, "_private_keywords_": {}})
-        sdm = []  # data managers in sequence order, placeholders before each
+        sdm: list[dict] = []  # data managers in sequence order, placeholders before each
         for dm in dms:
             while len(sdm) < dm["SEQNR"]:
                 name = f"__placeholder{len(sdm)}"
@@ -208,6 +208,7 @@ class _StoredRecords:
 
     def cell(self, name: str, row: int) -> bytes | None:
         """The stored bytes of a cell; None if it was never written."""
+        assert self.tb is not None, "cell() after close()"
         if not self.tb.iscelldefined(name, row):
             return None
         return np.asarray(self.tb.getcell(name, row)).astype(np.uint8).tobytes()

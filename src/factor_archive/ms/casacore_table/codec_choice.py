@@ -14,7 +14,7 @@ from .casacore_read import _read_uniform
 from .codecs import CODECS, _BadChunk, _candidates, _ChunkCodec
 from .common import RawTableRequired, _ReadFailure
 from .pipeline import _Work
-from .schema import _Col
+from .schema import ColumnSchema
 
 
 def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) -> dict[str, tuple[int, float]]:
@@ -49,12 +49,12 @@ def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) ->
     return out
 
 
-def _choose_codec(tb, path, col: _Col, nrows: int, sample, work: _Work) -> str:
+def _choose_codec(tb, path, col: ColumnSchema, nrows: int, sample, work: _Work) -> str:
     row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
     return _start_choice(col, nrows * row_bytes, sample, work)(tb, path)
 
 
-def _start_choice(col: _Col, nbytes: int, sample, work: _Work) -> Callable:
+def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work) -> Callable:
     """Start the codec trials of a column of ``nbytes`` on the pool; returns finish(tb, path)
     -> label.
 
@@ -100,7 +100,7 @@ def _start_choice(col: _Col, nbytes: int, sample, work: _Work) -> Callable:
         for c in cands:
             if CODECS[c].numcodecs and c in res and res[c][0] < settings.numcodecs_margin * res[best][0]:
                 rows = nbytes // col.itemsize  # float delta: scalar columns only
-                if (not CODECS[c].exact_on_floats and col.dtype.kind == "f"
+                if (not CODECS[c].exact_on_floats and col.dtype is not None and col.dtype.kind == "f"
                         and not _delta_exact(tb, path, col, rows)):
                     continue
                 return c
@@ -109,7 +109,7 @@ def _start_choice(col: _Col, nbytes: int, sample, work: _Work) -> Callable:
     return finish
 
 
-def _delta_exact(tb, path, col: _Col, nrows: int) -> bool:
+def _delta_exact(tb, path, col: ColumnSchema, nrows: int) -> bool:
     """Float delta is lossless only if cumsum(diff) gives back every bit of every chunk (as
     numcodecs computes them: the first value, then the differences, in the column's type)."""
     for start in range(0, nrows, col.block_rows):
@@ -119,9 +119,9 @@ def _delta_exact(tb, path, col: _Col, nrows: int) -> bool:
         except _ReadFailure as e:
             raise RawTableRequired(path, str(e)) from e
         k = -(-n // col.chunk_rows)
-        chunks = np.zeros(k * col.chunk_rows, col.dtype)  # zero padded, like the last chunk
-        chunks[:n] = block
-        chunks = chunks.reshape(k, col.chunk_rows)
+        flat = np.zeros(k * col.chunk_rows, col.dtype)  # zero padded, like the last chunk
+        flat[:n] = block
+        chunks = flat.reshape(k, col.chunk_rows)
         enc = np.empty_like(chunks)
         enc[:, 0] = chunks[:, 0]
         np.subtract(chunks[:, 1:], chunks[:, :-1], out=enc[:, 1:])

@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 from zarr import codecs as zc
 
-from .schema import _Col
+from .schema import ColumnSchema
 
 LEVEL = 5  # zstd level (and blosc clevel) of the default codecs
 
@@ -125,7 +125,7 @@ def candidates(dtype: np.dtype | None, layout: str, fast: bool = False) -> list[
     return ranked("tried_for") + (ranked("fast_for") if fast else [])
 
 
-def _candidates(col: _Col, fast: bool = False) -> list[str]:
+def _candidates(col: ColumnSchema, fast: bool = False) -> list[str]:
     return candidates(col.dtype, col.layout, fast)
 
 
@@ -202,7 +202,7 @@ class _ChunkCodec:
         if self.comp[0] == "blosc" and self._filter is None:
             if len(body) < 16:
                 raise _BadChunk("blosc header missing")
-            nbytes, _block, cbytes = struct.unpack_from("<III", body, 4)
+            nbytes, _block, cbytes = struct.unpack_from("<III", body[:16].tobytes(), 4)
             if nbytes != self.nbytes or cbytes != len(body):
                 raise _BadChunk("blosc sizes do not match the chunk")
             numcodecs.blosc.decompress(body, target)
@@ -263,6 +263,7 @@ def _codec_from_metadata(arr) -> tuple[_ChunkCodec, int, int] | None:
             "little", None):
         return None
     cc = comp.get("configuration") or {}
+    c: tuple
     if comp.get("name") == "blosc":
         c = ("blosc", cc.get("cname"), int(cc.get("clevel", 5)), cc.get("shuffle"))
         if c[3] not in ("noshuffle", "shuffle", "bitshuffle") or cc.get("blocksize", 0) not in (0, None):

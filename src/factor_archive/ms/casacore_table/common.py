@@ -81,7 +81,7 @@ def _table(*args, **kwargs):
     uShort column: its TableRow has no field type for it), since the codec never uses one."""
     global _TABLE_CLASS
     if _TABLE_CLASS is None:
-        class Table(_ct().table):
+        class Table(_ct().table):  # type: ignore[misc]  # a base class only known at run time
             def _makerow(self):
                 try:
                     super()._makerow()

@@ -63,6 +63,7 @@ class _ColumnHash:
                 out += b
             self.values.update(bytes(out))
         else:
+            assert self.dtype is not None
             a = np.ascontiguousarray(a, dtype=self.dtype.newbyteorder("<"))
             self.values.update(a.reshape(-1).view(np.uint8).data)
 

@@ -36,11 +36,11 @@ from .group_sink import _GroupSink
 from .keywords import _record_cell, _Refs
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings, _block_rows, _buffer_view, _Work
 from .plan import _open, _plan, _table_file_bytes
-from .schema import _Col, _Plan
+from .schema import ColumnSchema, TableSchema
 from .worker_client import _Worker, _worker_for, _WorkerError, _WorkerGone
 
 
-def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None, records=None):
+def _scan_column(tb, nrows: int, col: ColumnSchema, w, progress, work: _Work, rtb=None, records=None):
     """Read one column in row blocks, hash it and hand it to ``w``; returns its digest (a
     future when hashed on the hashing thread). With ``rtb`` (the table in a casacore worker)
     numeric uniform columns are read there, a few blocks ahead; ``records`` is
@@ -95,6 +95,8 @@ def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None, 
             w.close()
         return h.hexdigest()
     row_bytes = row_items * col.itemsize
+    dtype = col.dtype
+    assert dtype is not None  # strings were read above
     step = _block_rows(col.chunk_rows, col.block_rows, row_bytes, work.settings.block_bytes)
     if col.per_cell:
         rtb = None  # read cell by cell, here
@@ -126,7 +128,7 @@ def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None, 
                 while len(ahead) >= limit:
                     finish()
                 buf = work.take(n * row_bytes)
-                out = _buffer_view(buf, col.dtype, (n,) + cell)
+                out = _buffer_view(buf, dtype, (n,) + cell)
                 try:
                     if rtb is not None:
                         ahead.append((start, n, buf, out, _read_remote(rtb, col, start, n, out)))
@@ -148,7 +150,7 @@ def _scan_column(tb, nrows: int, col: _Col, w, progress, work: _Work, rtb=None, 
 class _RemoteRead:
     """A block the worker reads into shared memory (or returns, for types getcolnp lacks)."""
 
-    def __init__(self, fut, col: _Col, start: int, n: int, out: np.ndarray, direct: bool):
+    def __init__(self, fut, col: ColumnSchema, start: int, n: int, out: np.ndarray, direct: bool):
         self.fut, self.col, self.start, self.n, self.out, self.direct = fut, col, start, n, out, direct
 
     def add_done_callback(self, fn):
@@ -171,20 +173,21 @@ class _RemoteRead:
         return self.out
 
 
-def _read_remote(rtb, col: _Col, start: int, n: int, out: np.ndarray) -> _RemoteRead:
+def _read_remote(rtb, col: ColumnSchema, start: int, n: int, out: np.ndarray) -> _RemoteRead:
     if col.dtype in _GETCOLNP:
         return _RemoteRead(rtb.call("getcolnp", col.name, out, start, n), col, start, n, out, True)
     return _RemoteRead(rtb.call("getcol", col.name, start, n), col, start, n, out, False)
 
 
-def _raw_bytes(nrows: int, c: _Col) -> int:
+def _raw_bytes(nrows: int, c: ColumnSchema) -> int:
     if c.layout in ("ragged", "shaped"):
         return int(c.total * c.itemsize)
     return int(nrows * c.itemsize * int(np.prod(c.cell_shape, dtype=np.int64)))
 
 
-def _scan_table(plan: _Plan, sink, progress, work: _Work, worker: _Worker | None = None) -> dict:
+def _scan_table(plan: TableSchema, sink, progress, work: _Work, worker: _Worker | None = None) -> dict:
     """Read every column of plan's table in blocks, feed ``sink``; return content tree."""
+    assert plan.path is not None  # a plan made from a table
     tb = _open(plan.path)
     rtb = worker.open(plan.path) if worker is not None else None
     digests = {}
@@ -216,7 +219,7 @@ def _scan_table(plan: _Plan, sink, progress, work: _Work, worker: _Worker | None
             "columns": digests, "subtables": subs}
 
 
-def _info(plan: _Plan, content: dict, sink: _GroupSink | None) -> dict:
+def _info(plan: TableSchema, content: dict, sink: _GroupSink | None) -> dict:
     cols = {}
     for c in plan.columns:
         entry = {"layout": c.layout, "type": c.ctype, "codec": c.codec, "node": c.node,

@@ -9,7 +9,7 @@ import numpy as np
 from . import zarr_internals
 from .common import ATTR, _ReadFailure
 from .pipeline import _Work
-from .schema import _axis_names, _Col, _Plan, _shape_name, _shaped_leaf
+from .schema import ColumnSchema, TableSchema, _axis_names, _shape_name, _shaped_leaf
 from .shards import _Appender, _array_doc, _Node, _rows_layout, _writer
 
 
@@ -17,7 +17,7 @@ class _GroupSink:
     """Where one table goes. Every node of the table tree (groups, arrays) is laid out first and
     its zarr.json written in one concurrent batch (write_nodes); columns are then filled."""
 
-    def __init__(self, store, path: str, plan: _Plan, work: _Work, attrs: dict | None = None):
+    def __init__(self, store, path: str, plan: TableSchema, work: _Work, attrs: dict | None = None):
         self.store, self.path, self.plan, self.work = store, path, plan, work
         self.nodes: list[tuple[str, dict | None, dict | None]] = []  # (path, array doc, group attrs)
         self.arrays: dict[str, list[_Node]] = {}
@@ -61,7 +61,7 @@ class _GroupSink:
     def _sub(self, rel: str) -> str:
         return f"{self.path}/{rel}" if self.path else rel
 
-    def _shaped(self, col: _Col, base: str) -> list[_Node]:
+    def _shaped(self, col: ColumnSchema, base: str) -> list[_Node]:
         """A group per cell shape, holding the column's cells of that shape and their rows."""
         self.nodes.append((self._sub(base), None, {
             "column": col.name, "shapes": [list(s) for s in col.shapes], "counts": list(col.counts)}))
@@ -102,7 +102,7 @@ class _GroupSink:
 
         zarr_internals.store_many(self.store, items)
 
-    def column(self, col: _Col):
+    def column(self, col: ColumnSchema):
         writers = [_writer(n, self.work) for n in self.arrays[col.name]]
         self.writers[col.name] = writers
         if col.layout == "ragged":
@@ -111,7 +111,7 @@ class _GroupSink:
             return _ShapedWriter(writers, self.arrays[col.name], col.shapes)
         return writers[0]
 
-    def subtable(self, name: str, plan: _Plan) -> _GroupSink:
+    def subtable(self, name: str, plan: TableSchema) -> _GroupSink:
         return self.children[name]
 
 

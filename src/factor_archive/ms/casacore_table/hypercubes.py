@@ -12,11 +12,11 @@ import numpy as np
 
 from .common import _CTYPES, RawTableRequired, _table
 from .pipeline import PipelineSettings
-from .schema import _Col
+from .schema import ColumnSchema
 from .worker_client import _worker_for
 
 
-def _check_hypercubes(path: Path, dm: dict, cols: list[_Col], desc: dict, nrows: int,
+def _check_hypercubes(path: Path, dm: dict, cols: list[ColumnSchema], desc: dict, nrows: int,
                       endian: str, settings: PipelineSettings) -> None:
     """A TiledShapeStMan or TiledCellStMan makes a hypercube per cell shape (or cell) as cells
     are first written, its tile shape from the default tile shape; decode_table writes the rows
@@ -38,7 +38,7 @@ def _check_hypercubes(path: Path, dm: dict, cols: list[_Col], desc: dict, nrows:
                                      f"{list(dm.get('COLUMNS', []))}: {why}, which writing the rows in "
                                      f"order does not recreate")
 
-    def defined_runs(c: _Col) -> list:
+    def defined_runs(c: ColumnSchema) -> list:
         if c.layout == "fixed":
             return [(tuple(c.cell_shape), nrows)] if nrows else []
         return c.defined_runs or []
@@ -63,13 +63,13 @@ def _check_hypercubes(path: Path, dm: dict, cols: list[_Col], desc: dict, nrows:
         for c in arrays[1:]:
             if defined_runs(c) != want:
                 refuse("its columns have cells of different shapes")
-        got: list = []
+        shape_runs: list = []
         for s in cell:
-            if got and got[-1][0] == s:
-                got[-1][1] += 1
+            if shape_runs and shape_runs[-1][0] == s:
+                shape_runs[-1][1] += 1
             else:
-                got.append([s, 1])
-        if [tuple(g) for g in got] != [tuple(w) for w in want]:
+                shape_runs.append([s, 1])
+        if [tuple(g) for g in shape_runs] != [tuple(w) for w in want]:
             refuse("hypercubes in an order other than the rows'")
     if not shapes:
         return

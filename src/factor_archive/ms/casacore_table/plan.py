@@ -17,7 +17,7 @@ from .common import _CTYPES, MAX_SHAPES, MIN_CELLS_PER_SHAPE, RawTableRequired, 
 from .hypercubes import _check_hypercubes
 from .keywords import _keyword_types, _kw_record, _node_name_ok, _record_cell, _Refs
 from .pipeline import PipelineSettings, _Work
-from .schema import _assign_dims, _Col, _column_node, _Plan
+from .schema import ColumnSchema, TableSchema, _assign_dims, _column_node
 from .shards import _rows_layout
 
 # Storage managers whose SPEC recreates them and whose values python-casacore reads/writes as is.
@@ -48,7 +48,7 @@ def _open(path: Path):
 
 
 def _plan(path: Path, row_block: int | None, settings: PipelineSettings, *,
-          work: _Work | None = None) -> _Plan:
+          work: _Work | None = None) -> TableSchema:
     """The table's layout; ``work`` (threads for the codec trials) or None: default codecs."""
     path = Path(path)
     if not (path / "table.dat").is_file():
@@ -96,7 +96,7 @@ def _describe(tb, path: Path) -> dict:
             "hypercolumns": hypercolumns, "private_keywords": private}
 
 
-def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work) -> _Plan:
+def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work) -> TableSchema:
     dminfo = tb.getdminfo()
     dms = [dminfo[k] for k in sorted(dminfo, key=lambda k: int(k[1:]))]
     for dm in dms:
@@ -148,7 +148,7 @@ def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work) -> _
     for dm in dms:
         _check_hypercubes(path, dm, [planned[c] for c in dm.get("COLUMNS", [])], desc, nrows,
                           tb.endianformat(), settings)
-    plan = _Plan(path=path, nrows=nrows, endian=tb.endianformat(), info=d["info"],
+    plan = TableSchema(path=path, nrows=nrows, endian=tb.endianformat(), info=d["info"],
                  desc=d["desc"], hypercolumns=d["hypercolumns"],
                  private_keywords=d["private_keywords"], dminfo=_jsonable(dms),
                  keywords=d["keywords"], colkeywords=d["colkeywords"], columns=cols,
@@ -163,12 +163,12 @@ def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work) -> _
 
 
 def _plan_column(tb, path, name, nrows, desc, row_block, settings: PipelineSettings, work, *, cells=None, refs=None,
-                 per_cell=False) -> _Col:
+                 per_cell=False) -> ColumnSchema:
     ctype = tb.coldatatype(name)
     if ctype not in _CTYPES:
         raise RawTableRequired(path, f"column {name} has unsupported type {ctype}")
     dtype = _CTYPES[ctype]
-    col = _Col(name=name, ctype=ctype, dtype=dtype, layout="scalar", node=_column_node(name),
+    col = ColumnSchema(name=name, ctype=ctype, dtype=dtype, layout="scalar", node=_column_node(name),
                per_cell=per_cell)
     if ctype == "record":
         col.layout = "record"
@@ -197,14 +197,14 @@ def _plan_column(tb, path, name, nrows, desc, row_block, settings: PipelineSetti
             row, n = col.first_run
             n = max(1, min(n, settings.sample_bytes // max(1, cell_bytes)))
             try:
-                sample = _as_cells(_getcol(tb, col, row, n), col, (n,) + tuple(col.shapes[0]))
+                first = _as_cells(_getcol(tb, col, row, n), col, (n,) + tuple(col.shapes[0]))
             except Exception as e:
                 raise RawTableRequired(path, f"column {name} rows {row}-{row + n - 1}: {e}") from e
-            col.choice = _start_choice(col, col.total * col.itemsize, sample, work)
+            col.choice = _start_choice(col, col.total * col.itemsize, first, work)
         return col
     row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
     col.chunk_rows, col.block_rows = _rows_layout(nrows, row_bytes, row_block, settings)
-    sample = None
+    sample: np.ndarray | None = None
     if nrows:
         # The first chunk for a column that may choose by speed; a smaller start otherwise
         # (casacore reads scalar columns slowly, and every row is read again when encoding).
@@ -228,7 +228,7 @@ def _plan_column(tb, path, name, nrows, desc, row_block, settings: PipelineSetti
 _BEFORE_FIRST = object()  # the "shape" of the row before the first
 
 
-def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block, track_runs=False) -> None:
+def _scan_shapes(tb, path, col: ColumnSchema, nrows, desc, row_block, track_runs=False) -> None:
     """Layout of an array column without a fixed shape: *fixed* if every cell is defined and of
     one shape, else *shaped* (up to MAX_SHAPES distinct shapes with MIN_CELLS_PER_SHAPE cells
     each on average) or *ragged*; with the shapes in the order first seen, their counts and
@@ -243,7 +243,7 @@ def _scan_shapes(tb, path, col: _Col, nrows, desc, row_block, track_runs=False) 
     last: Any = _BEFORE_FIRST  # shape (or None) of the row before
     runs = runs_defined = 0  # runs so far, and up to the last defined cell
     defined_runs: list = []
-    first_run = None
+    first_run: list | None = None
     for start in range(0, nrows, step):
         n = min(step, nrows - start)
         try:

@@ -1,8 +1,9 @@
 """The table schema: what a table group says about a table and each of its columns.
 
-Encoding fills a :class:`_Plan` (the table) and its :class:`_Col` entries (the columns) from
-casacore; their ``static()`` is the group's ``casacore_table`` attribute. Decoding and verifying
-parse that attribute back (``_static``), and name the nodes with the same helpers.
+Encoding fills a :class:`TableSchema` (the table) and its :class:`ColumnSchema` entries (the
+columns) from casacore; their ``static()`` is the group's ``casacore_table`` attribute.
+Decoding and verifying parse that attribute back into the same classes (``from_static``),
+checking its structure first: archives can be hostile.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _KNOWN_DIMS = {("UVW", 1): ("uvw",), ("WEIGHT", 1): ("corr",), ("SIGMA", 1): ("c
 
 
 @dataclass
-class _Col:
+class ColumnSchema:
     name: str
     ctype: str
     dtype: np.dtype | None
@@ -49,6 +50,7 @@ class _Col:
     chunk_rows: int = 1
     codec: str = "zstd"
     choice: Any = None  # while planning: finish(tb, path) -> codec
+    problem: str | None = None  # read from a table group: why the column cannot be read
 
     @property
     def is_string(self) -> bool:
@@ -68,10 +70,58 @@ class _Col:
             out["counts"] = list(self.counts)
         return out
 
+    def numeric_bytes(self, nrows: int) -> int:
+        """Bytes of the column's values when numeric and not ragged (what a casacore worker
+        moves through shared memory); 0 for strings, records and ragged columns."""
+        if self.dtype is None or self.layout in ("ragged", "record"):
+            return 0
+        if self.layout == "shaped":
+            return self.dtype.itemsize * sum(n * int(np.prod(s, dtype=np.int64))
+                                             for s, n in zip(self.shapes, self.counts))
+        return nrows * self.dtype.itemsize * int(np.prod(self.cell_shape, dtype=np.int64))
+
+    @classmethod
+    def from_static(cls, c: dict, version: int) -> ColumnSchema:
+        """A column entry of a stored ``casacore_table``, checked: a column that cannot be read
+        has ``problem`` set (the rest of the table may still be verified)."""
+        name = c.get("name") if isinstance(c, dict) else None
+        if not isinstance(name, str):
+            raise ValueError(f"column entry {_short(c)} has no name")
+        ctype, layout = c.get("type"), c.get("layout")
+        if ctype not in _CTYPES or layout not in LAYOUTS:
+            return cls(name=name, ctype=str(ctype), dtype=None, layout=str(layout),
+                       problem=f"stored column of type {ctype!r}, layout {layout!r} is not readable")
+        col = cls(name=name, ctype=ctype, dtype=_CTYPES[ctype], layout=layout)
+        try:
+            node = c.get("node")
+            if version >= 2 or node is not None:
+                if not isinstance(node, str) or not node:
+                    raise ValueError(f"node {_short(node)}")
+                col.node = node
+            else:  # version 1 names no node: the column name
+                col.node = f"ragged/{name}" if layout == "ragged" else name
+            col.max_ndim = _count(c.get("max_ndim", 0), "max_ndim")
+            col.block_rows = max(1, _count(c.get("block_rows", 1), "block_rows"))
+            col.cell_shape = tuple(_count(x, "cell_shape") for x in _list(c.get("cell_shape", []), "cell_shape"))
+            col.codec = str(c.get("codec", ""))
+        except (TypeError, ValueError) as e:
+            col.problem = f"stored column description is unreadable ({e})"
+            return col
+        if layout == "shaped":
+            try:
+                col.shapes = [tuple(_count(x, "shape") for x in _list(s, "shape"))
+                              for s in _list(c["shapes"], "shapes")]
+                col.counts = [_count(n, "count") for n in _list(c["counts"], "counts")]
+                if len(col.shapes) != len(col.counts) or min(col.counts, default=1) < 1:
+                    raise ValueError("shapes and counts do not match")
+            except (KeyError, TypeError, ValueError) as e:
+                col.problem = f"stored shapes are unreadable ({e})"
+        return col
+
 
 @dataclass
-class _Plan:
-    path: Path
+class TableSchema:
+    path: Path | None  # the table encoded; None when read from a table group
     nrows: int
     endian: str
     info: dict
@@ -84,6 +134,8 @@ class _Plan:
     columns: list
     subtables: list  # [(name, referenced)]
     children: dict = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+    groups: dict = field(default_factory=dict)  # read from a table group: subtable -> its node
 
     def static(self) -> dict:
         return {
@@ -98,6 +150,88 @@ class _Plan:
 
     def hash_header(self) -> dict:
         return _hash_header(self.nrows, self.info, self.desc, self.keywords, self.colkeywords)
+
+    def numeric_bytes(self) -> int:
+        """Bytes of the table's numeric columns (what a casacore worker would move)."""
+        return sum(c.numeric_bytes(self.nrows) for c in self.columns)
+
+    def data_manager_types(self) -> dict[str, str]:
+        """Column -> type of the data manager that stores it."""
+        return {c: dm.get("TYPE") for dm in self.dminfo for c in dm.get("COLUMNS", [])}
+
+    @classmethod
+    def from_static(cls, st: dict, where: str) -> TableSchema:
+        """The schema a stored ``casacore_table`` document describes, checked before anything
+        uses it: CorruptTableData (one line naming the table) when its structure is not that of
+        the format. A column that cannot be read keeps its ``problem``."""
+        try:
+            version = st["version"]
+            nrows = _count(st["nrows"], "nrows")
+            endian = st["endian"]
+            if endian not in ("little", "big"):
+                raise ValueError(f"endian {_short(endian)}")
+            columns = [ColumnSchema.from_static(c, version) for c in _list(st["columns"], "columns")]
+            names = [c.name for c in columns]
+            if len(set(names)) != len(names):
+                raise ValueError("a column is described twice")
+            stored = {c["name"]: c for c in st["columns"]}
+            desc = {n: _dict(stored[n].get("desc"), f"desc of {n}") for n in names}
+            colkeywords = {n: _record(stored[n].get("keywords"), f"keywords of {n}") for n in names}
+            subtables, groups = [], {}
+            for sub in _list(st["subtables"], "subtables"):
+                name, node = _dict(sub, "subtable").get("name"), sub.get("group")
+                if not isinstance(name, str) or not name or not isinstance(node, str) or name in groups:
+                    raise ValueError(f"subtable entry {_short(sub)}")
+                subtables.append((name, bool(sub.get("referenced"))))
+                groups[name] = node
+            dminfo = _list(st["dminfo"], "dminfo")
+            for dm in dminfo:
+                _list(_dict(dm, "data manager").get("COLUMNS", []), "data manager columns")
+            schema = cls(path=None, nrows=nrows, endian=endian, info=_dict(st["info"], "info"), desc=desc,
+                         hypercolumns=_dict(st.get("hypercolumns") or {}, "hypercolumns"),
+                         private_keywords=_dict(st.get("private_keywords") or {}, "private_keywords"),
+                         dminfo=dminfo, keywords=_record(st["keywords"], "keywords"), colkeywords=colkeywords,
+                         columns=columns, subtables=subtables, version=version, groups=groups)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CorruptTableData(f"{where}: stored table description is unreadable ({_why(e)})") from None
+        return schema
+
+
+LAYOUTS = ("scalar", "fixed", "shaped", "ragged", "record")
+
+
+def _why(e: BaseException) -> str:
+    return f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _count(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{what} {_short(v)} is not a count")
+    return v
+
+
+def _list(v: Any, what: str) -> list:
+    if not isinstance(v, list):
+        raise ValueError(f"{what} is not a list")
+    return v
+
+
+def _dict(v: Any, what: str) -> dict:
+    if not isinstance(v, dict):
+        raise ValueError(f"{what} is not an object")
+    return v
+
+
+def _record(v: Any, what: str) -> dict:
+    """A tagged record (keywords): its fields are checked when they are decoded."""
+    if not isinstance(v, dict) or v.get("type") != "Record" or not isinstance(v.get("fields"), list):
+        raise ValueError(f"{what} is not a tagged record")
+    return v
 
 
 def _column_node(name: str) -> str:
@@ -124,7 +258,7 @@ def _axis_names(name: str, cell_shape: tuple, sizes: dict) -> tuple:
     return tuple(f"{name}_{i}" for i in range(nd))
 
 
-def _assign_dims(cols: list[_Col]) -> None:
+def _assign_dims(cols: list[ColumnSchema]) -> None:
     sizes: dict[str, int] = {}
     for c in cols:
         if c.layout in ("scalar", "fixed", "record"):
@@ -143,6 +277,8 @@ def _shaped_leaf(node: str) -> str:
 
 
 def _static(group: zarr.Group) -> dict:
+    """The stored ``casacore_table`` document of a table group, as stored (the metadata
+    checksum is over exactly this); CorruptTableData when there is none of a version we read."""
     st = group.attrs.get(ATTR)
     if not isinstance(st, dict) or st.get("format") != FORMAT:
         raise CorruptTableData(f"zarr group {group.path!r} holds no complete casacore table")
@@ -150,23 +286,4 @@ def _static(group: zarr.Group) -> dict:
         raise CorruptTableData(f"zarr group {group.path!r}: unsupported table format version "
                                f"{st.get('version')}")
     return st
-
-
-def _column_bytes(nrows: int, c: dict) -> int:
-    """Bytes of a stored numeric column (0 for strings, records and ragged columns)."""
-    dt = _CTYPES.get(c["type"])
-    if c["layout"] in ("ragged", "record") or dt is None:
-        return 0
-    if c["layout"] == "shaped":
-        return dt.itemsize * sum(int(n) * int(np.prod(s, dtype=np.int64))
-                                 for s, n in zip(c.get("shapes", []), c.get("counts", [])))
-    return nrows * dt.itemsize * int(np.prod(c["cell_shape"], dtype=np.int64))
-
-
-def _column_node_of(c: dict) -> str:
-    """Where a stored column is (version 1 tables name no node: the column name)."""
-    node = c.get("node")
-    if isinstance(node, str) and node:
-        return node
-    return f"ragged/{c['name']}" if c["layout"] == "ragged" else c["name"]
 

@@ -59,6 +59,8 @@ class _ArrayOut:
         self.chunk, self.shard = node.chunks[0], node.shards[0]
         self.cps = self.shard // self.chunk
         self.empty = 0 in self.shape
+        if node.dtype is None:
+            raise ValueError(f"{node.path}: strings are written through zarr")
         self.codec = _ChunkCodec.from_label(node.label, node.dtype, node.chunks)
         self.pos = 0
         self.parts: list = []

@@ -1,48 +1,42 @@
-"""Reading a stored column back from its table group in row order: its values are hashed and, when
-restoring, written into the casacore table. Damage is named by column and rows.
+"""Reading a stored column back from its table group in row order, as restore and verify both
+do: its values are hashed and, when restoring, handed to a writer. Damage is named by column
+and rows (or, for ragged values, values).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
-from .common import _CTYPES, CorruptTableData, _first_line
+from .common import CorruptTableData, _first_line
 from .content_hash import _ColumnHash, _digest
-from .keywords import _dec_kw
 from .pipeline import _Work
-from .schema import _Col, _column_bytes, _column_node_of, _shape_name, _shaped_leaf
+from .schema import ColumnSchema, _shape_name, _shaped_leaf
 from .shards import _Damage, _reader
-from .worker_client import _RemoteTable
 
 
-def _put_uniform(tb, name: str, block, start: int, n: int, is_string: bool, scalar: bool,
-                 per_cell: bool = False):
-    """putcol (cell by cell for a TiledCellStMan column, see _getcol); returns what it returns
-    (a future when a worker writes)."""
-    if per_cell:
-        for i in range(n):
-            put = tb.putcell(name, start + i, block[i])
-        return put if n else None
-    if is_string:
-        vals = [str(s) for s in block.reshape(-1)]
-        if scalar:
-            return tb.putcol(name, vals, start, n)
-        return tb.putcol(name, np.array(vals, dtype=str).reshape(block.shape), start, n)
-    return tb.putcol(name, block, start, n)
+class ColumnWriter(Protocol):
+    """Where a restore puts the values read (decode.py); verify reads without one."""
+
+    def block(self, block: np.ndarray, start: int, n: int) -> Any:
+        """Rows [start, start + n) of a scalar, fixed or record column, in a buffer given back
+        once the returned future (if any) is done."""
+
+    def run(self, block: np.ndarray, start: int, n: int) -> None:
+        """A run of cells of one shape of a shaped column."""
+
+    def cell(self, row: int, cell: np.ndarray) -> None:
+        """One cell of a ragged column."""
 
 
-def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None, progress=None,
-                 problems: list | None = None, resolve: Callable[[str], str] | None = None,
-                 per_cell: bool = False):
-    """Read one stored column, hash it and (with ``tb``) write it into the casacore table.
+def _read_column(group, col: ColumnSchema, nrows: int, work: _Work, what: str, *,
+                 writer: ColumnWriter | None = None, progress=None, problems: list | None = None):
+    """Read one stored column in row order and hash it, handing its values to ``writer`` when
+    restoring.
 
     Returns the column digest (or a future of it). Damage raises CorruptTableData, or, with
     ``problems``, is appended there (one line per damaged range) and None is returned.
-    ``resolve`` turns the subtable references in record cells into paths; ``per_cell``: write
-    cell by cell (see _getcol).
     """
 
     def bad(line: str) -> None:
@@ -51,20 +45,16 @@ def _read_column(group, c: dict, nrows: int, work: _Work, what: str, *, tb=None,
         if line not in problems:
             problems.append(line)
 
-    layout = c.get("layout")
-    if c.get("type") not in _CTYPES or layout not in ("scalar", "fixed", "record", "ragged", "shaped"):
-        bad(f"{what}: stored column of type {c.get('type')!r}, layout {layout!r} is not readable")
+    if col.problem:
+        bad(f"{what}: {col.problem}")
         return None
-    col = _Col(name=c["name"], ctype=c["type"], dtype=_CTYPES[c["type"]], layout=layout,
-               node=_column_node_of(c), max_ndim=int(c.get("max_ndim", 0)),
-               block_rows=max(1, int(c.get("block_rows", 1))), per_cell=per_cell)
-    h = _ColumnHash(col.name, col.ctype, layout in ("scalar", "record"))
+    h = _ColumnHash(col.name, col.ctype, col.layout in ("scalar", "record"))
     try:
-        if layout == "ragged":
-            return _read_ragged_column(group, col, nrows, work, what, h, tb, progress, bad)
-        if layout == "shaped":
-            return _read_shaped_column(group, col, c, nrows, work, what, h, tb, progress, bad)
-        return _read_uniform_column(group, col, nrows, work, what, h, tb, progress, bad, resolve)
+        if col.layout == "ragged":
+            return _read_ragged_column(group, col, nrows, work, what, h, writer, progress, bad)
+        if col.layout == "shaped":
+            return _read_shaped_column(group, col, nrows, work, what, h, writer, progress, bad)
+        return _read_uniform_column(group, col, nrows, work, what, h, writer, progress, bad)
     except _Unreadable as e:
         bad(f"{what}: {e}")
         return None
@@ -83,8 +73,7 @@ def _array_at(group, node: str, what: str):
         raise _Unreadable(f"stored array is unreadable ({_first_line(e)})") from None
 
 
-def _read_uniform_column(group, col: _Col, nrows, work, what, h, tb, progress, bad, resolve):
-    name = col.name
+def _read_uniform_column(group, col: ColumnSchema, nrows, work, what, h, writer, progress, bad):
     scalar = col.layout in ("scalar", "record")
     arr = _array_at(group, col.node, what)
     if arr.shape[:1] != (nrows,):
@@ -92,10 +81,6 @@ def _read_uniform_column(group, col: _Col, nrows, work, what, h, tb, progress, b
         return None
     ok = True
     hashed = []
-    # A worker writes slowly into small (scalar) columns; sending those along lets this
-    # thread go on meanwhile (to the subtables).
-    c = {"type": col.ctype, "layout": col.layout, "cell_shape": list(arr.shape[1:])}
-    by_value = isinstance(tb, _RemoteTable) and _column_bytes(nrows, c) <= work.settings.by_value_bytes
     for start, stop, block, buf, damage in _reader(arr, work).blocks():
         if damage is not None or not ok:
             if damage is not None:
@@ -112,16 +97,8 @@ def _read_uniform_column(group, col: _Col, nrows, work, what, h, tb, progress, b
             hashed.append(fut)
         put = None
         try:
-            if tb is not None and col.layout == "record":
-                _put_records(tb, name, block, start, resolve, what)
-            elif tb is not None:
-                data = block
-                if by_value:  # a copy goes with the command: the buffer is free at once
-                    data, put = np.array(block), None
-                put = _put_uniform(tb, name, data, start, stop - start, col.is_string, scalar,
-                                   col.per_cell)
-                if by_value:
-                    put = None
+            if writer is not None:
+                put = writer.block(block, start, stop - start)
         finally:
             if buf is not None:
                 work.give(buf, [fut, put if hasattr(put, "add_done_callback") else None])
@@ -130,21 +107,7 @@ def _read_uniform_column(group, col: _Col, nrows, work, what, h, tb, progress, b
     return work.hasher.submit(_digest, h, hashed) if ok else None
 
 
-def _put_records(tb, name: str, block, start: int, resolve, what: str) -> None:
-    for i, text in enumerate(block.reshape(-1)):
-        if text == "":
-            continue  # a cell never written
-        try:
-            value = _dec_kw(json.loads(str(text)), resolve)
-        except CorruptTableData:
-            raise
-        except Exception as e:
-            raise CorruptTableData(f"{what} row {start + i}: stored record is damaged ({_first_line(e)})") from None
-        tb.putcell(name, start + i, value)
-
-
-def _read_ragged_column(group, col: _Col, nrows, work, what, h, tb, progress, bad):
-    name = col.name
+def _read_ragged_column(group, col: ColumnSchema, nrows, work, what, h, writer, progress, bad):
     arrays = [_array_at(group, f"{col.node}/{part}", what) for part in ("defined", "ndim", "shape", "values")]
     r_def, r_nd, r_shp, r_val = (_reader(a, work) for a in arrays)
     n_values = arrays[3].shape[0]
@@ -167,16 +130,13 @@ def _read_ragged_column(group, col: _Col, nrows, work, what, h, tb, progress, ba
             unit = "values"
             values = r_val.read(off, off + total)
             h.ragged(defined, ndim, shp, values)
-            if tb is not None:
+            if writer is not None:
                 pos = 0
                 for i, size in enumerate(sizes):
                     if not defined[i]:
                         continue
-                    cell = values[pos:pos + size].reshape(tuple(int(x) for x in shp[i, :ndim[i]]))
+                    writer.cell(start + i, values[pos:pos + size].reshape(tuple(int(x) for x in shp[i, :ndim[i]])))
                     pos += size
-                    if col.is_string:
-                        cell = np.array([str(s) for s in cell.reshape(-1)], dtype=str).reshape(cell.shape)
-                    tb.putcell(name, start + i, cell)
             off += total
             if progress:
                 progress(int(total * col.itemsize))
@@ -189,17 +149,10 @@ def _read_ragged_column(group, col: _Col, nrows, work, what, h, tb, progress, ba
     return h.hexdigest()
 
 
-def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, progress, bad):
+def _read_shaped_column(group, col: ColumnSchema, nrows, work, what, h, writer, progress, bad):
     """A column stored a group per cell shape (cells + their rows): read back in row order, a
-    run of rows of one shape at a time (one putcol each)."""
-    try:
-        shapes = [tuple(int(x) for x in s) for s in c["shapes"]]
-        counts = [int(n) for n in c["counts"]]
-        if len(shapes) != len(counts) or min(counts, default=1) < 1:
-            raise ValueError("shapes and counts do not match")
-    except (KeyError, TypeError, ValueError) as e:
-        bad(f"{what}: stored shapes are unreadable ({e})")
-        return None
+    run of rows of one shape at a time."""
+    shapes, counts = col.shapes, col.counts
     leaf = _shaped_leaf(col.node)
     cells, rows = [], []
     for s, n in zip(shapes, counts):
@@ -245,9 +198,8 @@ def _read_shaped_column(group, col: _Col, c: dict, nrows, work, what, h, tb, pro
                     block = cells[k].read(used[k], used[k] + (j - i))
                     used[k] += j - i
                     parts.append(block.reshape(-1))
-                    if tb is not None:
-                        _put_uniform(tb, col.name, block, start + i, j - i, col.is_string, False,
-                                     col.per_cell)
+                    if writer is not None:
+                        writer.run(block, start + i, j - i)
                 i = j
             values = np.concatenate(parts) if parts else np.empty(0, object if col.is_string else col.dtype)
             h.ragged(defined, ndim, shp, values)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import zarr
 
 from .common import CONTENT_ATTR, CorruptTableData
-from .content_hash import _content_version, _hash_header, _metadata_problem, _result, _table_sha
+from .content_hash import _content_version, _metadata_problem, _result, _table_sha
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings, _Work
-from .schema import _static
+from .schema import TableSchema, _static
 from .stored_columns import _read_column
 
 
@@ -56,35 +56,39 @@ def _verify_into(group, content: dict | None, version: int, where: str, progress
     problem = _metadata_problem(st, content, version, where)
     if problem:
         problems.append(problem)
-    nrows = st["nrows"]
-    digests = {c["name"]: _read_column(group, c, nrows, work, f"{where}: column {c['name']}",
-                                       progress=progress, problems=problems)
-               for c in st["columns"]}
-    subs = {}
-    for s in st["subtables"]:
-        sub_where = f"{where}/{s['name']}"
+    try:
+        schema = TableSchema.from_static(st, where)
+    except CorruptTableData as e:
+        problems.append(str(e))
+        return None
+    digests = {c.name: _read_column(group, c, schema.nrows, work, f"{where}: column {c.name}",
+                                    progress=progress, problems=problems)
+               for c in schema.columns}
+    subs: dict[str, str | None] = {}
+    for name, _referenced in schema.subtables:
+        sub_where = f"{where}/{name}"
         try:
-            sg = group[s["group"]]
+            sg = group[schema.groups[name]]
         except Exception:
             problems.append(f"{sub_where}: subtable missing")
-            subs[s["name"]] = None
+            subs[name] = None
             continue
-        sub_content = (content or {}).get("subtables", {}).get(s["name"])
+        sub_content = (content or {}).get("subtables", {}).get(name)
         if content is not None and not isinstance(sub_content, dict):
             problems.append(f"{sub_where}: no content checksum")
             sub_content = None
-        subs[s["name"]] = _verify_into(sg, sub_content, version, sub_where, progress, work, problems)
+        subs[name] = _verify_into(sg, sub_content, version, sub_where, progress, work, problems)
     digests = {n: _result(d) for n, d in digests.items()}
     if content is not None:
         stored = content.get("columns") or {}
         for n, d in digests.items():
             if d is not None and stored.get(n) != d:
                 problems.append(f"{where}: column {n}: values differ from the stored checksum")
-    if None in digests.values() or None in subs.values():
+    whole = {n: d for n, d in digests.items() if d is not None}
+    sub_whole = {n: d for n, d in subs.items() if d is not None}
+    if len(whole) < len(digests) or len(sub_whole) < len(subs):
         return None
-    header = _hash_header(nrows, st["info"], {c["name"]: c["desc"] for c in st["columns"]},
-                          st["keywords"], {c["name"]: c["keywords"] for c in st["columns"]})
-    sha = _table_sha(header, digests, subs)
+    sha = _table_sha(schema.hash_header(), whole, sub_whole)
     if content is not None and content.get("content_sha256") != sha and len(problems) == before:
         problems.append(f"{where}: table content differs from the stored checksum")
     return sha

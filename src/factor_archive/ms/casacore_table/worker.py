@@ -54,7 +54,7 @@ def kind(e):
 def main():
     rd = os.fdopen(int(sys.argv[1]), "rb")
     wr = os.fdopen(int(sys.argv[2]), "wb")
-    shm = None
+    shm: mmap.mmap | None = None
     tables = {}
     # Failed calls are kept, with their frames: a casacore table in them that failed to write
     # would write again in its destructor, and abort. The parent never reuses a worker that failed.
@@ -63,6 +63,7 @@ def main():
     def value(a):
         if isinstance(a, tuple) and len(a) == 4 and a[0] == "__shm__":
             _tag, off, dtype, shape = a
+            assert shm is not None, "shared memory is announced first"
             n = int(np.prod(shape, dtype=np.int64))
             return np.frombuffer(shm, dtype=np.dtype(dtype), count=n, offset=off).reshape(shape)
         return a

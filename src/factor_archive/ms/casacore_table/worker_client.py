@@ -9,6 +9,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,9 +116,7 @@ class _Worker:
         import mmap
         import subprocess
         import sys
-        from concurrent.futures import Future
 
-        self._Future = Future
         self.queue_bytes = queue_bytes
         self.fd = os.memfd_create("factor-archive-table", 0)
         try:
@@ -240,7 +239,7 @@ class _Worker:
         import pickle
 
         data = pickle.dumps(op, protocol=pickle.HIGHEST_PROTOCOL)
-        fut = self._Future()
+        fut: Future = Future()
         with self._qcond:
             while self._queued and self._queued + len(data) > self.queue_bytes and self._error is None:
                 self._qcond.wait(0.5)
@@ -348,7 +347,7 @@ class _Worker:
         finally:
             self._reader.join(timeout=10)
             self._replies.close()
-            self.buf = None
+            del self.buf
             try:
                 self.shm.close()
             except BufferError:  # a view still exists; the mapping goes with the process
