@@ -49,11 +49,6 @@ def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) ->
     return out
 
 
-def _choose_codec(tb, path, col: ColumnSchema, nrows: int, sample, work: _Work) -> str:
-    row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
-    return _start_choice(col, nrows * row_bytes, sample, work)(tb, path)
-
-
 def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work) -> Callable:
     """Start the codec trials of a column of ``nbytes`` on the pool; returns finish(tb, path)
     -> label.

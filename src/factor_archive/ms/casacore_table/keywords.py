@@ -188,10 +188,6 @@ def _dec_kw(e: dict, resolve: Callable[[str], str]):
     return _KW_SCALAR[t](v)
 
 
-def _kw_record(values: dict, types: dict, refs: _Refs, where: str) -> dict:
-    return _enc_kw(values, types, refs, where)
-
-
 def _add_directory(name: str, table_dir: str) -> str:
     """The path of a table reference as casacore stored it (Path::addDirectory): ``././X`` is X
     inside the table, ``./X`` beside it; other names are used as they are."""

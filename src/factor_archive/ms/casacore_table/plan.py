@@ -15,7 +15,7 @@ from .codec_choice import _start_choice
 from .codecs import _candidates
 from .common import _CTYPES, MAX_SHAPES, MIN_CELLS_PER_SHAPE, RawTableRequired, _canon, _jsonable, _ReadFailure, _table
 from .hypercubes import _check_hypercubes
-from .keywords import _keyword_types, _kw_record, _node_name_ok, _record_cell, _Refs
+from .keywords import _enc_kw, _keyword_types, _node_name_ok, _record_cell, _Refs
 from .pipeline import PipelineSettings, _Work
 from .schema import ColumnSchema, TableSchema, _assign_dims, _column_node
 from .shards import _rows_layout
@@ -77,8 +77,8 @@ def _describe(tb, path: Path) -> dict:
     colnames = list(tb.colnames())
     types, coltypes = _keyword_types(tb, path)
     refs = _Refs(path)
-    keywords = _kw_record(tb.getkeywords(), types, refs, "")
-    colkeywords = {c: _kw_record(tb.getcolkeywords(c), coltypes[c], refs, c) for c in colnames}
+    keywords = _enc_kw(tb.getkeywords(), types, refs, "")
+    colkeywords = {c: _enc_kw(tb.getcolkeywords(c), coltypes[c], refs, c) for c in colnames}
     cdesc = {}
     try:
         for c in colnames:

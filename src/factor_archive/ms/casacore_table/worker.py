@@ -11,49 +11,52 @@ the parent for this child; nothing read from an archive or a working directory i
 
 from __future__ import annotations
 
+import importlib
+import mmap
 import os
+import pickle
 import signal
+import struct
 import sys
-
-# The parent decides when we stop: Ctrl-C and SIGTERM reach the whole process group, and the
-# parent stops its threads first, then ends us. If the parent dies, we die with it (parent-death
-# signal; EOF on the command pipe where there is no prctl).
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-try:
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-except Exception:
-    pass
-if os.getppid() != int(sys.argv[3]):  # the parent died before prctl
-    os._exit(0)
-import importlib  # noqa: E402
-import mmap  # noqa: E402
-import pickle  # noqa: E402
-import struct  # noqa: E402
-
-import numpy as np  # noqa: E402
-from casacore import tables as ct  # noqa: E402
 
 RUN = {"concat_in_frequency": "factor_archive.ms.concat"}  # what the "run" command may call
 
 
-class Table(ct.table):  # as common._table: also tables with a uShort column
-    def _makerow(self):
-        try:
-            super()._makerow()
-        except RuntimeError:
-            self._row = None
+def follow_parent(parent_pid: int) -> None:
+    """The parent decides when we stop: Ctrl-C and SIGTERM reach the whole process group, and
+    the parent stops its threads first, then ends us. If the parent dies, we die with it
+    (parent-death signal; EOF on the command pipe where there is no prctl). Done first, before
+    the slow imports, so a Ctrl-C at start-up cannot end us by itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(0)
 
 
-def kind(e):
+def kind(e: BaseException) -> str:
     names = {c.__name__ for c in type(e).__mro__}
     return "bad_input" if "BadInput" in names else "ours" if "FactorArchiveError" in names else "other"
 
 
-def main():
-    rd = os.fdopen(int(sys.argv[1]), "rb")
-    wr = os.fdopen(int(sys.argv[2]), "wb")
+def serve(command_fd: int, reply_fd: int) -> None:
+    """Answer the commands on ``command_fd`` until "exit" or its end."""
+    import numpy as np
+    from casacore import tables as ct
+
+    class Table(ct.table):  # as common._table: also tables with a uShort column
+        def _makerow(self):
+            try:
+                super()._makerow()
+            except RuntimeError:
+                self._row = None
+
+    rd = os.fdopen(command_fd, "rb")
+    wr = os.fdopen(reply_fd, "wb")
     shm: mmap.mmap | None = None
     tables = {}
     # Failed calls are kept, with their frames: a casacore table in them that failed to write
@@ -109,8 +112,10 @@ def main():
         wr.flush()
 
 
-try:
-    main()
-except BaseException:  # the parent went away (broken pipe): nobody to tell
-    pass
-os._exit(0)  # no interpreter shutdown: nothing left for destructors to write
+if __name__ == "__main__":
+    follow_parent(int(sys.argv[3]))
+    try:
+        serve(int(sys.argv[1]), int(sys.argv[2]))
+    except BaseException:  # the parent went away (broken pipe): nobody to tell
+        pass
+    os._exit(0)  # no interpreter shutdown: nothing left for destructors to write

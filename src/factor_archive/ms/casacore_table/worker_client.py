@@ -51,7 +51,7 @@ class _WorkerStopped(_WorkerError):
 
 def _reply_error(value) -> FactorArchiveError:
     """Our error for a failed call in the worker: the worker's own one-line text."""
-    from ..errors import BadInput
+    from ...errors import BadInput
 
     tname, kind, text = value
     if kind == "bad_input":
@@ -414,7 +414,7 @@ def run_in_worker(name: str, *args, stop: Callable[[], bool] = lambda: False):
     worker_session (in this process otherwise); its errors come back as they were raised."""
     with _worker_for(0, writes=True) as worker:
         if worker is None:
-            from . import concat
+            from .. import concat
 
             return getattr(concat, name)(*args)
         return worker.run(name, args, stop)
