@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .casacore_read import _read_uniform
-from .codecs import CODECS, _BadChunk, _candidates, _ChunkCodec
+from .codecs import _BadChunk, _candidates, _ChunkCodec, codec
 from .common import RawTableRequired, _ReadFailure
 from .pipeline import _Work
 from .schema import ColumnSchema
@@ -27,18 +27,18 @@ def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) ->
     sample = np.ascontiguousarray(sample)
     back = np.empty_like(sample)
     for label in cands:
-        codec = _ChunkCodec.from_label(label, sample.dtype, sample.shape)
+        chain = _ChunkCodec.from_label(label, sample.dtype, sample.shape)
         best = math.inf
         for _ in range(runs if timed else 1):
             t0 = time.thread_time()
-            data, crc = codec.encode(sample)
+            data, crc = chain.encode(sample)
             t1 = time.thread_time()
             stored = np.empty(len(data) + 4, np.uint8)
             stored[:-4] = np.frombuffer(data, np.uint8)
             stored[-4:] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
             t2 = time.thread_time()
             try:
-                codec.decode(stored, back)
+                chain.decode(stored, back)
             except _BadChunk:
                 break
             t3 = time.thread_time()
@@ -65,7 +65,7 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work) -> Callab
     if len(cands) == 1:
         return lambda tb, path: cands[0]
     if sample.nbytes < settings.numcodecs_min_sample:
-        cands = [c for c in cands if not CODECS[c].numcodecs]
+        cands = [c for c in cands if not codec(c).numcodecs]
     res: dict[str, tuple[int, float]] = {}
 
     def run(labels, runs=1):
@@ -80,7 +80,7 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work) -> Callab
 
     def finish(tb, path) -> str:
         collect(first)
-        spec = [c for c in cands if not CODECS[c].numcodecs and c in res]
+        spec = [c for c in cands if not codec(c).numcodecs and c in res]
         if not spec:
             return _candidates(col)[0]
         if big:
@@ -93,9 +93,9 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work) -> Callab
         else:
             best = min(spec, key=lambda c: res[c][0])
         for c in cands:
-            if CODECS[c].numcodecs and c in res and res[c][0] < settings.numcodecs_margin * res[best][0]:
+            if codec(c).numcodecs and c in res and res[c][0] < settings.numcodecs_margin * res[best][0]:
                 rows = nbytes // col.itemsize  # float delta: scalar columns only
-                if (not CODECS[c].exact_on_floats and col.dtype is not None and col.dtype.kind == "f"
+                if (not codec(c).exact_on_floats and col.dtype is not None and col.dtype.kind == "f"
                         and not _delta_exact(tb, path, col, rows)):
                     continue
                 return c

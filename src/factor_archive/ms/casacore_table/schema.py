@@ -104,6 +104,7 @@ class ColumnSchema:
             col.block_rows = max(1, _count(c.get("block_rows", 1), "block_rows"))
             col.cell_shape = tuple(_count(x, "cell_shape") for x in _list(c.get("cell_shape", []), "cell_shape"))
             col.codec = str(c.get("codec", ""))
+            col.dims = tuple(str(d) for d in _list(c.get("dims", []), "dims"))
         except (TypeError, ValueError) as e:
             col.problem = f"stored column description is unreadable ({e})"
             return col
