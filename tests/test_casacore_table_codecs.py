@@ -112,3 +112,30 @@ def test_a_new_codec_is_one_registry_entry(tmp_path, monkeypatch):
     decode_table(g, tmp_path / "back.tab")
     with ct.table(str(tmp_path / "back.tab"), ack=False) as t:
         assert t.getcol("D").tobytes() == np.arange(400, dtype=np.float32).tobytes()
+
+
+def test_the_tables_of_a_run_choose_each_column_kind_codec_once(tmp_path, monkeypatch):
+    """Within remembered_codec_choices (archivefactor opens it around a run) the second MS of
+    the same shape tries no codec again and stores each column with the first one's choice."""
+    from factor_archive.ms.casacore_table import codec_choice, remembered_codec_choices
+    from factor_archive.ms.synth import write_ms
+
+    tried = []
+    real = codec_choice._trials
+    monkeypatch.setattr(codec_choice, "_trials", lambda cands, *a, **kw: tried.extend(cands) or real(cands, *a, **kw))
+    for i in range(2):
+        write_ms(tmp_path / f"c{i}.ms", start_time=4.87e9 + i * 1000, ntimes=6, interval=10.0,
+                 chan_freqs=120e6 + np.arange(4) * 1e5, chan_width=1e5, nant=3)
+    root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    with remembered_codec_choices():
+        first = encode_table(tmp_path / "c0.ms", root.create_group("c0"))
+        tried_first, tried[:] = list(tried), []
+        second = encode_table(tmp_path / "c1.ms", root.create_group("c1"))
+    assert tried_first and tried == []
+    assert second["codecs"] == first["codecs"]
+    assert {n: s["codecs"] for n, s in second["subtables"].items()} == \
+        {n: s["codecs"] for n, s in first["subtables"].items()}
+    assert verify_table(root["c1"], name="c1") == []
+    # outside it, every table tries again
+    encode_table(tmp_path / "c1.ms", root.create_group("again"))
+    assert tried

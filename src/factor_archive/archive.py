@@ -14,7 +14,7 @@ from .containers.base import disk_full, is_disk_full, written_path
 from .containers.detect import open_writer
 from .errors import BadInput, FactorArchiveError
 from .manifest import Manifest, Member
-from .ms.casacore_table import run_in_worker, worker_session
+from .ms.casacore_table import remembered_codec_choices, run_in_worker, worker_session
 from .plan import ArchivePlan, Options, PlanItem, make_plan
 from .progress import Reporter, human
 from .run.model import load_run
@@ -63,7 +63,8 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
             reporter.message(notice)
         for miss in plan.missing:
             reporter.message(f"warning: {miss.source}: {miss.reason}")
-        with worker_session():  # casacore writes (-d) run in worker processes
+        # casacore writes (-d) run in worker processes; the tables of the run choose codecs once
+        with worker_session(), remembered_codec_choices():
             members = _write_members(plan.items, writer, reporter, staging)
         manifest = Manifest(
             container=plan.options.form, run=plan.run_info(),

@@ -6,7 +6,9 @@ CPU seconds plus stored bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -49,7 +51,53 @@ def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) ->
     return out
 
 
-def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work) -> Callable:
+class CodecMemory:
+    """Codec choices made during one run, by kind of column: the Measurement Sets of a run have
+    the same columns with the same types and cell shapes, so the trials made for the first one
+    decide for the others (each array still names its codec; a reader never needs to know)."""
+
+    def __init__(self) -> None:
+        self._choices: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> str | None:
+        with self._lock:
+            return self._choices.get(key)
+
+    def put(self, key: tuple, label: str) -> None:
+        with self._lock:
+            self._choices.setdefault(key, label)
+
+
+_memory: CodecMemory | None = None
+
+
+@contextmanager
+def remembered_codec_choices() -> Iterator[CodecMemory]:
+    """Within this block a column's codec, once chosen, is used for every later column of the
+    same kind (see :func:`column_kind`) without trying the candidates again."""
+    global _memory
+    outer, _memory = _memory, _memory or CodecMemory()
+    try:
+        yield _memory
+    finally:
+        _memory = outer
+
+
+def column_kind(table_role: str, col: ColumnSchema, nbytes: int, settings) -> tuple:
+    """What makes two columns of a run take the same codec: the table (``""`` for the main
+    table, else the subtable path), the column's name, type, layout and cell shapes, and whether
+    it is big enough to choose by speed."""
+    shapes = tuple(col.shapes) if col.layout == "shaped" else tuple(col.cell_shape)
+    return (table_role, col.name, col.ctype, col.layout, shapes, nbytes >= settings.speed_min_bytes)
+
+
+def remembered(kind: tuple) -> str | None:
+    """The codec chosen earlier in this run for a column of this kind, if any."""
+    return _memory.get(kind) if _memory is not None else None
+
+
+def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work, kind: tuple | None = None) -> Callable:
     """Start the codec trials of a column of ``nbytes`` on the pool; returns finish(tb, path)
     -> label.
 
@@ -79,6 +127,13 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work) -> Callab
     first = run(cands)
 
     def finish(tb, path) -> str:
+        label = choose(tb, path)
+        if kind is not None and _memory is not None and (
+                codec(label).exact_on_floats or col.dtype is None or col.dtype.kind != "f"):
+            _memory.put(kind, label)  # (float delta is checked on every column's values)
+        return label
+
+    def choose(tb, path) -> str:
         collect(first)
         spec = [c for c in cands if not codec(c).numcodecs and c in res]
         if not spec:

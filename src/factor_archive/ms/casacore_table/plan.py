@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .casacore_read import _as_cells, _block_shapes, _getcol, _read_uniform, _StoredRecords
-from .codec_choice import _start_choice
+from .codec_choice import _start_choice, column_kind, remembered
 from .codecs import _candidates
 from .common import _CTYPES, MAX_SHAPES, MIN_CELLS_PER_SHAPE, RawTableRequired, _canon, _jsonable, _ReadFailure, _table
 from .hypercubes import _check_hypercubes
@@ -23,7 +23,6 @@ from .shards import _rows_layout
 # Storage managers whose SPEC recreates them and whose values python-casacore reads/writes as is.
 _SAFE_DM = {"StandardStMan", "IncrementalStMan", "StManAipsIO", "TiledColumnStMan",
             "TiledShapeStMan", "TiledCellStMan"}
-
 
 _RECORD_DM = {"StandardStMan", "IncrementalStMan", "StManAipsIO"}  # may hold record columns
 
@@ -48,8 +47,9 @@ def _open(path: Path):
 
 
 def _plan(path: Path, row_block: int | None, settings: PipelineSettings, *,
-          work: _Work | None = None) -> TableSchema:
-    """The table's layout; ``work`` (threads for the codec trials) or None: default codecs."""
+          work: _Work | None = None, role: str = "") -> TableSchema:
+    """The table's layout; ``work`` (threads for the codec trials) or None: default codecs.
+    ``role``: "" for the table encoded, the subtable's path below it for a subtable."""
     path = Path(path)
     if not (path / "table.dat").is_file():
         raise FileNotFoundError(f"not a casacore table: {path}")
@@ -57,7 +57,7 @@ def _plan(path: Path, row_block: int | None, settings: PipelineSettings, *,
         raise RawTableRequired(path, "not a plain table (reference or concatenated table)")
     tb = _open(path)
     try:
-        return _plan_open(tb, path, row_block, settings, work)
+        return _plan_open(tb, path, row_block, settings, work, role)
     finally:
         tb.close()
 
@@ -96,7 +96,7 @@ def _describe(tb, path: Path) -> dict:
             "hypercolumns": hypercolumns, "private_keywords": private}
 
 
-def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work) -> TableSchema:
+def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work, role: str = "") -> TableSchema:
     dminfo = tb.getdminfo()
     dms = [dminfo[k] for k in sorted(dminfo, key=lambda k: int(k[1:]))]
     for dm in dms:
@@ -122,7 +122,7 @@ def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work) -> T
         # trials are waited for: the trials run on the pool meanwhile.
         tiled_cell = {c for c in colnames if dm_of.get(c, {}).get("TYPE") == "TiledCellStMan"}
         order = sorted(colnames, key=lambda c: tb.isscalarcol(c))
-        planned = {c: _plan_column(tb, path, c, nrows, desc[c], row_block, settings, work,
+        planned = {c: _plan_column(tb, path, c, nrows, desc[c], row_block, settings, work, role,
                                    cells=cells, refs=refs, per_cell=c in tiled_cell) for c in order}
     finally:
         if cells is not None:
@@ -154,7 +154,7 @@ def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work) -> T
                  keywords=d["keywords"], colkeywords=d["colkeywords"], columns=cols,
                  subtables=[(n, True) for n in referenced] + [(n, False) for n in extra])
     for n, _ref in plan.subtables:
-        plan.children[n] = _plan(path / n, row_block, settings, work=work)
+        plan.children[n] = _plan(path / n, row_block, settings, work=work, role=f"{role}/{n}" if role else n)
     for col in cols:
         if col.choice is not None:
             col.codec, col.choice = col.choice(tb, path), None
@@ -162,8 +162,8 @@ def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work) -> T
     return plan
 
 
-def _plan_column(tb, path, name, nrows, desc, row_block, settings: PipelineSettings, work, *, cells=None, refs=None,
-                 per_cell=False) -> ColumnSchema:
+def _plan_column(tb, path, name, nrows, desc, row_block, settings: PipelineSettings, work, role: str, *,
+                 cells=None, refs=None, per_cell=False) -> ColumnSchema:
     ctype = tb.coldatatype(name)
     if ctype not in _CTYPES:
         raise RawTableRequired(path, f"column {name} has unsupported type {ctype}")
@@ -192,7 +192,10 @@ def _plan_column(tb, path, name, nrows, desc, row_block, settings: PipelineSetti
                                     settings.shard_bytes // max(1, col.max_cell * col.itemsize)))
         col.block_rows = max(1, min(col.block_rows, nrows or 1))
         col.codec = _candidates(col)[0]
-        if col.layout == "shaped" and col.shapes and work is not None:
+        kind = column_kind(role, col, col.total * col.itemsize, settings)
+        if col.layout == "shaped" and col.shapes and work is not None and remembered(kind):
+            col.codec = remembered(kind) or col.codec
+        elif col.layout == "shaped" and col.shapes and work is not None:
             cell_bytes = col.itemsize * int(np.prod(col.shapes[0], dtype=np.int64))
             row, n = col.first_run
             n = max(1, min(n, settings.sample_bytes // max(1, cell_bytes)))
@@ -200,16 +203,18 @@ def _plan_column(tb, path, name, nrows, desc, row_block, settings: PipelineSetti
                 first = _as_cells(_getcol(tb, col, row, n), col, (n,) + tuple(col.shapes[0]))
             except Exception as e:
                 raise RawTableRequired(path, f"column {name} rows {row}-{row + n - 1}: {e}") from e
-            col.choice = _start_choice(col, col.total * col.itemsize, first, work)
+            col.choice = _start_choice(col, col.total * col.itemsize, first, work, kind)
         return col
     row_bytes = col.itemsize * int(np.prod(col.cell_shape, dtype=np.int64))
     col.chunk_rows, col.block_rows = _rows_layout(nrows, row_bytes, row_block, settings)
     sample: np.ndarray | None = None
+    kind = column_kind(role, col, nrows * row_bytes, settings)
+    known = remembered(kind) if work is not None else None
     if nrows:
         # The first chunk for a column that may choose by speed; a smaller start otherwise
         # (casacore reads scalar columns slowly, and every row is read again when encoding).
         n = col.chunk_rows
-        if work is None:
+        if work is None or known:
             n = 1
         elif nrows * row_bytes < settings.speed_min_bytes:
             n = max(1, min(n, settings.sample_bytes // max(1, row_bytes)))
@@ -218,8 +223,10 @@ def _plan_column(tb, path, name, nrows, desc, row_block, settings: PipelineSetti
             _read_uniform(tb, col, nrows - 1, 1)
         except _ReadFailure as e:
             raise RawTableRequired(path, str(e)) from e
-    if work is not None:  # trials run on the pool while the next columns are planned
-        col.choice = _start_choice(col, nrows * row_bytes, sample, work)
+    if known:
+        col.codec = known
+    elif work is not None:  # trials run on the pool while the next columns are planned
+        col.choice = _start_choice(col, nrows * row_bytes, sample, work, kind)
     else:
         col.codec = _candidates(col)[0]
     return col
