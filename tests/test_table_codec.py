@@ -285,14 +285,14 @@ def casa_like_ms(path: Path, template: Path) -> Path:
 def _two_spectral_windows(ms: Path, nchan: int) -> None:
     spw = ct.default_ms_subtable("SPECTRAL_WINDOW", str(ms / "SPECTRAL_WINDOW"))
     spw.addrows(2)
-    for r, nchan in enumerate((nchan, 2 * nchan)):
-        freqs = 120e6 + r * 1e6 + np.arange(nchan) * 195312.5
+    for r, width in enumerate((nchan, 2 * nchan)):
+        freqs = 120e6 + r * 1e6 + np.arange(width) * 195312.5
         spw.putcell("CHAN_FREQ", r, freqs)
         for c in ("CHAN_WIDTH", "EFFECTIVE_BW", "RESOLUTION"):
-            spw.putcell(c, r, np.full(nchan, 195312.5))
-        spw.putcell("NUM_CHAN", r, nchan)
+            spw.putcell(c, r, np.full(width, 195312.5))
+        spw.putcell("NUM_CHAN", r, width)
         spw.putcell("REF_FREQUENCY", r, freqs[0])
-        spw.putcell("TOTAL_BANDWIDTH", r, nchan * 195312.5)
+        spw.putcell("TOTAL_BANDWIDTH", r, width * 195312.5)
         spw.putcell("NAME", r, f"SB{r}")
     spw.close()
     dd = ct.default_ms_subtable("DATA_DESCRIPTION", str(ms / "DATA_DESCRIPTION"))

@@ -110,7 +110,7 @@ def _random(rng, dtype: np.dtype, shape: tuple) -> np.ndarray:
     """Random cells with the odd values mixed in: NaNs with payloads (signalling ones too),
     -0.0, infinities, denormals, the extremes of integers."""
     n = int(np.prod(shape, dtype=np.int64))
-    if dtype == bool:
+    if dtype.kind == "b":
         return (rng.random(n) < 0.5).reshape(shape)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -137,7 +137,7 @@ def _strings(rng, shape: tuple) -> np.ndarray:
     alphabet = list("abcxyz ,;:\n\t") + ["é", "ø", "中", "😀", "\u200b"]
     n = int(np.prod(shape, dtype=np.int64))
     out = []
-    for i in range(n):
+    for _i in range(n):
         k = int(rng.integers(0, 2000)) if rng.random() < 0.05 else int(rng.integers(0, 12))
         out.append("".join(rng.choice(alphabet, k)))
     return np.array(out, dtype=object).reshape(shape)
