@@ -333,11 +333,11 @@ def test_output_inside_the_working_directory_is_refused(sample_run, capsys):
 def test_full_disk_is_one_line(sample_run, tmp_path, monkeypatch, capsys):
     import errno
 
-    from factor_archive.containers import base
+    from factor_archive.io import copy as copy_engine
 
-    real = base.copy_stream
+    real = copy_engine.copy_stream
 
-    def full(src, dst, progress=base._no_progress, limit=None):
+    def full(src, dst, progress=copy_engine.no_progress, limit=None):
         if dst is not None:
             raise OSError(errno.ENOSPC, "No space left on device", getattr(dst, "name", None))
         return real(src, dst, progress, limit)

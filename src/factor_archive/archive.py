@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import signals
-from .containers.base import disk_full, is_disk_full, written_path
 from .containers.detect import open_writer
 from .errors import BadInput, FactorArchiveError
+from .io.failures import disk_full, is_disk_full, written_path
 from .manifest import Manifest, Member
 from .ms.table_codec import run_in_worker, worker_session
 from .plan import ArchivePlan, Options, PlanItem, make_plan

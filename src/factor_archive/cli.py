@@ -69,7 +69,7 @@ def _guard(prog: str, func: Callable[[], int], hint: Callable[[], str] = lambda:
         if signals.received() is not None:
             return _interrupted(prog, hint())
         if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-            from .containers.base import io_error
+            from .io.failures import io_error
 
             _say(prog, f"error: {io_error(os.fsdecode(exc.filename), exc)}")
         else:

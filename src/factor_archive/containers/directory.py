@@ -17,6 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
+from ..io.copy import Progress, copy_stream, hash_file
+from ..io.durable import fsync_dir, start_writeback, sync_filesystem, write_atomic
+from ..io.failures import io_error
+from ..io.install import discard, install, partial_name, remove, set_meta, set_table_meta
+from ..io.tree import stat_entry, walk_table
 from ..manifest import (
     CHECKSUMS_NAME,
     MANIFEST_NAME,
@@ -31,20 +36,7 @@ from ..manifest import (
     tag_problems,
     tree_digest,
 )
-from .base import (
-    Progress,
-    copy_stream,
-    fill_file_member,
-    finish_table_member,
-    fsync_dir,
-    hash_file,
-    io_error,
-    start_writeback,
-    stat_entry,
-    sync_filesystem,
-    walk_table,
-    write_atomic,
-)
+from .base import fill_file_member, finish_table_member
 
 JOURNAL_NAME = ".factor-archive-journal.jsonl"
 WRITEBACK_MIN = 1 << 20  # smaller files are left to the final sync, which batches them
@@ -96,13 +88,6 @@ def _copy_dir_times(src: Path, dst: Path) -> None:
     st = os.stat(src)
     os.chmod(dst, st.st_mode & 0o7777)
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
 
 
 class DirectoryWriter:
@@ -193,10 +178,9 @@ class DirectoryWriter:
         if dest.exists() or dest.is_symlink():
             if not self.clobber and not self.continuing:
                 raise BadInput(f"{dest}: exists; use -c to overwrite")
-            _remove(dest)       # (continuing: killed after its rename, before its journal line)
-        partial = dest.with_name(f".{dest.name}.partial")
-        if partial.exists() or partial.is_symlink():
-            _remove(partial)
+            remove(dest)        # (continuing: killed after its rename, before its journal line)
+        partial = partial_name(dest)
+        remove(partial)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -371,17 +355,16 @@ class DirectoryReader:
                 raise
 
     def _extract_one(self, member: Member, dest: Path, progress: Progress) -> None:
-        partial = dest.with_name(f".{dest.name}.partial")
+        partial = partial_name(dest)
         try:
             self._extract_partial(member, dest, partial, progress)
         except BaseException:
-            _remove(partial)  # a full disk gets its space back; the restore marker stays
+            discard(partial)  # a full disk gets its space back; the restore marker stays
             raise
 
     def _extract_partial(self, member: Member, dest: Path, partial: Path, progress: Progress) -> None:
         src = self._src(member)
-        if partial.exists():
-            _remove(partial)
+        remove(partial)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if member.kind == "table":
             if not src.is_dir():
@@ -390,23 +373,21 @@ class DirectoryReader:
             got = {e.path: e.sha256 for e in entries}
             for f in member.files:
                 if got.get(f.path) != f.sha256:
-                    _remove(partial)
                     raise FactorArchiveError(f"{src / f.path}: checksum mismatch or missing "
                                              f"(archive damaged)")
             extra = set(got) - {f.path for f in member.files}
             if extra:
-                _remove(partial)
                 raise BadInput(f"{src}: holds files the manifest does not list: {sorted(extra)[0]}")
+            set_table_meta(partial, [(f.path, f.mode, f.mtime) for f in member.files], member.dirs,
+                           member.mode, member.mtime)
         else:
             if not src.is_file():
                 raise FactorArchiveError(f"{src}: member missing from the archive")
             sha, _ = copy_file(src, partial, progress, writeback=True)
             if sha != member.sha256:
-                partial.unlink()
                 raise FactorArchiveError(f"{src}: checksum mismatch (archive damaged)")
-        if dest.exists() or dest.is_symlink():
-            _remove(dest)
-        os.rename(partial, dest)
+            set_meta(partial, member.mode, member.mtime)
+        install(partial, dest)
 
     def verify(self, progress: Progress) -> list[str]:
         problems = list(self.metadata_problems)

@@ -23,6 +23,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
+from ..io.copy import Progress, ReusedBufferSink, copy_stream, no_progress
+from ..io.durable import fsync_dir
+from ..io.failures import io_error
+from ..io.install import Undo, discard, install, partial_name, set_meta, set_table_meta
+from ..io.leftovers import remove_stale_partials
+from ..io.tree import walk_table
 from ..manifest import (
     CHECKSUMS_NAME,
     MANIFEST_NAME,
@@ -38,16 +44,7 @@ from ..manifest import (
     tag_problems,
     tree_digest,
 )
-from .base import (
-    Progress,
-    copy_stream,
-    fill_file_member,
-    finish_table_member,
-    fsync_dir,
-    io_error,
-    remove_stale_partials,
-    walk_table,
-)
+from .base import fill_file_member, finish_table_member
 
 BLOCKSIZE = 512
 ZERO_BLOCK = b"\0" * BLOCKSIZE
@@ -69,10 +66,6 @@ ANNOUNCED = ("path", "source", "category", "kind", "direction", "restore_path",
 _TYPE_NAMES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device",
                b"4": "block device", b"6": "FIFO", b"L": "GNU long name", b"K": "GNU long link",
                b"S": "GNU sparse file", b"D": "GNU dump directory", b"M": "multi-volume"}
-
-
-def _no_progress(_n: int) -> None:
-    pass
 
 
 def looks_like_tar(head: bytes) -> bool:
@@ -269,10 +262,10 @@ def _describe(typeflag: bytes) -> str:
 # ---------------------------------------------------------------------------------------------
 # Writing
 
-class _Sink:
-    """The output, counting bytes: offsets come from counting, never from tell() or seek()."""
+class _Sink(ReusedBufferSink):
+    """The output, counting bytes: offsets come from counting, never from tell() or seek().
 
-    keeps_no_reference = True  # write() hands each block straight on: copy_stream may reuse buffers
+    write() hands each block straight on, so copy_stream may reuse its buffers."""
 
     def __init__(self, f: BinaryIO, name: str) -> None:
         self.f = f
@@ -348,7 +341,7 @@ class TarWriter:
 
     # -- ArchiveWriter -------------------------------------------------------------------------
 
-    def write(self, member: Member, source: Path, progress: Progress = _no_progress) -> Member:
+    def write(self, member: Member, source: Path, progress: Progress = no_progress) -> Member:
         if self._done:
             raise FactorArchiveError("internal error: write() after close() or abort()")
         path = safe_relpath(member.path, "archive member")
@@ -372,7 +365,7 @@ class TarWriter:
         self._paths.add(path)
         self._parents |= ancestors
         if self._staging is not None and self._staging in source.parents:
-            _remove(source)         # generated (calibrated data): scratch peaks at one member
+            discard(source)         # generated (calibrated data): scratch peaks at one member
         return member
 
     def staging_dir(self) -> Path:
@@ -383,7 +376,7 @@ class TarWriter:
                     self._staging = Path(tempfile.mkdtemp(prefix=".stdout.staging-", dir=where))
                 else:   # named after this process, so a rerun after kill -9 can remove it
                     self._staging = where / f".{self.path.name}.staging-{os.getpid()}"
-                    _remove(self._staging)
+                    discard(self._staging)
                     self._staging.mkdir()  # known before it exists: abort() removes it whenever it comes
             except OSError as exc:
                 raise io_error(where, exc) from None
@@ -646,7 +639,7 @@ class _Scanner:
 
     def skip_data(self, entry: _Entry) -> None:
         if self.base is None or entry.size == 0:
-            self.copy_data(entry, None, _no_progress)
+            self.copy_data(entry, None, no_progress)
             return
         skip = entry.size + (-entry.size % BLOCKSIZE)
         end = self.f.seek(0, os.SEEK_END)
@@ -665,68 +658,6 @@ class _Placed:
     tmp: Path | None
     files: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     dirs: list[str] = field(default_factory=list)
-
-
-def _partial_name(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.partial")
-
-
-def _remove(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            for sub in [path, *path.rglob("*")]:   # read-only dirs would stop rmtree
-                if sub.is_dir() and not sub.is_symlink():
-                    os.chmod(sub, 0o700)
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink()
-    except OSError:
-        pass
-
-
-def _set_meta(path: Path, mode: int, mtime: float) -> None:
-    try:
-        mode, ns = int(mode) & 0o777, round(float(mtime) * 1e9)
-    except (TypeError, ValueError, OverflowError):
-        raise BadInput(f"{path.name}: malformed mode or mtime in the manifest") from None
-    os.chmod(path, mode)
-    os.utime(path, ns=(ns, ns))
-
-
-class _Cleanup:
-    """Temp names and directories a failed extraction must take away again."""
-
-    def __init__(self) -> None:
-        self.tmps: list[Path] = []
-        self.made_dirs: list[Path] = []
-
-    def makedirs(self, path: Path) -> None:
-        missing = []
-        p = path
-        while not p.exists():
-            missing.append(p)
-            if p.parent == p:
-                break
-            p = p.parent
-        for d in reversed(missing):
-            os.mkdir(d)
-            self.made_dirs.append(d)
-
-    def fresh(self, tmp: Path) -> Path:
-        if os.path.lexists(tmp):
-            _remove(tmp)
-        self.tmps.append(tmp)
-        return tmp
-
-    def undo(self) -> None:
-        for tmp in reversed(self.tmps):
-            if os.path.lexists(tmp):
-                _remove(tmp)
-        for d in reversed(self.made_dirs):
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
 
 
 class TarReader:
@@ -785,7 +716,7 @@ class TarReader:
         return self._seekable
 
     def extract(self, members: list[Member] | None, dest_for: Callable[[Member], Path | None],
-                progress: Progress = _no_progress) -> None:
+                progress: Progress = no_progress) -> None:
         """Extract ``members`` (None: every member) to dest_for(member); None skips a member.
 
         On a stream that has not been read yet, dest_for receives the member as announced in
@@ -811,7 +742,7 @@ class TarReader:
     def local_path(self, member: Member) -> Path | None:
         return None
 
-    def verify(self, progress: Progress = _no_progress) -> list[str]:
+    def verify(self, progress: Progress = no_progress) -> list[str]:
         if not self._seekable:
             if self._consumed:
                 return []           # spooled: every check already passed
@@ -844,7 +775,7 @@ class TarReader:
                     problems.append(f"{self.name}: member {label} is damaged (sha256 mismatch)")
         # Then the structure: every entry safe and listed, seeking over the data.
         self._f.seek(self._base)
-        for line in self._one_pass(lambda m: None, None, _no_progress, strict=False,
+        for line in self._one_pass(lambda m: None, None, no_progress, strict=False,
                                    scanner=_Scanner(self._f, self.name, self._base),
                                    hash_data=False):
             if line not in problems:
@@ -853,7 +784,7 @@ class TarReader:
 
     def close(self) -> None:
         if self._spool is not None:
-            _remove(self._spool)
+            discard(self._spool)
             self._spool = None
         if self._own:
             self._f.close()
@@ -987,14 +918,14 @@ class TarReader:
             raise DamagedArchive(f"{self.name}: member {what} is damaged (sha256 mismatch)")
 
     def _extract_file(self, member: Member, dest: Path, progress: Progress) -> None:
-        cleanup = _Cleanup()
+        cleanup = Undo()
         try:
             cleanup.makedirs(dest.parent)
-            tmp = cleanup.fresh(_partial_name(dest))
+            tmp = cleanup.fresh(partial_name(dest))
             self._copy_checked(member.path, member.offset, member.size, member.sha256, tmp,
                                progress, repr(member.path))
-            _set_meta(tmp, member.mode, member.mtime)
-            _install(tmp, dest)
+            set_meta(tmp, member.mode, member.mtime)
+            install(tmp, dest)
         except BaseException as exc:
             cleanup.undo()
             if isinstance(exc, OSError):
@@ -1005,10 +936,10 @@ class TarReader:
         if tree_digest(member.files) != member.sha256:
             raise DamagedArchive(f"{self.name}: manifest entry of {member.path!r} is inconsistent "
                                  "(tree digest)")
-        cleanup = _Cleanup()
+        cleanup = Undo()
         try:
             cleanup.makedirs(dest.parent)
-            root = cleanup.fresh(_partial_name(dest))
+            root = cleanup.fresh(partial_name(dest))
             os.mkdir(root, 0o700)
             for d in member.dirs:
                 (root / d).mkdir(parents=True, exist_ok=True)
@@ -1018,10 +949,9 @@ class TarReader:
                 self._copy_checked(f"{member.path}/{entry.path}", entry.offset, entry.size,
                                    entry.sha256, target, progress,
                                    f"{member.path!r} (file {entry.path!r})")
-                _set_meta(target, entry.mode, entry.mtime)
-            _set_meta(root, member.mode | 0o700, member.mtime)
-            _install(root, dest)
-            _set_meta(dest, member.mode, member.mtime)
+            set_table_meta(root, [(e.path, e.mode, e.mtime) for e in member.files], member.dirs,
+                           member.mode, member.mtime)
+            install(root, dest)
         except BaseException as exc:
             cleanup.undo()
             if isinstance(exc, OSError):
@@ -1040,7 +970,7 @@ class TarReader:
                 raise FactorArchiveError(f"{self.name}: the stream has already been read")
             self._consumed = True
             scanner = _Scanner(self._f, self.name, None)
-        cleanup = _Cleanup()
+        cleanup = Undo()
         placed: dict[str, _Placed] = {}
         problems: list[str] = []
         self._hash_data = hash_data
@@ -1069,7 +999,7 @@ class TarReader:
 
     def _scan(self, scanner: _Scanner, dest_for: Callable[[Member], Path | None],
               wanted: set[str] | None, progress: Progress, placed: dict[str, _Placed],
-              cleanup: _Cleanup) -> tuple[dict[str, tuple[int, bytes]], _Entry | None]:
+              cleanup: Undo) -> tuple[dict[str, tuple[int, bytes]], _Entry | None]:
         origin = self.name
         blobs: dict[str, tuple[int, bytes]] = {}
         index: _Entry | None = None
@@ -1132,7 +1062,7 @@ class TarReader:
             def write(self, data: bytes) -> None:
                 chunks.append(bytes(data))
 
-        scanner.copy_data(entry, _Collect(), _no_progress)
+        scanner.copy_data(entry, _Collect(), no_progress)
         return b"".join(chunks)
 
     def _take(self, scanner: _Scanner, entry: _Entry, target: Path | None,
@@ -1142,7 +1072,7 @@ class TarReader:
                 scanner.skip_data(entry)
                 return None
             return scanner.copy_data(entry, None,
-                                     progress if self._count_skipped else _no_progress)
+                                     progress if self._count_skipped else no_progress)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             out = open(target, "wb")
@@ -1153,7 +1083,7 @@ class TarReader:
 
     def _announce(self, entry: _Entry, name: str, is_dir: bool,
                   dest_for: Callable[[Member], Path | None], wanted: set[str] | None,
-                  placed: dict[str, _Placed], cleanup: _Cleanup, scanner: _Scanner,
+                  placed: dict[str, _Placed], cleanup: Undo, scanner: _Scanner,
                   progress: Progress) -> tuple[str, _Placed] | None:
         origin = self.name
         try:
@@ -1175,7 +1105,7 @@ class TarReader:
         if dest is not None:
             dest = Path(dest)
             cleanup.makedirs(dest.parent)
-            tmp = cleanup.fresh(_partial_name(dest))
+            tmp = cleanup.fresh(partial_name(dest))
             if is_dir:
                 os.mkdir(tmp, 0o700)
         item = _Placed({k: getattr(provisional, k) for k in ANNOUNCED}, dest, tmp)
@@ -1262,13 +1192,12 @@ class TarReader:
             member = by_path[path]
             try:
                 if member.kind == "table":
-                    for entry in member.files:
-                        _set_meta(item.tmp / entry.path, entry.mode, entry.mtime)
-                    _install(item.tmp, item.dest)
-                    _set_meta(item.dest, member.mode, member.mtime)
+                    set_table_meta(item.tmp, [(e.path, e.mode, e.mtime) for e in member.files],
+                                   member.dirs, member.mode, member.mtime)
+                    install(item.tmp, item.dest)
                 else:
-                    _set_meta(item.tmp, member.mode, member.mtime)
-                    _install(item.tmp, item.dest)
+                    set_meta(item.tmp, member.mode, member.mtime)
+                    install(item.tmp, item.dest)
             except OSError as exc:
                 raise io_error(item.dest, exc) from None
 
@@ -1282,9 +1211,9 @@ class TarReader:
             raise io_error(self._staging_parent or tempfile.gettempdir(), exc) from None
         spool = self._spool
         try:
-            self._one_pass(lambda m: spool / m.path, None, _no_progress, strict=True)
+            self._one_pass(lambda m: spool / m.path, None, no_progress, strict=True)
         except BaseException:
-            _remove(spool)
+            discard(spool)
             self._spool = None
             raise
 
@@ -1297,7 +1226,7 @@ class TarReader:
             if dest is None or member.kind not in ("file", "table") or not src.exists():
                 continue
             dest = Path(dest)
-            tmp = _partial_name(dest)
+            tmp = partial_name(dest)
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 try:
@@ -1309,17 +1238,10 @@ class TarReader:
                         shutil.copytree(src, tmp, copy_function=shutil.copy2)
                     else:
                         shutil.copy2(src, tmp)
-                    _remove(src)
-                _install(tmp, dest)
+                    discard(src)
+                install(tmp, dest)
             except OSError as exc:
-                _remove(tmp)
+                discard(tmp)
                 raise io_error(dest, exc) from None
             progress(member.size)
 
-
-def _install(tmp: Path, dest: Path) -> None:
-    """Put a verified temp copy in place; whatever was at dest goes only now (like the
-    directory form, so ``unarchive -c`` behaves the same for every form)."""
-    if os.path.isdir(dest) and not os.path.islink(dest):
-        _remove(dest)
-    os.replace(tmp, dest)

@@ -24,24 +24,20 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError
+from ..io.copy import HashThread, Progress, no_progress
+from ..io.durable import fsync_dir, fsync_path, sync_filesystem
+from ..io.failures import io_error
+from ..io.install import discard, install, partial_name, remove, set_meta, set_table_meta, swap_into_place
+from ..io.leftovers import remove_stale_partials
+from ..io.tree import stat_entry, walk_table
 from ..manifest import FileEntry, Manifest, Member, safe_relpath, tree_digest
-from .base import (
-    Progress,
-    finish_table_member,
-    fsync_dir,
-    io_error,
-    remove_stale_partials,
-    stat_entry,
-    sync_filesystem,
-    walk_table,
-)
+from .base import finish_table_member
 
 LAYOUT = "factor-archive/zarr"
 LAYOUT_VERSION = 1
@@ -54,10 +50,6 @@ FILE_SHARD = 32 << 20              # shard (one stored object) of a file array (
 FILE_LEVEL = 3                     # zstd level of file arrays
 TABLE_CHECKSUM = "casacore-table-content-v1"
 STORE_SUFFIX = ".store"            # -s: chunk tables materialised beside the archive
-
-
-def _no_progress(_n: int) -> None:
-    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +420,6 @@ class ZarrWriter:
         self._groups: dict[str, object] = {}
         self._groups_lock = threading.Lock()
         self._closed = False
-        self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factor-archive-hash")
         self.notices: list[str] = []     # for the user: leftovers of killed runs removed
         pid = os.getpid()
         if self.loc.kind == "url":
@@ -436,7 +427,6 @@ class ZarrWriter:
             try:
                 self._prepare_url()
             except BaseException:
-                self._hash_pool.shutdown()
                 _close_url_store(self.base_store)
                 raise
             self.store = _fresh_store_class()(self.base_store)
@@ -457,7 +447,7 @@ class ZarrWriter:
             self.tmp = final.with_name(f".{final.name}.partial-{pid}")
         try:
             if self.tmp is not None:
-                _remove(self.tmp)
+                remove(self.tmp)
                 if self.loc.kind == "dir":
                     from zarr.storage import LocalStore
                     self.store = LocalStore(self.tmp)
@@ -513,11 +503,11 @@ class ZarrWriter:
                 self._staging = Path(tempfile.mkdtemp(prefix="factor-archive-staging-"))
             else:
                 self._staging = self.loc.path.with_name(f".{self.loc.path.name}.staging-{os.getpid()}")
-                _remove(self._staging)
+                remove(self._staging)
                 self._staging.mkdir(parents=True)
         return self._staging
 
-    def write(self, member: Member, source: Path, progress: Progress = _no_progress) -> Member:
+    def write(self, member: Member, source: Path, progress: Progress = no_progress) -> Member:
         safe_relpath(member.path)
         node = node_path(member.path)
         parent_path, name = node.rsplit("/", 1)
@@ -537,7 +527,7 @@ class ZarrWriter:
         except Exception as exc:
             raise self._failure(exc, source) from None
         if self._staging is not None and Path(source).parent == self._staging:
-            _remove(Path(source))  # generated data (calibrated chunks): stored, so free the disk now
+            remove(Path(source))  # generated data (calibrated chunks): stored, so free the disk now
         return member
 
     def close(self, manifest: Manifest) -> None:
@@ -551,14 +541,13 @@ class ZarrWriter:
                 "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}})
             if self.loc.kind == "zip":
                 self.store.close()
-                with open(self.tmp, "rb+") as f:
-                    os.fsync(f.fileno())
+                fsync_path(self.tmp)
                 os.replace(self.tmp, self.loc.path)
                 fsync_dir(self.loc.path.parent)
             elif self.loc.kind == "dir":
                 self.store.close()
                 sync_filesystem(self.tmp)       # data and manifest durable before the rename
-                _swap_into_place(self.tmp, self.loc.path)
+                swap_into_place(self.tmp, self.loc.path)
             else:
                 _sync(self.store.flush())
         except Exception as exc:
@@ -591,7 +580,7 @@ class ZarrWriter:
                     pass
                 for _attempt in range(3):       # zarr's loop may still finish a write meanwhile
                     try:
-                        _remove(self.tmp)
+                        remove(self.tmp)
                         break
                     except OSError:
                         time.sleep(0.2)
@@ -599,7 +588,6 @@ class ZarrWriter:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        self._hash_pool.shutdown(wait=True)
         if self.loc.kind == "url":
             _close_url_store(self.base_store)
         if self._staging is not None:
@@ -633,24 +621,27 @@ class ZarrWriter:
                 compressors=_compressors(), fill_value=0, dimension_names=("byte",),
                 attributes={ATTR: {"path": apath, "kind": "file", "size": size}},
                 config={"write_empty_chunks": True})
-        digest = hashlib.sha256()
+        hasher = HashThread()
         pos = 0
-        with open(source, "rb") as f:
-            while pos < size:
-                want = min(shard, size - pos)
-                block = _read_exact(f, want)
-                if len(block) < want:
-                    raise BadInput(f"{source}: shrank while being archived")
-                hashing = self._hash_pool.submit(digest.update, block)  # overlaps compression
-                try:
-                    arr[pos:pos + want] = np.frombuffer(block, dtype=np.uint8)
-                finally:
-                    hashing.result()
-                pos += want
-                progress(want)
-            if f.read(1):
-                raise BadInput(f"{source}: grew while being archived")
-        return digest.hexdigest(), size
+        try:
+            with open(source, "rb") as f:
+                while pos < size:
+                    want = min(shard, size - pos)
+                    block = _read_exact(f, want)
+                    if len(block) < want:
+                        raise BadInput(f"{source}: shrank while being archived")
+                    hasher.put(block)       # hashed while zarr compresses it
+                    try:
+                        arr[pos:pos + want] = np.frombuffer(block, dtype=np.uint8)
+                    finally:
+                        hasher.wait()       # one shard in memory at a time
+                    pos += want
+                    progress(want)
+                if f.read(1):
+                    raise BadInput(f"{source}: grew while being archived")
+        finally:
+            sha = hasher.finish()
+        return sha, size
 
     def _write_table(self, member: Member, source: Path, parent, name: str, node: str,
                      progress: Progress) -> None:
@@ -774,27 +765,6 @@ def _read_exact(f, n: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _remove(path: Path | None) -> None:
-    if path is None:
-        return
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Rename the finished store to its name; an older store there is removed afterwards."""
-    old = None
-    if final.exists() or final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        _remove(old)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    fsync_dir(final.parent)
-    _remove(old)
-
-
 # ---------------------------------------------------------------------------------------------
 # Reader
 
@@ -911,7 +881,7 @@ class ZarrReader:
         return None
 
     def extract(self, members: list[Member], dest_for: Callable[[Member], Path | None],
-                progress: Progress = _no_progress) -> None:
+                progress: Progress = no_progress) -> None:
         for member in members:
             dest = dest_for(member)
             if dest is None:
@@ -940,19 +910,18 @@ class ZarrReader:
 
     def _extract_file(self, member: Member, dest: Path, progress: Progress) -> None:
         arr = self._node(member)
-        partial = dest.with_name(f".{dest.name}.partial")
-        _remove(partial)
+        partial = partial_name(dest)
+        remove(partial)
         try:
             with open(partial, "wb") as f:
                 sha = _copy_array(arr, f, member.path, progress, member.size)
             if sha != member.sha256:
                 raise FactorArchiveError(f"{self.origin}: {member.path}: checksum mismatch (archive damaged)")
-            _set_meta(partial, member.mode, member.mtime)
+            set_meta(partial, member.mode, member.mtime)
+            install(partial, dest)
         except BaseException:
-            _remove(partial)
+            discard(partial)
             raise
-        _remove(dest)
-        os.rename(partial, dest)
 
     def _extract_table(self, member: Member, dest: Path, progress: Progress) -> None:
         from ..ms.table_codec import decode_table
@@ -963,19 +932,18 @@ class ZarrReader:
             raise FactorArchiveError(f"{self.origin}: {member.path}: table checksum in the store differs "
                                      f"from the manifest (archive damaged)")
         # A private directory keeps the table's own name, so errors name it as it is known.
-        work = dest.with_name(f".{dest.name}.partial")
-        _remove(work)
+        work = partial_name(dest)
+        remove(work)
         work.mkdir()
         try:
             try:
                 decode_table(group, work / dest.name, progress=progress)
             except FactorArchiveError as exc:
                 raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
-            _set_meta(work / dest.name, member.mode, member.mtime)
-            _remove(dest)
-            os.rename(work / dest.name, dest)
+            set_meta(work / dest.name, member.mode, member.mtime)
+            install(work / dest.name, dest)
         finally:
-            _remove(work)
+            discard(work)
 
     def _name_in_archive(self, member: Member, message: str) -> str:
         base = posixpath.basename(member.path)
@@ -987,8 +955,8 @@ class ZarrReader:
 
     def _extract_raw_table(self, member: Member, dest: Path, progress: Progress) -> None:
         raw = self._raw_group(member, self._node(member))
-        partial = dest.with_name(f".{dest.name}.partial")
-        _remove(partial)
+        partial = partial_name(dest)
+        remove(partial)
         try:
             partial.mkdir()
             for d in member.dirs:
@@ -1006,18 +974,15 @@ class ZarrReader:
                 if sha != entry.sha256:
                     raise FactorArchiveError(f"{self.origin}: {member.path}/{entry.path}: checksum "
                                              f"mismatch (archive damaged)")
-                _set_meta(target, entry.mode, entry.mtime)
-            for d in sorted(member.dirs, reverse=True):
-                os.utime(partial / d, (member.mtime, member.mtime))
-            _set_meta(partial, member.mode, member.mtime)
+            set_table_meta(partial, [(e.path, e.mode, e.mtime) for e in member.files], member.dirs,
+                           member.mode, member.mtime)
+            install(partial, dest)
         except BaseException:
-            _remove(partial)
+            discard(partial)
             raise
-        _remove(dest)
-        os.rename(partial, dest)
 
     def materialise(self, member: Member, store_dir: str | os.PathLike | None = None,
-                    progress: Progress = _no_progress) -> Path:
+                    progress: Progress = no_progress) -> Path:
         """-s: the table decoded once into ``<store>/<sha[:2]>/<sha>/<name>``; later calls reuse it.
 
         ``store`` defaults to ``<archive>.store`` beside a local archive (the layout
@@ -1038,22 +1003,22 @@ class ZarrReader:
         if (final_dir / ".complete").is_file() and final.is_dir():
             return final
         tmp_dir = final_dir.with_name(f".partial-{sha}")
-        _remove(tmp_dir)
+        remove(tmp_dir)
         tmp_dir.mkdir(parents=True)
         try:
             self.extract([member], lambda _m: tmp_dir / name, progress)
             (tmp_dir / ".complete").write_text("")
             if (final_dir / ".complete").is_file() and final.is_dir():
-                _remove(tmp_dir)              # another restore finished it first
+                remove(tmp_dir)              # another restore finished it first
             else:
-                _remove(final_dir)
+                remove(final_dir)
                 os.rename(tmp_dir, final_dir)
         except BaseException:
-            _remove(tmp_dir)
+            remove(tmp_dir)
             raise
         return final
 
-    def verify(self, progress: Progress = _no_progress) -> list[str]:
+    def verify(self, progress: Progress = no_progress) -> list[str]:
         problems: list[str] = []
         for member in self.manifest.members:
             try:
@@ -1235,12 +1200,3 @@ def _describe_array(table: str, rel: str) -> tuple[str, str, str]:
     if len(parts) == 3 and parts[0] == "ragged":
         return table, parts[1], "values" if parts[2] == "values" else "rows"
     return table, "/".join(parts), "rows"
-
-
-def _set_meta(path: Path, mode: int, mtime: float) -> None:
-    try:
-        if mode:
-            os.chmod(path, mode & 0o7777)
-        os.utime(path, (mtime, mtime))
-    except OSError:
-        pass

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import signals
-from ..containers.base import disk_full, is_disk_full, write_atomic, written_path
 from ..containers.detect import open_reader
 from ..errors import BadInput, FactorArchiveError
+from ..io.durable import write_atomic
+from ..io.failures import disk_full, is_disk_full, written_path
+from ..io.install import remove
 from ..manifest import Manifest, Member, safe_relpath
 from ..ms.table_codec import worker_session
 from ..progress import Reporter
@@ -174,15 +176,14 @@ class ChunkLinks:
             self.targets[m.path] = final
             if not (final.parent / ".complete").exists():
                 self.pending[m.path] = final.parent.with_name(f".partial-{m.sha256}") / final.name
-                if self.pending[m.path].parent.exists():
-                    shutil.rmtree(self.pending[m.path].parent)
+                remove(self.pending[m.path].parent)
 
     def finish(self, manifest: Manifest, new_wd: Path) -> None:
         for path, tmp in self.pending.items():
             final_dir = self.targets[path].parent
             (tmp.parent / ".complete").write_text("")
             if final_dir.exists():
-                shutil.rmtree(tmp.parent)      # another restore finished it first
+                remove(tmp.parent)             # another restore finished it first
             else:
                 os.rename(tmp.parent, final_dir)
         for m in manifest.members:
@@ -190,10 +191,7 @@ class ChunkLinks:
                 continue
             dest = new_wd / safe_relpath(m.restore_path)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_symlink() or dest.is_file():
-                dest.unlink()
-            elif dest.is_dir():
-                shutil.rmtree(dest)
+            remove(dest)
             os.symlink(self.targets[m.path], dest)
 
 
