@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from factor_archive.containers import tar as tarmod
-from factor_archive.containers.tar import TarReader, TarWriter, looks_like_tar
+from factor_archive.containers.tar import format as tarmod
+from factor_archive.containers.registry import detect
+from factor_archive.containers.tar import TarReader, TarWriter
+from factor_archive.containers.tar.stream import _Scanner
 from factor_archive.errors import BadInput, UnsafeArchive
 from factor_archive.manifest import (
     CHECKSUMS_NAME,
@@ -352,7 +354,7 @@ def test_reading_from_a_pipe_gives_the_same_tree_as_reading_a_file(tmp_path, run
 
     stream = pipe_feed(out.read_bytes())
     with TarReader(stream) as reader:
-        assert not reader.seekable
+        assert not reader.capabilities.seekable
         reader.extract(None, dest_for, nothing)
         assert [m.path for m in reader.manifest.members] == [m.path for m, _ in items]
     assert [m.path for m in seen] == [m.path for m, _ in items]
@@ -528,8 +530,7 @@ def test_existing_output_needs_clobber_and_is_replaced_only_at_the_end(tmp_path,
     members = [writer.write(m, s, nothing) for m, s in items]
     assert out.read_bytes() == b"old archive"
     writer.close(Manifest(container="", run={}, options={}, members=members))
-    assert looks_like_tar(out.read_bytes()[:512])
-    assert not looks_like_tar(b"old archive".ljust(512, b"\0"))
+    assert detect(str(out)) == "tar"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.tar"]
 
 
@@ -734,7 +735,7 @@ def test_size_over_8_gib_uses_a_pax_size_record():
     info = tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 4096), mode="r|").next()
     assert info.size == size and info.name == "calibrated_data/huge.ms/table.f0_TSM0"
     assert info.mtime == pytest.approx(1_700_000_000.123456789)
-    scanner = tarmod._Scanner(io.BytesIO(headers), "test", None)
+    scanner = _Scanner(io.BytesIO(headers), "test", None)
     entry = scanner.next()
     assert entry.size == size and entry.data_offset == len(headers)
     gnu = subprocess.run(["tar", "tvf", "-"], input=headers + b"\0" * 4096,
@@ -742,16 +743,30 @@ def test_size_over_8_gib_uses_a_pax_size_record():
     assert b"9663676423" in gnu.stdout
 
 
-def test_long_names_use_prefix_or_pax_only():
+def test_long_and_non_ascii_names_live_in_the_pax_path_record():
+    for path in ("chunks/" + "d" * 120 + "/table.f0", "x" * 300, "images/field ñ é.fits"):
+        headers = tarmod.entry_headers(path, b"0", 0, 0o644, 0)
+        ustar = tarmod.parse_header(headers[-512:])
+        assert ustar.name == path.encode("ascii", "replace")[:100]    # what tarfile puts there
+        assert ustar.name in tarmod.ustar_names(path)
+        assert tarmod.parse_pax(headers[512:-512])["path"] == path
+        info = tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 1024), mode="r|").next()
+        assert info.name == path
+        gnu = subprocess.run(["tar", "tf", "-"], input=headers + b"\0" * 1024, capture_output=True)
+        assert gnu.stdout.decode().strip() == path
+
+
+def test_names_written_before_tarfile_built_the_headers_are_still_accepted():
     deep = "chunks/" + "d" * 120 + "/table.f0"
-    name, prefix = tarmod.ustar_name(deep)
-    assert prefix + b"/" + name == deep.encode()
-    huge = "x" * 300
-    name, prefix = tarmod.ustar_name(huge)
-    assert len(name) <= 100 and prefix == b""
-    info = tarfile.open(fileobj=io.BytesIO(tarmod.entry_headers(huge, b"0", 0, 0o644, 0)
-                                           + b"\0" * 1024), mode="r|").next()
-    assert info.name == huge
+    assert deep.encode() in tarmod.ustar_names(deep)          # prefix/name split, joined
+    assert any(n.startswith(b"@LongName/") for n in tarmod.ustar_names("x" * 300))
+
+
+def test_damaged_pax_records_are_refused_not_skipped():
+    good = tarmod.entry_headers("misc/a", b"0", 0, 0o644, 0)[512:-512]
+    for bad in (b"99" + good[2:], good.replace(b"\n", b"x", 1), b"12 path=x\n" + b"junk".ljust(500, b"\0")):
+        with pytest.raises(ValueError):
+            tarmod.parse_pax(bad)
 
 
 @pytest.mark.skipif(os.environ.get("FACTOR_ARCHIVE_BIG_TESTS") != "1",
@@ -816,9 +831,10 @@ def test_a_staged_member_is_freed_once_it_is_in_the_archive(tmp_path, run):
     member = Member(path="calibrated_data/chunk0_concat.ms", source=str(staged),
                     category="calibrated_data", kind="table", size=0, mode=0, mtime=0.0,
                     sha256="")
-    writer.write(member, staged, nothing)
+    stored = writer.write(member, staged, nothing, staged=True)
     assert not staged.exists()
-    writer.close(Manifest(container="", run={}, options={}, members=[member]))
+    assert member.sha256 == "" and stored.sha256      # the plan's member is left as it was
+    writer.close(Manifest(container="", run={}, options={}, members=[stored]))
     assert not scratch.exists()
     with TarReader(out) as reader:
         assert reader.verify(nothing) == []

@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import signals
-from .containers.detect import open_writer
+from .containers.base import ArchiveWriter
+from .containers.locations import parse_location
+from .containers.registry import open_writer
 from .errors import BadInput, FactorArchiveError
+from .io.copy import Progress
 from .io.failures import disk_full, is_disk_full, written_path
 from .manifest import Manifest, Member
 from .ms.table_codec import run_in_worker, worker_session
@@ -38,9 +40,10 @@ def describe_plan(plan: ArchivePlan) -> list[str]:
 
 
 def _check_output(plan: ArchivePlan, output: str) -> None:
-    if output == "-" or "://" in output:
+    loc = parse_location(output)
+    if not loc.is_local:
         return
-    out = Path(os.path.abspath(output))
+    out = loc.local_path()
     wd = plan.run.working_dir.resolve()
     resolved = out.resolve()
     if resolved == wd or wd in resolved.parents:
@@ -48,7 +51,7 @@ def _check_output(plan: ArchivePlan, output: str) -> None:
 
 
 def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
-                  quiet: bool = False, log: Callable[[str], None] | None = None) -> Manifest:
+                  quiet: bool = False) -> Manifest:
     """Write the archive; on any failure or interruption the writer's abort leaves nothing that
     looks complete (the directory form keeps what it wrote, for a rerun to complete)."""
     _check_output(plan, output)
@@ -59,7 +62,7 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
     try:  # from here on every failure, Ctrl-C included, goes through writer.abort()
         signals.check()
         reporter = Reporter(plan.total_bytes, "archiving", quiet=quiet)
-        for notice in getattr(writer, "notices", []):
+        for notice in writer.notices:
             reporter.message(notice)
         for miss in plan.missing:
             reporter.message(f"warning: {miss.source}: {miss.reason}")
@@ -116,7 +119,8 @@ def _stdout_path() -> str | None:
     return target if target.startswith("/") else None
 
 
-def _write_members(items: list[PlanItem], writer, progress, staging: list[Path]) -> list[Member]:
+def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progress,
+                   staging: list[Path]) -> list[Member]:
     failed = threading.Event()  # a member failed (or a signal came): the others stop
 
     def stopping() -> bool:
@@ -127,9 +131,9 @@ def _write_members(items: list[PlanItem], writer, progress, staging: list[Path])
         if failed.is_set():
             raise FactorArchiveError("not started: another member failed")
         if item.concat is None:
+            assert item.source is not None
             return writer.write(item.member, item.source, progress)
-        reuse = getattr(writer, "already_written", None)
-        done = reuse(item.member) if reuse else None
+        done = writer.already_written(item.member) if writer.capabilities.resumable_writes else None
         if done is not None:
             progress(done.size)
             return done
@@ -139,11 +143,9 @@ def _write_members(items: list[PlanItem], writer, progress, staging: list[Path])
         staged = place / Path(item.member.path).name
         run_in_worker("concat_in_frequency", list(item.concat), str(staged), stop=stopping)
         _stamp_like_inputs(staged, [Path(s) for s in item.concat if s])
-        kwargs = {"move": True} if getattr(writer, "form", "") == "dir" else {}
-        member = writer.write(item.member, staged, progress, **kwargs)
-        return member
+        return writer.write(item.member, staged, progress, staged=True)
 
-    if not getattr(writer, "parallel", False):
+    if not writer.capabilities.parallel_members:
         return [one(item) for item in items]
     pool = ThreadPoolExecutor(max_workers=2)
     futures = [pool.submit(one, item) for item in items]

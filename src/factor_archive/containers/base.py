@@ -1,68 +1,117 @@
-"""The one interface every container form implements.
+"""The one interface every container form implements, and what each form can do.
 
-A writer turns planned items into stored members and returns their manifest entries; it writes the
-manifest last, after the data is durable. A reader gives back members (verifying checksums as it
-goes) in whatever order suits its medium, so a tape-like stream can be restored in one pass.
+A writer turns planned items into stored members and returns their manifest entries (new
+``Member`` values: the plan's are never changed); it writes the manifest last, after the data is
+durable. A reader gives back members (verifying checksums as it goes) in whatever order suits its
+medium, so a tape-like stream can be restored in one pass. Callers decide by a form's
+:class:`Capabilities`, never by its name or by probing attributes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from ..io.copy import Progress
 from ..manifest import FileEntry, Manifest, Member, tree_digest
 
+DestFor = Callable[[Member], "Path | None"]
 
-class ArchiveWriter(Protocol):
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a writer or reader of one form can do; callers read these instead of the form's name."""
+
+    parallel_members: bool = False   # two members may be written (extracted) at once
+    resumable_writes: bool = False   # a rerun completes an interrupted archive (already_written)
+    seekable: bool = True            # reader: the manifest is known before extract, members in any order
+    local_paths: bool = False        # reader: members exist as plain files that -s can link to
+    streams: bool = False            # writes to standard output / reads from standard input ("-")
+
+
+class ArchiveWriter(ABC):
+    """Stores members; ``close`` makes them durable and writes the manifest last."""
+
     form: str
+    capabilities: Capabilities
+    notices: list[str]               # for the user: e.g. leftovers of killed runs removed
 
-    def write(self, member: Member, source: Path, progress: Progress) -> Member:
-        """Store ``source`` (file or table directory) as ``member``; fill in sizes and checksums."""
+    @abstractmethod
+    def write(self, member: Member, source: Path, progress: Progress, *, staged: bool = False) -> Member:
+        """Store ``source`` (a file, a table directory, or nothing for a link) as ``member``;
+        return the member with sizes, checksums, mode and mtime filled in.
 
+        ``staged``: the source was built in :meth:`staging_dir` and is the writer's to consume
+        (moved into the archive, or removed once stored)."""
+
+    @abstractmethod
     def staging_dir(self) -> Path:
         """A scratch directory for generated members (calibrated data), on the output's disk if possible."""
 
+    def already_written(self, member: Member) -> Member | None:
+        """With ``resumable_writes``: the member as an interrupted earlier run stored it, if intact."""
+        return None
+
+    @abstractmethod
     def close(self, manifest: Manifest) -> None:
         """Make everything durable, then write the manifest last."""
 
+    @abstractmethod
     def abort(self) -> None:
         """Leave nothing that looks like a complete archive."""
 
 
-class ArchiveReader(Protocol):
-    form: str
-    manifest: Manifest
+class ArchiveReader(ABC):
+    """Reads an archive's manifest and members, verifying every checksum it reads."""
 
-    def extract(self, members: list[Member], dest_for: Callable[[Member], Path | None],
-                progress: Progress) -> None:
-        """Write each member at dest_for(member), verifying its checksums while copying."""
+    form: str
+    capabilities: Capabilities
+
+    @property
+    @abstractmethod
+    def manifest(self) -> Manifest:
+        """The archive's manifest. A reader that is not ``seekable`` reads (spools) the whole
+        stream to find it; such a caller may use ``extract(None, ...)`` instead."""
+
+    @abstractmethod
+    def extract(self, members: list[Member] | None, dest_for: DestFor, progress: Progress) -> None:
+        """Write each member (None: every member) at ``dest_for(member)``, skipping those it maps
+        to None, verifying checksums while copying. On a reader that is not ``seekable`` and has
+        not read its stream, ``dest_for`` sees each member as announced in the stream (all fields
+        but sizes and checksums) and the manifest is checked at the end."""
 
     def local_path(self, member: Member) -> Path | None:
-        """A path where the member already exists as plain files (for -s), or None."""
+        """With ``local_paths``: where the member already exists as plain files (for -s)."""
+        return None
 
+    @abstractmethod
     def verify(self, progress: Progress) -> list[str]:
         """Recompute every checksum; one line per member that differs or is missing."""
 
-    def close(self) -> None: ...
+    @abstractmethod
+    def close(self) -> None:
+        """Release files, connections and scratch space."""
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
 
 
-def finish_table_member(member: Member, entries: list[FileEntry], dirs: list[str]) -> Member:
-    member.files = entries
-    member.dirs = dirs
-    member.size = sum(e.size for e in entries)
-    member.sha256 = tree_digest(entries)
-    return member
+def table_member(member: Member, entries: list[FileEntry], dirs: list[str], **changes: Any) -> Member:
+    """``member`` as a stored table: its files, sub-directories, size and tree digest."""
+    return dataclasses.replace(member, files=entries, dirs=dirs, size=sum(e.size for e in entries),
+                               sha256=tree_digest(entries), **changes)
 
 
-def fill_file_member(member: Member, st: os.stat_result, sha: str, size: int) -> Member:
-    member.size = size
-    member.sha256 = sha
-    member.mode = stat.S_IMODE(st.st_mode)
-    member.mtime = st.st_mtime
-    return member
-
-
+def file_member(member: Member, st: os.stat_result, sha: str, size: int, **changes: Any) -> Member:
+    """``member`` as a stored file: size, checksum, and the source's mode and mtime."""
+    return dataclasses.replace(member, size=size, sha256=sha, mode=stat.S_IMODE(st.st_mode),
+                               mtime=st.st_mtime, **changes)

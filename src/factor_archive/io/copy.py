@@ -103,6 +103,10 @@ class HashThread:
 
 
 def _write_all(dst: Any, view: memoryview) -> None:
+    """Only a raw file may take part of a block; buffered files and other sinks take it all."""
+    if not isinstance(dst, io.RawIOBase):
+        dst.write(view)
+        return
     while view:
         n = dst.write(view)
         if n is None:  # a non-blocking raw file that would block; plain files never do
