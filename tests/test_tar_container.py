@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from factor_archive.containers.tar import format as tarmod
 from factor_archive.containers.registry import detect
 from factor_archive.containers.tar import TarReader, TarWriter
+from factor_archive.containers.tar import format as tarmod
 from factor_archive.containers.tar.stream import _Scanner
 from factor_archive.errors import BadInput, UnsafeArchive
 from factor_archive.manifest import (
@@ -208,7 +208,7 @@ def test_index_is_found_from_the_end_with_tail_and_sha256sum(archive):
 
 class CountingFile(io.RawIOBase):
     def __init__(self, path: Path) -> None:
-        self.f = open(path, "rb")
+        self.f = open(path, "rb")  # noqa: SIM115 - closed by close()
         self.bytes_read = 0
         self.name = str(path)
 
@@ -732,7 +732,8 @@ def test_size_over_8_gib_uses_a_pax_size_record():
     assert b" size=9663676423\n" in headers
     ustar = headers[-512:]
     assert ustar[124:136] == b"00000000000\0"       # the octal field cannot hold it
-    info = tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 4096), mode="r|").next()
+    with tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 4096), mode="r|") as t:
+        info = t.next()
     assert info.size == size and info.name == "calibrated_data/huge.ms/table.f0_TSM0"
     assert info.mtime == pytest.approx(1_700_000_000.123456789)
     scanner = _Scanner(io.BytesIO(headers), "test", None)
@@ -750,8 +751,8 @@ def test_long_and_non_ascii_names_live_in_the_pax_path_record():
         assert ustar.name == path.encode("ascii", "replace")[:100]    # what tarfile puts there
         assert ustar.name in tarmod.ustar_names(path)
         assert tarmod.parse_pax(headers[512:-512])["path"] == path
-        info = tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 1024), mode="r|").next()
-        assert info.name == path
+        with tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 1024), mode="r|") as t:
+            assert t.next().name == path
         gnu = subprocess.run(["tar", "tf", "-"], input=headers + b"\0" * 1024, capture_output=True)
         assert gnu.stdout.decode().strip() == path
 
@@ -782,8 +783,8 @@ def test_member_over_8_gib_round_trips_through_a_pipe(tmp_path, monkeypatch):
                     category="calibrated_data", kind="file", size=0, mode=0, mtime=0.0,
                     sha256="")
     r, w = os.pipe()
-    reader_in = open(r, "rb")
-    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(open(w, "wb")))
+    reader_in = open(r, "rb")  # noqa: SIM115 - the pipe's ends outlive this block
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(open(w, "wb")))  # noqa: SIM115
     errors: list[BaseException] = []
 
     def produce() -> None:

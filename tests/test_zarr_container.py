@@ -248,9 +248,9 @@ def test_corrupt_chunk_is_named_by_table_column_and_rows(sample_run, tmp_path, c
     capsys.readouterr()
     assert main(["verify", "-q", str(store)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert any(re.search(rf"{re.escape(CHUNK)}: column DATA rows \d+-\d+: stored data is damaged", l)
-               for l in lines), lines
-    assert any(image["path"] in l and "missing" in l for l in lines), lines
+    assert any(re.search(rf"{re.escape(CHUNK)}: column DATA rows \d+-\d+: stored data is damaged", line)
+               for line in lines), lines
+    assert any(image["path"] in line and "missing" in line for line in lines), lines
     assert len(lines) == 2, lines
 
     restored = tmp_path / "r"

@@ -301,6 +301,8 @@ class ZarrReader(ArchiveReader):
             return _verify_file(node, member.path, member.sha256, progress, member.size)
         problems: list[str] = []
         if stored == "columns":
+            if not isinstance(node, zarr.Group):
+                return [f"{member.path}: stored data is damaged (an array where a table group belongs)"]
             content = node.attrs.get("casacore_content") or {}
             if not isinstance(content, dict) or content.get("content_sha256") != member.sha256:
                 problems.append(f"{member.path}: table checksum in the store differs from the manifest")
