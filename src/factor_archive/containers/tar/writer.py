@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from ...errors import BadInput, FactorArchiveError
 from ...io.copy import Progress, ReusedBufferSink, copy_stream, no_progress
 from ...io.durable import fsync_dir
-from ...io.failures import io_error
+from ...io.failures import io_error, is_disk_full
 from ...io.install import discard
 from ...io.leftovers import remove_stale_partials
 from ...io.tree import walk_table
@@ -49,10 +49,14 @@ class _Sink(ReusedBufferSink):
 
     write() hands each block straight on, so copy_stream may reuse its buffers."""
 
-    def __init__(self, f: BinaryIO, name: str) -> None:
+    def __init__(self, f: BinaryIO, name: str, *, regular_file: bool = False) -> None:
         self.f = f
         self.name = name
         self.pos = 0
+        # A regular file opened for reading too: member data is copied into it by the kernel
+        # (copy_file_range) and hashed from the page cache on a second core, as the directory
+        # form copies; a pipe gets every block through write().
+        self.regular_file = regular_file
 
     def write(self, data: bytes) -> int:
         try:
@@ -95,11 +99,11 @@ class TarWriter(ArchiveWriter):
         self.notices = remove_stale_partials(self.path)
         self._partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
         try:
-            f = open(self._partial, "wb")  # noqa: SIM115 - the writer owns it until close()/abort()
+            f = open(self._partial, "w+b")  # noqa: SIM115 - the writer owns it until close()/abort()
         except OSError as exc:
             raise io_error(self._partial, exc) from None
         try:
-            self._sink = _Sink(f, str(self.path))
+            self._sink = _Sink(f, str(self.path), regular_file=True)
         except BaseException:  # interrupted (Ctrl-C) before the caller holds the writer to abort
             f.close()
             os.unlink(self._partial)
@@ -211,10 +215,13 @@ class TarWriter(ArchiveWriter):
             self._sink.write(entry_headers(apath, b"0", st.st_size, stat.S_IMODE(st.st_mode),
                                            st.st_mtime_ns, comment))
             offset = self._sink.pos
+            dst = self._sink.f if self._sink.regular_file else self._sink
             try:
-                sha, size = copy_stream(f, self._sink, progress, limit=st.st_size)
-            except OSError as exc:
-                raise io_error(source, exc) from None
+                sha, size = copy_stream(f, dst, progress, limit=st.st_size)
+            except OSError as exc:      # a full disk is the output's; anything else the source's
+                raise io_error(self._sink.name if is_disk_full(exc) else source, exc) from None
+            if dst is not self._sink:
+                self._sink.pos += size
         if size != st.st_size:
             raise FactorArchiveError(f"{source}: file shrank while being archived")
         self._sink.write(_padding(size))
