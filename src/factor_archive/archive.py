@@ -9,14 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import signals
-from .containers.base import ArchiveWriter
+from .containers.base import ArchiveWriter, table_worker_session
 from .containers.locations import parse_location
 from .containers.registry import open_writer
 from .errors import BadInput, FactorArchiveError
 from .io.copy import Progress
 from .io.failures import disk_full, is_disk_full, written_path
 from .manifest import Manifest, Member
-from .ms.table_codec import run_in_worker, worker_session
 from .plan import ArchivePlan, Options, PlanItem, make_plan
 from .progress import Reporter, human
 from .run.model import load_run
@@ -66,7 +65,8 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
             reporter.message(notice)
         for miss in plan.missing:
             reporter.message(f"warning: {miss.source}: {miss.reason}")
-        with worker_session():  # casacore writes (-d) run in worker processes
+        needs_workers = writer.capabilities.table_workers or any(i.concat for i in plan.items)
+        with table_worker_session(needs_workers):  # casacore writes (-d, zarr) run in worker processes
             members = _write_members(plan.items, writer, reporter, staging)
         manifest = Manifest(
             container=plan.options.form, run=plan.run_info(),
@@ -137,6 +137,8 @@ def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progr
         if done is not None:
             progress(done.size)
             return done
+        from .ms.table_codec import run_in_worker
+
         place = writer.staging_dir()
         if not staging:
             staging.append(place)

@@ -14,6 +14,7 @@ import os
 import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ class Capabilities:
     seekable: bool = True            # reader: the manifest is known before extract, members in any order
     local_paths: bool = False        # reader: members exist as plain files that -s can link to
     streams: bool = False            # writes to standard output / reads from standard input ("-")
+    table_workers: bool = False      # encodes or decodes tables in casacore worker processes: the
+    #                                  caller opens a worker session (ms.table_codec) around its work
 
 
 class ArchiveWriter(ABC):
@@ -103,6 +106,17 @@ class ArchiveReader(ABC):
 
     def __exit__(self, *_exc: Any) -> None:
         self.close()
+
+
+def table_worker_session(needed: bool) -> AbstractContextManager[None]:
+    """The casacore worker session of ms.table_codec (for ``table_workers``, or -d), or nothing
+    when no one needs it: importing the codec imports zarr (about 0.6 s), which a tar or
+    directory archive or restore need not spend."""
+    if not needed:
+        return nullcontext()
+    from ..ms.table_codec import worker_session
+
+    return worker_session()
 
 
 def table_member(member: Member, entries: list[FileEntry], dirs: list[str], **changes: Any) -> Member:

@@ -250,8 +250,10 @@ class _ReadBackHasher:
             raise self.error
 
 
-def _copy_in_kernel(src: Any, dst: Any, progress: Progress, limit: int | None) -> tuple[str, int] | None:
-    """copy_file_range; None (nothing done) where the kernel cannot do it."""
+def _copy_in_kernel(src: Any, dst: Any, progress: Progress,
+                    limit: int | None) -> tuple[Callable[[], str], int] | None:
+    """copy_file_range; None (nothing done) where the kernel cannot do it. The checksum is
+    computed from the page cache on a second thread and may still be running on return."""
     dst.flush()
     fin, fout = src.fileno(), dst.fileno()
     in_at, out_at = src.tell(), dst.tell()
@@ -286,36 +288,60 @@ def _copy_in_kernel(src: Any, dst: Any, progress: Progress, limit: int | None) -
                 hasher.ranges.put((out_at + total, n))
             total += n
             progress(n)
-        if hasher is not None:
-            running = hasher
-            hasher = None
-            running.finish()
-        elif first is not None:
+        if first is not None:               # one range: a small file, hashed here
             buf = _take_buffer()
             try:
                 _read_back(fout, first[0], first[1], buf, digest)
             finally:
                 _give_buffers([buf])
-    finally:
-        if hasher is not None:  # an error: stop the thread, keep the first error
+    except BaseException:
+        if hasher is not None:  # stop the thread, keep the first error
             try:
                 hasher.finish()
             except BaseException:
                 pass
+        raise
     src.seek(in_at + total)
     dst.seek(out_at + total)
-    return digest.hexdigest(), total
+    if hasher is None:
+        sha = digest.hexdigest()
+        return (lambda: sha), total
+    return _Later(hasher, digest), total
+
+
+class _Later:
+    """The checksum of a kernel copy, once its read-back thread has hashed every range."""
+
+    def __init__(self, hasher: _ReadBackHasher, digest: Any) -> None:
+        self._hasher: _ReadBackHasher | None = hasher
+        self._digest = digest
+
+    def __call__(self) -> str:
+        if self._hasher is not None:
+            hasher, self._hasher = self._hasher, None
+            hasher.finish()
+        return str(self._digest.hexdigest())
+
+
+def copy_stream_later(src: BinaryIO, dst: Any | None, progress: Progress = no_progress,
+                      limit: int | None = None) -> tuple[Callable[[], str], int]:
+    """:func:`copy_stream` whose checksum may still be computing when it returns: call the
+    returned function for it (it waits, and raises a read-back error). A writer can copy the
+    next file while the last one is hashed; the output must not change meanwhile."""
+    if _kernel_copy_possible(src, dst):
+        done = _copy_in_kernel(src, dst, progress, limit)
+        if done is not None:
+            return done
+    sha, total = _copy_through_buffers(src, dst, progress, limit)
+    return (lambda: sha), total
 
 
 def copy_stream(src: BinaryIO, dst: Any | None, progress: Progress = no_progress,
                 limit: int | None = None) -> tuple[str, int]:
     """Copy ``src`` to ``dst`` (or only hash when dst is None), at most ``limit`` bytes;
     return (sha256 hex digest, bytes copied)."""
-    if _kernel_copy_possible(src, dst):
-        done = _copy_in_kernel(src, dst, progress, limit)
-        if done is not None:
-            return done
-    return _copy_through_buffers(src, dst, progress, limit)
+    finish, total = copy_stream_later(src, dst, progress, limit)
+    return finish(), total
 
 
 def hash_file(path: Path, progress: Progress = no_progress) -> tuple[str, int]:

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 from .. import signals
+from ..containers.base import table_worker_session
 from ..containers.registry import open_reader
 from ..errors import BadInput, FactorArchiveError
 from ..io.durable import write_atomic
 from ..io.failures import disk_full, is_disk_full, written_path
 from ..manifest import Manifest, Member, safe_relpath
-from ..ms.table_codec import worker_session
 from ..progress import Reporter
 from ..run.mapfile import MapfileError, rewrite_mapfile
 from ..run.parset import rewrite_parset
@@ -116,7 +116,7 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
                 place.parent.mkdir(parents=True, exist_ok=True)
         reporter = Reporter(sum(m.size for m in todo), "restoring", quiet=quiet)
         try:
-            with worker_session():  # tables decoded from zarr are written by worker processes
+            with table_worker_session(reader.capabilities.table_workers):  # zarr tables: decoded in workers
                 reader.extract(todo, dest_for, reporter)
         finally:
             reporter.close()

@@ -10,11 +10,12 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ...errors import BadInput, FactorArchiveError
-from ...io.copy import Progress, ReusedBufferSink, copy_stream, no_progress
+from ...io.copy import Progress, ReusedBufferSink, copy_stream_later, no_progress
 from ...io.durable import fsync_dir
 from ...io.failures import io_error, is_disk_full
 from ...io.install import discard
@@ -124,7 +125,7 @@ class TarWriter(ArchiveWriter):
         source = Path(source)
         if member.kind == "file":
             st, sha, offset = self._write_file(path, source, progress, announcement(member))
-            member = file_member(member, st, sha, st.st_size, offset=offset)
+            member = file_member(member, st, self._checksum(sha), st.st_size, offset=offset)
         elif member.kind == "table":
             member = self._write_table(member, source, progress)
         elif member.kind == "link":
@@ -203,7 +204,8 @@ class TarWriter(ArchiveWriter):
     # -- internals -----------------------------------------------------------------------------
 
     def _write_file(self, apath: str, source: Path, progress: Progress,
-                    comment: str | None) -> tuple[os.stat_result, str, int]:
+                    comment: str | None) -> tuple[os.stat_result, Callable[[], str], int]:
+        """Headers and data of one file; its checksum may still be computing (call it)."""
         try:
             if not stat.S_ISREG(os.stat(source).st_mode):   # never open a FIFO or a device
                 raise BadInput(f"{source}: not a regular file")
@@ -217,7 +219,7 @@ class TarWriter(ArchiveWriter):
             offset = self._sink.pos
             dst = self._sink.f if self._sink.regular_file else self._sink
             try:
-                sha, size = copy_stream(f, dst, progress, limit=st.st_size)
+                sha, size = copy_stream_later(f, dst, progress, limit=st.st_size)
             except OSError as exc:      # a full disk is the output's; anything else the source's
                 raise io_error(self._sink.name if is_disk_full(exc) else source, exc) from None
             if dst is not self._sink:
@@ -246,13 +248,35 @@ class TarWriter(ArchiveWriter):
             except OSError as exc:
                 raise io_error(root / d, exc) from None
             self._write_dir(f"{member.path}/{d}", st)
-        entries = []
-        for rel, full in files:
-            st, sha, offset = self._write_file(f"{member.path}/{rel}", full, progress, None)
-            entries.append(FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime,
-                                     sha, offset))
+        # A file is hashed (from the page cache, on a second core) while the next is copied.
+        written: list[tuple[str, Path, os.stat_result, Callable[[], str], int]] = []
+        try:
+            for rel, full in files:
+                st, sha, offset = self._write_file(f"{member.path}/{rel}", full, progress, None)
+                written.append((rel, full, st, sha, offset))
+        except BaseException:
+            for _rel, _full, _st, sha, _offset in written:
+                self._checksum(sha, quiet=True)      # let the hashing threads end
+            raise
+        sums = [self._checksum(sha) for _rel, _full, _st, sha, _offset in written]
+        entries = [FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, digest, offset)
+                   for (rel, _full, st, _sha, offset), digest in zip(written, sums)]
         return table_member(member, entries, dirs, mode=stat.S_IMODE(st_root.st_mode),
                             mtime=st_root.st_mtime, offset=None)
+
+    def _checksum(self, sha: Callable[[], str], *, quiet: bool = False) -> str:
+        """Wait for a file's checksum; a read-back failure is the output's (quiet: after another
+        failure, only let the hashing finish)."""
+        try:
+            return sha()
+        except OSError as exc:
+            if quiet:
+                return ""
+            raise io_error(self._sink.name, exc) from None
+        except BaseException:
+            if quiet:
+                return ""
+            raise
 
     def _write_blob(self, apath: str, data: bytes, mtime_ns: int) -> tuple[int, int, str]:
         self._sink.write(entry_headers(apath, b"0", len(data), 0o644, mtime_ns))

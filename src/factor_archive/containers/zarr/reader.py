@@ -40,7 +40,7 @@ from .stores import (
 
 class ZarrReader(ArchiveReader):
     form = "zarr"
-    capabilities = Capabilities()
+    capabilities = Capabilities(table_workers=True)   # tables go through the casacore codec
 
     def __init__(self, location: str | os.PathLike[str] | Location, *, staging: Path | None = None):
         """``staging`` is not needed: members are read from the store in any order."""

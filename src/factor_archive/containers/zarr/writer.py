@@ -66,7 +66,7 @@ class ZarrWriter(ArchiveWriter):
     form = "zarr"
     # Members are written one after another: zarr compresses on its own thread pool, and
     # encoding two tables at once was measured no faster (the Python side holds the GIL).
-    capabilities = Capabilities()
+    capabilities = Capabilities(table_workers=True)   # tables go through the casacore codec
 
     def __init__(self, location: str | os.PathLike[str] | Location, *, clobber: bool = False):
         import zarr
