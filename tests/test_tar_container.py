@@ -867,3 +867,27 @@ def test_clashing_archive_paths_are_refused(tmp_path, run):
         with pytest.raises(BadInput):
             writer.write(member, source, nothing)
     writer.abort()
+
+
+# ---------------------------------------------------------------------------------------------
+# Story: an archive written by factor-archive 0.1.0, before tarfile built the headers (UTF-8 ustar
+# names split into prefix and name, pax header blocks with mode 0644), is read as before
+
+OLD_TAR = Path(__file__).parent / "data" / "tar_written_by_0.1.0.tar"
+
+
+@pytest.mark.parametrize("seekable", [True, False], ids=["file", "pipe"])
+def test_an_archive_written_before_tarfile_built_the_headers_still_restores(tmp_path, seekable):
+    reader = open_either(OLD_TAR.read_bytes(), tmp_path, seekable)
+    with reader:
+        if seekable:
+            assert reader.verify(nothing) == []
+        reader.extract(None, lambda m: tmp_path / "out" / m.path, nothing)
+    out = tmp_path / "out"
+    image = out / "images" / "field image ñ é.fits"
+    assert image.read_bytes() == bytes(range(256)) * 40
+    assert image.stat().st_mode & 0o777 == 0o640 and image.stat().st_mtime_ns // 1000 == 1_700_000_000_123_456
+    deep = out / "pipeline_state" / ("d" * 60) / ("e" * 60) / "long name ø.mapfile"
+    assert len(str(deep.relative_to(out)).encode()) > 100 and deep.is_file()
+    assert (out / "misc" / "empty").read_bytes() == b""
+    assert (out / "chunks" / "chunk0.ms" / "table.dat").is_file()
