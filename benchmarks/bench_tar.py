@@ -30,7 +30,7 @@ what it reads of the archive. The "cold" rows evict only the two archives from t
 
 Archive and restore alternate the two sides ``--repeat`` times; listing and one member
 ``--repeat-small`` times; the best (smallest) wall time of each side is compared. ``--block-kib``
-runs our side with ``factor_archive.containers.base.BLOCK`` overridden, to try a copy block size
+runs our side with ``factor_archive.io.copy.BLOCK`` overridden, to try a copy block size
 without editing src/. Results and their reading: benchmarks/README.md, "Tar form".
 
 Run from the repository root:  .venv/bin/python benchmarks/bench_tar.py --size 2G
@@ -83,8 +83,8 @@ def io():
     with open("/proc/self/io", "rb", buffering=0) as f:
         text = f.read().decode()
     return dict((k, int(v)) for k, v in (line.split(":") for line in text.splitlines()))
-import factor_archive.cli, factor_archive.containers.detect, factor_archive.containers.tar
-import factor_archive.manifest, factor_archive.containers.base, factor_archive.progress
+import factor_archive.cli, factor_archive.containers.registry, factor_archive.containers.tar
+import factor_archive.manifest, factor_archive.io.copy, factor_archive.progress
 from factor_archive.containers.tar import TarReader
 """
 
@@ -137,12 +137,12 @@ def probed(code: str, args: list[str]) -> Trial:
 
 # -- the GNU tar side -------------------------------------------------------------------------
 
-# --block-kib: run archivefactor / unarchivefactor with containers.base.BLOCK (the read/write block
+# --block-kib: run archivefactor / unarchivefactor with io.copy.BLOCK (the read/write block
 # of every copy) overridden, to try a block size without editing src/.
 _BLOCK_WRAPPER = """
 import sys
-import factor_archive.containers.base as base
-base.BLOCK = int(sys.argv[1]) << 10
+import factor_archive.io.copy as copy_engine
+copy_engine.BLOCK = int(sys.argv[1]) << 10
 from factor_archive import cli
 main = cli.archivefactor_main if sys.argv[2] == "archivefactor" else cli.unarchivefactor_main
 sys.exit(main(sys.argv[3:]))
@@ -158,7 +158,7 @@ def tool(name: str, block_kib: int | None) -> list[str]:
 def shown(argv: list[str], block_kib: int | None) -> str:
     """The command as printed: the --block-kib wrapper is shown as a note, not its source."""
     if block_kib is not None and argv[:2] == [PY, "-c"]:
-        return f"[containers.base.BLOCK = {block_kib} KiB] " + shlex.join([str(BIN / argv[4]), *argv[5:]])
+        return f"[io.copy.BLOCK = {block_kib} KiB] " + shlex.join([str(BIN / argv[4]), *argv[5:]])
     return shlex.join(argv)
 
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-restore", action="store_true")
     p.add_argument("--skip-small", action="store_true", help="skip the listing and one-member measurements")
     p.add_argument("--block-kib", type=int, default=None,
-                   help="run archivefactor/unarchivefactor with factor_archive.containers.base.BLOCK set to "
+                   help="run archivefactor/unarchivefactor with factor_archive.io.copy.BLOCK set to "
                         "this many KiB (an experiment; default: the code as it is)")
     args = p.parse_args(argv)
     size = parse_size(args.size)
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'and wait for an idle machine ' if idle else ''}before every trial; sides alternate; best of "
           f"{args.repeat} (archive, restore) or {args.repeat_small} (list, one member)")
     print(f"code measured: {code}"
-          + (f"; containers.base.BLOCK overridden to {args.block_kib} KiB (--block-kib)" if args.block_kib else ""))
+          + (f"; io.copy.BLOCK overridden to {args.block_kib} KiB (--block-kib)" if args.block_kib else ""))
     for n in notes:
         print(n)
     print()

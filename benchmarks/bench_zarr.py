@@ -92,7 +92,7 @@ def make_input(workdir: Path, ntimes: int) -> Path:
 # -- children ------------------------------------------------------------------------------------
 
 def child_archive(ms: str, store: str) -> None:
-    from factor_archive.containers.zarr_store import ZarrWriter
+    from factor_archive.containers.zarr import ZarrWriter
     from factor_archive.manifest import Manifest, Member
 
     writer = ZarrWriter(store, clobber=True)
@@ -107,7 +107,7 @@ def child_archive(ms: str, store: str) -> None:
 
 
 def child_restore(store: str, dest: str) -> None:
-    from factor_archive.containers.zarr_store import ZarrReader
+    from factor_archive.containers.zarr import ZarrReader
 
     reader = ZarrReader(store)
     try:

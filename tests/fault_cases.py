@@ -28,7 +28,7 @@ from pathlib import Path
 
 from conftest import tree_snapshot
 from factor_archive.cli import main
-from factor_archive.containers import tar as tarmod
+from factor_archive.containers.tar import format as tarmod
 
 GOOD = ("detected", "no effect", "refused", "contained", "completed")
 BAD = ("silent", "traceback", "missed", "escaped", "incomplete")
@@ -428,7 +428,7 @@ class Workspace:
 
 
 def manifest_json(archive: Path) -> str:
-    from factor_archive.containers.detect import open_reader
+    from factor_archive.containers.registry import open_reader
 
     reader = open_reader(str(archive))
     try:

@@ -345,7 +345,7 @@ def test_exported_calibrated_data_of_a_dp3_written_run_is_dp3s_concatenation(sam
     assert unarchivefactor_main(["-q", str(archive), str(restored)]) == 0
 
     if form == "zarr":  # every table is stored as columns except the Dysco-compressed chunk
-        from factor_archive.containers.zarr_store import ZarrReader
+        from factor_archive.containers.zarr import ZarrReader
 
         reader = ZarrReader(str(archive))
         try:

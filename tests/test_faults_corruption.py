@@ -157,7 +157,7 @@ def _as_previous_version(form: str, archive: Path, dest: Path) -> Path:
     import hashlib
     import json
 
-    from factor_archive.containers import tar as tarmod
+    from factor_archive.containers.tar import format as tarmod
     from factor_archive.manifest import CHECKSUMS_NAME, MANIFEST_NAME, TAG_MANIFEST_NAME
 
     def old_manifest(data: bytes) -> bytes:

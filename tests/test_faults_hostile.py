@@ -129,7 +129,7 @@ def rewrite_zarr_manifest(store: Path, text: str) -> None:
     """Replace the manifest array's bytes and its checksum attribute, as an attacker would."""
     import zarr
 
-    from factor_archive.containers import zarr_store
+    from factor_archive.containers.zarr import layout as zarr_store
 
     root = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
     del root[zarr_store.MANIFEST_NODE]

@@ -286,7 +286,7 @@ def test_leftovers_of_a_killed_archive_are_removed_and_reported(form, workspace,
             assert run.code == 0 and not run.traceback(), run.text
             said = run.err
         else:
-            from factor_archive.containers.zarr_store import ZarrWriter
+            from factor_archive.containers.zarr import ZarrWriter
 
             writer = ZarrWriter(str(tmp_path / name))
             said = "\n".join(writer.notices)

@@ -203,6 +203,8 @@ def test_restore_refuses_a_non_empty_output_without_clobber(sample_run, tmp_path
 
 
 def test_interrupted_archive_is_completed_by_rerunning(sample_run, tmp_path, monkeypatch):
+    import dataclasses
+
     from factor_archive.containers import directory
 
     out = tmp_path / "a"
@@ -216,7 +218,8 @@ def test_interrupted_archive_is_completed_by_rerunning(sample_run, tmp_path, mon
         return real_write(self, member, source, progress, **kw)
 
     monkeypatch.setattr(directory.DirectoryWriter, "write", failing_write)
-    monkeypatch.setattr(directory.DirectoryWriter, "parallel", False)
+    monkeypatch.setattr(directory.DirectoryWriter, "capabilities",   # one member at a time
+                        dataclasses.replace(directory.DirectoryWriter.capabilities, parallel_members=False))
     assert archivefactor_main(["-q", "-r", str(sample_run), str(out)]) == 130
     assert not (out / "manifest.json").exists()      # never looks complete
     done_before = {p: p.stat().st_ino for p in out.rglob("*") if p.is_file() and ".factor" not in p.name}
@@ -333,11 +336,11 @@ def test_output_inside_the_working_directory_is_refused(sample_run, capsys):
 def test_full_disk_is_one_line(sample_run, tmp_path, monkeypatch, capsys):
     import errno
 
-    from factor_archive.containers import base
+    from factor_archive.io import copy as copy_engine
 
-    real = base.copy_stream
+    real = copy_engine.copy_stream
 
-    def full(src, dst, progress=base._no_progress, limit=None):
+    def full(src, dst, progress=copy_engine.no_progress, limit=None):
         if dst is not None:
             raise OSError(errno.ENOSPC, "No space left on device", getattr(dst, "name", None))
         return real(src, dst, progress, limit)

@@ -696,7 +696,7 @@ def test_dysco_written_ms_is_raw_and_says_why(dysco_ms, tmp_path):
 
 def test_archive_manifest_shows_columns_for_all_but_dysco(dp3_ms, dysco_ms, casa_ms, tmp_path):
     """Through the zarr container: the DP3, CASA-like and Dysco MSs as table members."""
-    from factor_archive.containers.zarr_store import ZarrReader, ZarrWriter
+    from factor_archive.containers.zarr import ZarrReader, ZarrWriter
     from factor_archive.manifest import Manifest, Member
 
     writer = ZarrWriter(str(tmp_path / "run.zarr"), clobber=False)

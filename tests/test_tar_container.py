@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from factor_archive.containers import tar as tarmod
-from factor_archive.containers.tar import TarReader, TarWriter, looks_like_tar
+from factor_archive.containers.registry import detect
+from factor_archive.containers.tar import TarReader, TarWriter
+from factor_archive.containers.tar import format as tarmod
+from factor_archive.containers.tar.stream import _Scanner
 from factor_archive.errors import BadInput, UnsafeArchive
 from factor_archive.manifest import (
     CHECKSUMS_NAME,
@@ -206,7 +208,7 @@ def test_index_is_found_from_the_end_with_tail_and_sha256sum(archive):
 
 class CountingFile(io.RawIOBase):
     def __init__(self, path: Path) -> None:
-        self.f = open(path, "rb")
+        self.f = open(path, "rb")  # noqa: SIM115 - closed by close()
         self.bytes_read = 0
         self.name = str(path)
 
@@ -352,7 +354,7 @@ def test_reading_from_a_pipe_gives_the_same_tree_as_reading_a_file(tmp_path, run
 
     stream = pipe_feed(out.read_bytes())
     with TarReader(stream) as reader:
-        assert not reader.seekable
+        assert not reader.capabilities.seekable
         reader.extract(None, dest_for, nothing)
         assert [m.path for m in reader.manifest.members] == [m.path for m, _ in items]
     assert [m.path for m in seen] == [m.path for m, _ in items]
@@ -528,8 +530,7 @@ def test_existing_output_needs_clobber_and_is_replaced_only_at_the_end(tmp_path,
     members = [writer.write(m, s, nothing) for m, s in items]
     assert out.read_bytes() == b"old archive"
     writer.close(Manifest(container="", run={}, options={}, members=members))
-    assert looks_like_tar(out.read_bytes()[:512])
-    assert not looks_like_tar(b"old archive".ljust(512, b"\0"))
+    assert detect(str(out)) == "tar"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.tar"]
 
 
@@ -731,10 +732,11 @@ def test_size_over_8_gib_uses_a_pax_size_record():
     assert b" size=9663676423\n" in headers
     ustar = headers[-512:]
     assert ustar[124:136] == b"00000000000\0"       # the octal field cannot hold it
-    info = tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 4096), mode="r|").next()
+    with tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 4096), mode="r|") as t:
+        info = t.next()
     assert info.size == size and info.name == "calibrated_data/huge.ms/table.f0_TSM0"
     assert info.mtime == pytest.approx(1_700_000_000.123456789)
-    scanner = tarmod._Scanner(io.BytesIO(headers), "test", None)
+    scanner = _Scanner(io.BytesIO(headers), "test", None)
     entry = scanner.next()
     assert entry.size == size and entry.data_offset == len(headers)
     gnu = subprocess.run(["tar", "tvf", "-"], input=headers + b"\0" * 4096,
@@ -742,16 +744,30 @@ def test_size_over_8_gib_uses_a_pax_size_record():
     assert b"9663676423" in gnu.stdout
 
 
-def test_long_names_use_prefix_or_pax_only():
+def test_long_and_non_ascii_names_live_in_the_pax_path_record():
+    for path in ("chunks/" + "d" * 120 + "/table.f0", "x" * 300, "images/field ñ é.fits"):
+        headers = tarmod.entry_headers(path, b"0", 0, 0o644, 0)
+        ustar = tarmod.parse_header(headers[-512:])
+        assert ustar.name == path.encode("ascii", "replace")[:100]    # what tarfile puts there
+        assert ustar.name in tarmod.ustar_names(path)
+        assert tarmod.parse_pax(headers[512:-512])["path"] == path
+        with tarfile.open(fileobj=io.BytesIO(headers + b"\0" * 1024), mode="r|") as t:
+            assert t.next().name == path
+        gnu = subprocess.run(["tar", "tf", "-"], input=headers + b"\0" * 1024, capture_output=True)
+        assert gnu.stdout.decode().strip() == path
+
+
+def test_names_written_before_tarfile_built_the_headers_are_still_accepted():
     deep = "chunks/" + "d" * 120 + "/table.f0"
-    name, prefix = tarmod.ustar_name(deep)
-    assert prefix + b"/" + name == deep.encode()
-    huge = "x" * 300
-    name, prefix = tarmod.ustar_name(huge)
-    assert len(name) <= 100 and prefix == b""
-    info = tarfile.open(fileobj=io.BytesIO(tarmod.entry_headers(huge, b"0", 0, 0o644, 0)
-                                           + b"\0" * 1024), mode="r|").next()
-    assert info.name == huge
+    assert deep.encode() in tarmod.ustar_names(deep)          # prefix/name split, joined
+    assert any(n.startswith(b"@LongName/") for n in tarmod.ustar_names("x" * 300))
+
+
+def test_damaged_pax_records_are_refused_not_skipped():
+    good = tarmod.entry_headers("misc/a", b"0", 0, 0o644, 0)[512:-512]
+    for bad in (b"99" + good[2:], good.replace(b"\n", b"x", 1), b"12 path=x\n" + b"junk".ljust(500, b"\0")):
+        with pytest.raises(ValueError):
+            tarmod.parse_pax(bad)
 
 
 @pytest.mark.skipif(os.environ.get("FACTOR_ARCHIVE_BIG_TESTS") != "1",
@@ -767,8 +783,8 @@ def test_member_over_8_gib_round_trips_through_a_pipe(tmp_path, monkeypatch):
                     category="calibrated_data", kind="file", size=0, mode=0, mtime=0.0,
                     sha256="")
     r, w = os.pipe()
-    reader_in = open(r, "rb")
-    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(open(w, "wb")))
+    reader_in = open(r, "rb")  # noqa: SIM115 - the pipe's ends outlive this block
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(open(w, "wb")))  # noqa: SIM115
     errors: list[BaseException] = []
 
     def produce() -> None:
@@ -816,9 +832,10 @@ def test_a_staged_member_is_freed_once_it_is_in_the_archive(tmp_path, run):
     member = Member(path="calibrated_data/chunk0_concat.ms", source=str(staged),
                     category="calibrated_data", kind="table", size=0, mode=0, mtime=0.0,
                     sha256="")
-    writer.write(member, staged, nothing)
+    stored = writer.write(member, staged, nothing, staged=True)
     assert not staged.exists()
-    writer.close(Manifest(container="", run={}, options={}, members=[member]))
+    assert member.sha256 == "" and stored.sha256      # the plan's member is left as it was
+    writer.close(Manifest(container="", run={}, options={}, members=[stored]))
     assert not scratch.exists()
     with TarReader(out) as reader:
         assert reader.verify(nothing) == []
@@ -850,3 +867,27 @@ def test_clashing_archive_paths_are_refused(tmp_path, run):
         with pytest.raises(BadInput):
             writer.write(member, source, nothing)
     writer.abort()
+
+
+# ---------------------------------------------------------------------------------------------
+# Story: an archive written by factor-archive 0.1.0, before tarfile built the headers (UTF-8 ustar
+# names split into prefix and name, pax header blocks with mode 0644), is read as before
+
+OLD_TAR = Path(__file__).parent / "data" / "tar_written_by_0.1.0.tar"
+
+
+@pytest.mark.parametrize("seekable", [True, False], ids=["file", "pipe"])
+def test_an_archive_written_before_tarfile_built_the_headers_still_restores(tmp_path, seekable):
+    reader = open_either(OLD_TAR.read_bytes(), tmp_path, seekable)
+    with reader:
+        if seekable:
+            assert reader.verify(nothing) == []
+        reader.extract(None, lambda m: tmp_path / "out" / m.path, nothing)
+    out = tmp_path / "out"
+    image = out / "images" / "field image ñ é.fits"
+    assert image.read_bytes() == bytes(range(256)) * 40
+    assert image.stat().st_mode & 0o777 == 0o640 and image.stat().st_mtime_ns // 1000 == 1_700_000_000_123_456
+    deep = out / "pipeline_state" / ("d" * 60) / ("e" * 60) / "long name ø.mapfile"
+    assert len(str(deep.relative_to(out)).encode()) > 100 and deep.is_file()
+    assert (out / "misc" / "empty").read_bytes() == b""
+    assert (out / "chunks" / "chunk0.ms" / "table.dat").is_file()

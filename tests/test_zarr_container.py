@@ -25,7 +25,7 @@ def sha(path: Path) -> str:
 
 
 def zarr_manifest(location: str | Path) -> dict:
-    from factor_archive.containers.zarr_store import ZarrReader
+    from factor_archive.containers.zarr import ZarrReader
 
     reader = ZarrReader(str(location))
     try:
@@ -77,14 +77,14 @@ def restore_both(dir_archive: Path, zarr_archive: str, out: Path) -> Path:
 # Directory store
 
 def test_zarr_round_trip_restores_what_the_directory_form_restores(sample_run, tmp_path, monkeypatch):
-    from factor_archive.containers import zarr_store
+    from factor_archive.containers import zarr as zarr_store
     from factor_archive.ms.casacore_table import table_content_sha256
 
     real_write = zarr_store.ZarrWriter.write
     staged_left = []
 
-    def write(self, member, source, progress):
-        done = real_write(self, member, source, progress)
+    def write(self, member, source, progress, **kw):
+        done = real_write(self, member, source, progress, **kw)
         if member.category == "calibrated_data":
             staged_left.append(Path(source).exists())
         return done
@@ -248,9 +248,9 @@ def test_corrupt_chunk_is_named_by_table_column_and_rows(sample_run, tmp_path, c
     capsys.readouterr()
     assert main(["verify", "-q", str(store)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert any(re.search(rf"{re.escape(CHUNK)}: column DATA rows \d+-\d+: stored data is damaged", l)
-               for l in lines), lines
-    assert any(image["path"] in l and "missing" in l for l in lines), lines
+    assert any(re.search(rf"{re.escape(CHUNK)}: column DATA rows \d+-\d+: stored data is damaged", line)
+               for line in lines), lines
+    assert any(image["path"] in line and "missing" in line for line in lines), lines
     assert len(lines) == 2, lines
 
     restored = tmp_path / "r"
@@ -286,7 +286,6 @@ def test_incomplete_store_is_not_an_archive(sample_run, tmp_path, capsys):
 # -s: chunks materialised once
 
 def test_symlink_restore_materialises_each_chunk_once(sample_run, tmp_path, monkeypatch):
-    from factor_archive.containers.zarr_store import ZarrReader
     from factor_archive.ms import casacore_table as table_codec
 
     store = tmp_path / "run.zarr"
@@ -320,20 +319,16 @@ def test_symlink_restore_materialises_each_chunk_once(sample_run, tmp_path, monk
     assert not [p for p in decoded if str(chunk_store) in p]          # reused, not decoded again
     assert Path(os.readlink(tmp_path / "r2" / CHUNK)) == target and target.stat().st_ino == inode
 
-    # The reader's own materialise uses the same content-addressed layout.
-    reader = ZarrReader(str(store))
-    try:
-        member = reader.manifest.member(CHUNK)
-        decoded.clear()
-        assert reader.materialise(member, None) == target
-        assert decoded == []
-        other = tmp_path / "elsewhere"
-        got = reader.materialise(member, str(other))
-        assert got == other / member.sha256[:2] / member.sha256 / Path(CHUNK).name
-        assert len(decoded) == 1
-        assert reader.materialise(member, str(other)) == got and len(decoded) == 1
-    finally:
-        reader.close()
+    # --store puts the same content-addressed layout elsewhere, decoded once there too.
+    other = tmp_path / "elsewhere"
+    sha = next(m["sha256"] for m in zarr_manifest(store)["members"] if m["path"] == CHUNK)
+    decoded.clear()
+    for out in ("r3", "r4"):
+        assert unarchivefactor_main(["-q", "-s", "--store", str(other), str(store),
+                                     str(tmp_path / out)]) == 0
+        got = Path(os.readlink(tmp_path / out / CHUNK))
+        assert got == other / sha[:2] / sha / Path(CHUNK).name
+    assert len([p for p in decoded if str(other) in p]) == nchunks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +372,7 @@ def test_tables_that_cannot_be_decoded_are_kept_as_raw_files(sample_run, tmp_pat
 
 def test_existing_store_needs_clobber_and_a_failed_archive_leaves_nothing(sample_run, tmp_path,
                                                                          monkeypatch, capsys):
-    from factor_archive.containers import zarr_store
+    from factor_archive.containers import zarr as zarr_store
 
     store = tmp_path / "run.zarr"
     assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
@@ -390,11 +385,11 @@ def test_existing_store_needs_clobber_and_a_failed_archive_leaves_nothing(sample
     real = zarr_store.ZarrWriter.write
     calls = {"n": 0}
 
-    def interrupted(self, member, source, progress):
+    def interrupted(self, member, source, progress, **kw):
         calls["n"] += 1
         if calls["n"] == 15:
             raise KeyboardInterrupt
-        return real(self, member, source, progress)
+        return real(self, member, source, progress, **kw)
 
     monkeypatch.setattr(zarr_store.ZarrWriter, "write", interrupted)
     # Overwriting: the old store stays whole until the new one is complete.
@@ -416,32 +411,10 @@ def test_existing_store_needs_clobber_and_a_failed_archive_leaves_nothing(sample
     assert (tmp_path / "notastore" / "precious.txt").read_text() == "keep"
 
 
-def test_awkward_member_names_survive(tmp_path):
-    from factor_archive.containers.zarr_store import ZarrReader, ZarrWriter, archive_path_of, node_component, node_path
-    from factor_archive.manifest import Manifest, Member
+def test_awkward_member_names_become_safe_node_names(tmp_path):
+    """(Their round trip through every form is in test_container_contract.py.)"""
+    from factor_archive.containers.zarr import archive_path_of, node_component, node_path
 
     for name in ("zarr.json", "__init__", "100%.txt", "a b ø", "c", "_x"):
         assert node_component(name) != "zarr.json" and not node_component(name).startswith("__")
         assert archive_path_of(node_path(f"misc/{name}")) == f"misc/{name}"
-
-    src = tmp_path / "src"
-    src.mkdir()
-    contents = {"zarr.json": b"{}", "__init__": b"", "100%.txt": os.urandom(3 << 20),
-                "zeros.bin": bytes(5 << 20)}
-    writer = ZarrWriter(str(tmp_path / "s.zarr"), clobber=False)
-    members = []
-    for name, data in contents.items():
-        (src / name).write_bytes(data)
-        m = Member(path=f"misc/{name}", source=str(src / name), category="misc", kind="file",
-                   size=0, mode=0, mtime=0.0, sha256="", restore_path=f"misc/{name}")
-        members.append(writer.write(m, src / name, lambda n: None))
-    writer.close(Manifest(container="", run={}, options={}, members=members))
-    reader = ZarrReader(str(tmp_path / "s.zarr"))
-    try:
-        assert reader.verify(lambda n: None) == []
-        out = tmp_path / "out"
-        reader.extract(reader.manifest.members, lambda m: out / m.restore_path, lambda n: None)
-    finally:
-        reader.close()
-    for name, data in contents.items():
-        assert (out / "misc" / name).read_bytes() == data

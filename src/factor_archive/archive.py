@@ -5,16 +5,17 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import signals
-from .containers.base import disk_full, is_disk_full, written_path
-from .containers.detect import open_writer
+from .containers.base import ArchiveWriter, table_worker_session
+from .containers.locations import parse_location
+from .containers.registry import open_writer
 from .errors import BadInput, FactorArchiveError
+from .io.copy import Progress
+from .io.failures import disk_full, is_disk_full, written_path
 from .manifest import Manifest, Member
-from .ms.casacore_table import remembered_codec_choices, run_in_worker, worker_session
 from .plan import ArchivePlan, Options, PlanItem, make_plan
 from .progress import Reporter, human
 from .run.model import load_run
@@ -38,9 +39,10 @@ def describe_plan(plan: ArchivePlan) -> list[str]:
 
 
 def _check_output(plan: ArchivePlan, output: str) -> None:
-    if output == "-" or "://" in output:
+    loc = parse_location(output)
+    if not loc.is_local:
         return
-    out = Path(os.path.abspath(output))
+    out = loc.local_path()
     wd = plan.run.working_dir.resolve()
     resolved = out.resolve()
     if resolved == wd or wd in resolved.parents:
@@ -48,7 +50,7 @@ def _check_output(plan: ArchivePlan, output: str) -> None:
 
 
 def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
-                  quiet: bool = False, log: Callable[[str], None] | None = None) -> Manifest:
+                  quiet: bool = False) -> Manifest:
     """Write the archive; on any failure or interruption the writer's abort leaves nothing that
     looks complete (the directory form keeps what it wrote, for a rerun to complete)."""
     _check_output(plan, output)
@@ -59,12 +61,12 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
     try:  # from here on every failure, Ctrl-C included, goes through writer.abort()
         signals.check()
         reporter = Reporter(plan.total_bytes, "archiving", quiet=quiet)
-        for notice in getattr(writer, "notices", []):
+        for notice in writer.notices:
             reporter.message(notice)
         for miss in plan.missing:
             reporter.message(f"warning: {miss.source}: {miss.reason}")
-        # casacore writes (-d) run in worker processes; the tables of the run choose codecs once
-        with worker_session(), remembered_codec_choices():
+        needs_workers = writer.capabilities.table_workers or any(i.concat for i in plan.items)
+        with table_worker_session(needs_workers):  # casacore writes (-d, zarr) run in worker processes
             members = _write_members(plan.items, writer, reporter, staging)
         manifest = Manifest(
             container=plan.options.form, run=plan.run_info(),
@@ -117,7 +119,8 @@ def _stdout_path() -> str | None:
     return target if target.startswith("/") else None
 
 
-def _write_members(items: list[PlanItem], writer, progress, staging: list[Path]) -> list[Member]:
+def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progress,
+                   staging: list[Path]) -> list[Member]:
     failed = threading.Event()  # a member failed (or a signal came): the others stop
 
     def stopping() -> bool:
@@ -128,23 +131,23 @@ def _write_members(items: list[PlanItem], writer, progress, staging: list[Path])
         if failed.is_set():
             raise FactorArchiveError("not started: another member failed")
         if item.concat is None:
+            assert item.source is not None
             return writer.write(item.member, item.source, progress)
-        reuse = getattr(writer, "already_written", None)
-        done = reuse(item.member) if reuse else None
+        done = writer.already_written(item.member) if writer.capabilities.resumable_writes else None
         if done is not None:
             progress(done.size)
             return done
+        from .ms.casacore_table import run_in_worker
+
         place = writer.staging_dir()
         if not staging:
             staging.append(place)
         staged = place / Path(item.member.path).name
         run_in_worker("concat_in_frequency", list(item.concat), str(staged), stop=stopping)
         _stamp_like_inputs(staged, [Path(s) for s in item.concat if s])
-        kwargs = {"move": True} if getattr(writer, "form", "") == "dir" else {}
-        member = writer.write(item.member, staged, progress, **kwargs)
-        return member
+        return writer.write(item.member, staged, progress, staged=True)
 
-    if not getattr(writer, "parallel", False):
+    if not writer.capabilities.parallel_members:
         return [one(item) for item in items]
     pool = ThreadPoolExecutor(max_workers=2)
     futures = [pool.submit(one, item) for item in items]

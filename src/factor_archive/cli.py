@@ -69,7 +69,7 @@ def _guard(prog: str, func: Callable[[], int], hint: Callable[[], str] = lambda:
         if signals.received() is not None:
             return _interrupted(prog, hint())
         if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-            from .containers.base import io_error
+            from .io.failures import io_error
 
             _say(prog, f"error: {io_error(os.fsdecode(exc.filename), exc)}")
         else:
@@ -127,7 +127,9 @@ def _archive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--resumable", action="store_true",
                    help="make an archive suitable for resuming (chunks, state, sky models, solutions, mapfiles)")
     p.add_argument("-c", "--clobber", action="store_true", help="overwrite an existing archive")
-    p.add_argument("--format", choices=("dir", "tar", "zarr"), default=None,
+    from .containers.registry import names
+
+    p.add_argument("--format", choices=names(), default=None,
                    help="archive form (default: tar for '-' or *.tar, zarr for *.zarr, *.zarr.zip and "
                         "s3://, dir otherwise)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -135,12 +137,9 @@ def _archive_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _guess_form(output: str) -> str:
-    low = output.lower()
-    if output == "-" or low.endswith(".tar"):
-        return "tar"
-    if low.endswith((".zarr", ".zarr.zip")) or "://" in output:
-        return "zarr"
-    return "dir"
+    from .containers.registry import form_for_output
+
+    return form_for_output(output)
 
 
 def _archive_hint(args: argparse.Namespace) -> str:
@@ -214,7 +213,7 @@ def _run_unarchive(args: argparse.Namespace) -> int:
 # -- ls / verify / sample ------------------------------------------------------------------------
 
 def _run_ls(args: argparse.Namespace) -> int:
-    from .containers.detect import open_reader
+    from .containers.registry import open_reader
 
     reader = open_reader(args.archive)
     try:
@@ -232,7 +231,7 @@ def _run_ls(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .containers.detect import open_reader
+    from .containers.registry import open_reader
     from .progress import Reporter
 
     reader = open_reader(args.archive)

@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
+from ..io.copy import Progress, copy_stream, hash_file
+from ..io.durable import fsync_dir, start_writeback, sync_filesystem, write_atomic
+from ..io.failures import io_error
+from ..io.install import discard, install, partial_name, remove, set_meta, set_table_meta
+from ..io.tree import stat_entry, walk_table
 from ..manifest import (
     CHECKSUMS_NAME,
     MANIFEST_NAME,
@@ -31,20 +36,7 @@ from ..manifest import (
     tag_problems,
     tree_digest,
 )
-from .base import (
-    Progress,
-    copy_stream,
-    fill_file_member,
-    finish_table_member,
-    fsync_dir,
-    hash_file,
-    io_error,
-    start_writeback,
-    stat_entry,
-    sync_filesystem,
-    walk_table,
-    write_atomic,
-)
+from .base import ArchiveReader, ArchiveWriter, Capabilities, DestFor, file_member, table_member
 
 JOURNAL_NAME = ".factor-archive-journal.jsonl"
 WRITEBACK_MIN = 1 << 20  # smaller files are left to the final sync, which batches them
@@ -98,16 +90,10 @@ def _copy_dir_times(src: Path, dst: Path) -> None:
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
-class DirectoryWriter:
+class DirectoryWriter(ArchiveWriter):
     form = "dir"
-    parallel = True  # members are independent files: two can be copied at once
+    # Members are independent files: two can be copied at once; a journal lets a rerun continue.
+    capabilities = Capabilities(parallel_members=True, resumable_writes=True)
 
     def __init__(self, root: str | os.PathLike, *, clobber: bool = False):
         self.root = Path(os.path.abspath(root))
@@ -136,7 +122,7 @@ class DirectoryWriter:
         self.notices = [f"{self.root}: continuing an interrupted archive ({len(self.journal)} members "
                         "already written are kept where intact)"] if self.continuing else []
         try:
-            self._journal_file = open(self.root / JOURNAL_NAME, "a", encoding="utf-8")
+            self._journal_file = open(self.root / JOURNAL_NAME, "a", encoding="utf-8")  # noqa: SIM115 - kept open until close()/abort()
             if self._journal_file.tell() and not _ends_in_newline(self.root / JOURNAL_NAME):
                 self._journal_file.write("\n")  # after a torn last line (a full disk): a line of its own
         except OSError as exc:
@@ -184,7 +170,7 @@ class DirectoryWriter:
             return None
         return done
 
-    def write(self, member: Member, source: Path, progress: Progress, *, move: bool = False) -> Member:
+    def write(self, member: Member, source: Path, progress: Progress, *, staged: bool = False) -> Member:
         dest = self.root / safe_relpath(member.path)
         kept = self._reusable(member, source, dest)
         if kept is not None:
@@ -193,17 +179,17 @@ class DirectoryWriter:
         if dest.exists() or dest.is_symlink():
             if not self.clobber and not self.continuing:
                 raise BadInput(f"{dest}: exists; use -c to overwrite")
-            _remove(dest)       # (continuing: killed after its rename, before its journal line)
-        partial = dest.with_name(f".{dest.name}.partial")
-        if partial.exists() or partial.is_symlink():
-            _remove(partial)
+            remove(dest)        # (continuing: killed after its rename, before its journal line)
+        partial = partial_name(dest)
+        remove(partial)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise io_error(dest.parent, exc) from None
         source_size, source_mtime = _source_size(source), _mtime(source)
         if member.kind == "table":
-            if move:
+            st_root = stat_entry(source)
+            if staged:              # built for this archive: moved in, not copied
                 os.rename(source, partial)
                 files, dirs = walk_table(partial)
                 entries = []
@@ -214,10 +200,13 @@ class DirectoryWriter:
                                              mtime=st.st_mtime, sha256=sha))
             else:
                 entries, dirs = copy_table(source, partial, progress, writeback=True)
-            finish_table_member(member, entries, dirs)
+            member = table_member(member, entries, dirs, mode=stat.S_IMODE(st_root.st_mode),
+                                  mtime=st_root.st_mtime)
         else:
             sha, size = copy_file(source, partial, progress, writeback=True)
-            fill_file_member(member, stat_entry(source), sha, size)
+            member = file_member(member, stat_entry(source), sha, size)
+            if staged:
+                discard(source)
         # Journalled before it takes its name: a member in place is always in the journal, so a
         # rerun after a failure here (a full disk) keeps or replaces it instead of refusing it.
         try:
@@ -290,10 +279,12 @@ def _member_dict(member: Member) -> dict:
     return asdict(member)
 
 
-class DirectoryReader:
+class DirectoryReader(ArchiveReader):
     form = "dir"
+    capabilities = Capabilities(parallel_members=True, local_paths=True)
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, staging: Path | None = None):
+        """``staging`` is not needed: every member is read in place."""
         self.root = Path(os.path.abspath(root))
         path = self.root / MANIFEST_NAME
         text = _read_metadata(path)
@@ -308,16 +299,15 @@ class DirectoryReader:
             if MANIFEST_NAME in found:
                 raise DamagedArchive(found[MANIFEST_NAME])
             self.metadata_problems = list(found.values())
-        self.manifest = Manifest.from_json(text, str(path))
+        self._manifest = Manifest.from_json(text, str(path))
         if tags is None and self.manifest.tag_manifest:
             raise DamagedArchive(f"{self.root / TAG_MANIFEST_NAME}: missing (the manifest cannot be "
                                  "checked; archive damaged)")
-        if tags is None and self._checksums is not None:
-            # An archive from before tag manifests: manifest-sha256.txt, derived from the manifest,
-            # is the only witness; if they disagree, one of them is damaged.
-            if check_checksums_file(str(self.root), self.manifest, self._checksums):
-                raise DamagedArchive(f"{path}: disagrees with {CHECKSUMS_NAME}; one of them is "
-                                     "damaged")
+        # An archive from before tag manifests: manifest-sha256.txt, derived from the manifest,
+        # is the only witness; if they disagree, one of them is damaged.
+        if tags is None and self._checksums is not None \
+                and check_checksums_file(str(self.root), self.manifest, self._checksums):
+            raise DamagedArchive(f"{path}: disagrees with {CHECKSUMS_NAME}; one of them is damaged")
 
     def _src(self, member: Member) -> Path:
         """Where a member's data lies. We never write symbolic links into an archive, so one
@@ -336,12 +326,17 @@ class DirectoryReader:
                                             "the archive; refusing to follow it")
         return src
 
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
     def local_path(self, member: Member) -> Path | None:
         return self._src(member)
 
-    def extract(self, members: list[Member], dest_for: Callable[[Member], Path | None],
-                progress: Progress) -> None:
-        jobs = [(m, d) for m, d in ((m, dest_for(m)) for m in members) if d is not None]
+    def extract(self, members: list[Member] | None, dest_for: DestFor, progress: Progress) -> None:
+        chosen = self.manifest.members if members is None else members
+        jobs = [(m, d) for m, d in ((m, dest_for(m)) for m in chosen)
+                if d is not None and m.kind in ("file", "table")]
         if len(jobs) < 2:
             for member, dest in jobs:
                 self._extract_one(member, dest, progress)
@@ -371,17 +366,16 @@ class DirectoryReader:
                 raise
 
     def _extract_one(self, member: Member, dest: Path, progress: Progress) -> None:
-        partial = dest.with_name(f".{dest.name}.partial")
+        partial = partial_name(dest)
         try:
             self._extract_partial(member, dest, partial, progress)
         except BaseException:
-            _remove(partial)  # a full disk gets its space back; the restore marker stays
+            discard(partial)  # a full disk gets its space back; the restore marker stays
             raise
 
     def _extract_partial(self, member: Member, dest: Path, partial: Path, progress: Progress) -> None:
         src = self._src(member)
-        if partial.exists():
-            _remove(partial)
+        remove(partial)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if member.kind == "table":
             if not src.is_dir():
@@ -390,23 +384,21 @@ class DirectoryReader:
             got = {e.path: e.sha256 for e in entries}
             for f in member.files:
                 if got.get(f.path) != f.sha256:
-                    _remove(partial)
                     raise FactorArchiveError(f"{src / f.path}: checksum mismatch or missing "
                                              f"(archive damaged)")
             extra = set(got) - {f.path for f in member.files}
             if extra:
-                _remove(partial)
                 raise BadInput(f"{src}: holds files the manifest does not list: {sorted(extra)[0]}")
+            set_table_meta(partial, [(f.path, f.mode, f.mtime) for f in member.files], member.dirs,
+                           member.mode, member.mtime)
         else:
             if not src.is_file():
                 raise FactorArchiveError(f"{src}: member missing from the archive")
             sha, _ = copy_file(src, partial, progress, writeback=True)
             if sha != member.sha256:
-                partial.unlink()
                 raise FactorArchiveError(f"{src}: checksum mismatch (archive damaged)")
-        if dest.exists() or dest.is_symlink():
-            _remove(dest)
-        os.rename(partial, dest)
+            set_meta(partial, member.mode, member.mtime)
+        install(partial, dest)
 
     def verify(self, progress: Progress) -> list[str]:
         problems = list(self.metadata_problems)

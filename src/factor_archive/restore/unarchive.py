@@ -9,19 +9,20 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from .. import signals
-from ..containers.base import disk_full, is_disk_full, write_atomic, written_path
-from ..containers.detect import open_reader
+from ..containers.base import table_worker_session
+from ..containers.registry import open_reader
 from ..errors import BadInput, FactorArchiveError
+from ..io.durable import write_atomic
+from ..io.failures import disk_full, is_disk_full, written_path
 from ..manifest import Manifest, Member, safe_relpath
-from ..ms.casacore_table import worker_session
 from ..progress import Reporter
 from ..run.mapfile import MapfileError, rewrite_mapfile
 from ..run.parset import rewrite_parset
 from ..run.state import UnsafePickleError, rewrite_strings
+from .chunk_store import ChunkLinks
 from .rewrite import make_path_mapper, py2_bytes_mapper
 
 MARKER = ".factor-archive-restore-incomplete"
@@ -78,13 +79,13 @@ def _prepare_output(output: Path, clobber: bool) -> str | None:
 
 
 def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool = False,
-              quiet: bool = False, store: str | None = None, log: Callable[[str], None] = print) -> Manifest:
+              quiet: bool = False, store: str | None = None) -> Manifest:
     new_wd = Path(os.path.abspath(output))
     scratch = new_wd / SCRATCH
     reader = open_reader(archive, staging=scratch)
     links = None
     try:
-        if getattr(reader, "seekable", True):
+        if reader.capabilities.seekable:
             _check_resumable(reader.manifest, archive)  # before anything is written
         notice = _prepare_output(new_wd, clobber)
         if notice and not quiet:
@@ -108,12 +109,14 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
                 return None
             return new_wd / safe_relpath(member.restore_path, archive)
 
-        todo = [m for m in manifest.members if dest_for(m) is not None]
-        for m in todo:
-            dest_for(m).parent.mkdir(parents=True, exist_ok=True)
+        places = {m.path: dest_for(m) for m in manifest.members}
+        todo = [m for m in manifest.members if places[m.path] is not None]
+        for place in places.values():
+            if place is not None:
+                place.parent.mkdir(parents=True, exist_ok=True)
         reporter = Reporter(sum(m.size for m in todo), "restoring", quiet=quiet)
         try:
-            with worker_session():  # tables decoded from zarr are written by worker processes
+            with table_worker_session(reader.capabilities.table_workers):  # zarr tables: decoded in workers
                 reader.extract(todo, dest_for, reporter)
         finally:
             reporter.close()
@@ -138,63 +141,6 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
     finally:
         reader.close()
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-class ChunkLinks:
-    """-s: chunk tables become symlinks instead of copies.
-
-    A directory archive already holds each chunk as plain files: link to it. Other forms
-    materialise each chunk once into a store beside the archive (or ``--store``), keyed by the
-    member's checksum, so a second restore from the same archive reuses it without copying.
-    """
-
-    def __init__(self, reader, archive: str, store: str | None):
-        self.reader = reader
-        self.archive = archive
-        self.store_option = store
-        self.targets: dict[str, Path] = {}   # member path -> what the link points to
-        self.pending: dict[str, Path] = {}   # member path -> where extract writes it first
-
-    def store_dir(self) -> Path:
-        if self.store_option:
-            return Path(os.path.abspath(self.store_option))
-        if self.archive == "-" or "://" in self.archive:
-            raise BadInput(f"{self.archive}: -s with a stream or a URL needs --store DIR for the chunks")
-        return Path(os.path.abspath(self.archive.rstrip("/")) + ".store")
-
-    def plan(self, manifest: Manifest) -> None:
-        for m in manifest.members:
-            if m.category != "chunks" or m.kind != "table" or m.restore_path is None:
-                continue
-            local = self.reader.local_path(m)
-            if local is not None:
-                self.targets[m.path] = local
-                continue
-            final = self.store_dir() / m.sha256[:2] / m.sha256 / Path(m.path).name
-            self.targets[m.path] = final
-            if not (final.parent / ".complete").exists():
-                self.pending[m.path] = final.parent.with_name(f".partial-{m.sha256}") / final.name
-                if self.pending[m.path].parent.exists():
-                    shutil.rmtree(self.pending[m.path].parent)
-
-    def finish(self, manifest: Manifest, new_wd: Path) -> None:
-        for path, tmp in self.pending.items():
-            final_dir = self.targets[path].parent
-            (tmp.parent / ".complete").write_text("")
-            if final_dir.exists():
-                shutil.rmtree(tmp.parent)      # another restore finished it first
-            else:
-                os.rename(tmp.parent, final_dir)
-        for m in manifest.members:
-            if m.path not in self.targets:
-                continue
-            dest = new_wd / safe_relpath(m.restore_path)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_symlink() or dest.is_file():
-                dest.unlink()
-            elif dest.is_dir():
-                shutil.rmtree(dest)
-            os.symlink(self.targets[m.path], dest)
 
 
 def _rewrite_paths(manifest: Manifest, new_wd: Path) -> None:

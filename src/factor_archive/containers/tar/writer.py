@@ -1,0 +1,321 @@
+"""Writing the indexed tar: never seeking, so it can go straight to a pipe or a tape."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ...errors import BadInput, FactorArchiveError
+from ...io.copy import Progress, ReusedBufferSink, copy_stream_later, no_progress
+from ...io.durable import fsync_dir
+from ...io.failures import io_error, is_disk_full
+from ...io.install import discard
+from ...io.leftovers import remove_stale_partials
+from ...io.tree import walk_table
+from ...manifest import (
+    CHECKSUMS_NAME,
+    MANIFEST_NAME,
+    TAG_MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    Member,
+    checksums_text,
+    safe_relpath,
+    tag_manifest_text,
+)
+from ..base import ArchiveWriter, Capabilities, file_member, table_member
+from .format import (
+    INDEX_NAME,
+    METADATA_NAMES,
+    ZERO_BLOCK,
+    _created_ns,
+    _padding,
+    announcement,
+    entry_headers,
+    index_entry,
+)
+
+
+class _Sink(ReusedBufferSink):
+    """The output, counting bytes: offsets come from counting, never from tell() or seek().
+
+    write() hands each block straight on, so copy_stream may reuse its buffers."""
+
+    def __init__(self, f: BinaryIO, name: str, *, regular_file: bool = False) -> None:
+        self.f = f
+        self.name = name
+        self.pos = 0
+        # A regular file opened for reading too: member data is copied into it by the kernel
+        # (copy_file_range) and hashed from the page cache on a second core, as the directory
+        # form copies; a pipe gets every block through write().
+        self.regular_file = regular_file
+
+    def write(self, data: bytes) -> int:
+        try:
+            self.f.write(data)
+        except OSError as exc:
+            raise io_error(self.name, exc) from None
+        self.pos += len(data)
+        return len(data)
+
+
+class TarWriter(ArchiveWriter):
+    """Writes an indexed tar to a path (atomically) or to standard output (``"-"``)."""
+
+    form = "tar"
+    capabilities = Capabilities(streams=True)
+
+    def __init__(self, path: str, *, clobber: bool = False) -> None:
+        self._stream = str(path) == "-"
+        self._clobber = clobber
+        self._staging: Path | None = None
+        self._paths: set[str] = set()
+        self._parents: set[str] = set()       # every ancestor of a stored path
+        self._done = False
+        self.notices: list[str] = []           # for the user: leftovers of killed runs removed
+        if self._stream:
+            self.path: Path | None = None
+            self._partial: Path | None = None
+            if sys.stdout.isatty():
+                raise BadInput("refusing to write a tar archive to a terminal; redirect or pipe "
+                               "standard output")
+            self._sink = _Sink(sys.stdout.buffer, "<stdout>")
+            return
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise BadInput(f"{path}: is a directory")
+        if not self.path.parent.is_dir():
+            raise BadInput(f"{self.path.parent}: no such directory")
+        if not clobber and os.path.lexists(self.path):
+            raise BadInput(f"{path}: already exists (use --clobber to replace it)")
+        self.notices = remove_stale_partials(self.path)
+        self._partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        try:
+            f = open(self._partial, "w+b")  # noqa: SIM115 - the writer owns it until close()/abort()
+        except OSError as exc:
+            raise io_error(self._partial, exc) from None
+        try:
+            self._sink = _Sink(f, str(self.path), regular_file=True)
+        except BaseException:  # interrupted (Ctrl-C) before the caller holds the writer to abort
+            f.close()
+            os.unlink(self._partial)
+            raise
+
+    # -- ArchiveWriter -------------------------------------------------------------------------
+
+    def write(self, member: Member, source: Path, progress: Progress = no_progress, *,
+              staged: bool = False) -> Member:
+        if self._done:
+            raise FactorArchiveError("internal error: write() after close() or abort()")
+        path = safe_relpath(member.path, "archive member")
+        ancestors = {path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1)}
+        if path != member.path or path in (*METADATA_NAMES, INDEX_NAME) \
+                or path in self._paths or path in self._parents or ancestors & self._paths:
+            raise BadInput(f"{member.path}: archive path clashes with another member or is "
+                           "not in normal form")
+        source = Path(source)
+        if member.kind == "file":
+            st, sha, offset = self._write_file(path, source, progress, announcement(member))
+            member = file_member(member, st, self._checksum(sha), st.st_size, offset=offset)
+        elif member.kind == "table":
+            member = self._write_table(member, source, progress)
+        elif member.kind == "link":
+            # The manifest carries symlink_target; there are no bytes to store.
+            member = dataclasses.replace(member, size=0, offset=None)
+        else:
+            raise BadInput(f"{member.path}: unknown member kind {member.kind!r}")
+        self._paths.add(path)
+        self._parents |= ancestors
+        if staged:
+            discard(source)         # generated (calibrated data): scratch peaks at one member
+        return member
+
+    def staging_dir(self) -> Path:
+        if self._staging is None:
+            where = Path(tempfile.gettempdir()) if self.path is None else self.path.parent
+            try:
+                if self.path is None:
+                    self._staging = Path(tempfile.mkdtemp(prefix=".stdout.staging-", dir=where))
+                else:   # named after this process, so a rerun after kill -9 can remove it
+                    self._staging = where / f".{self.path.name}.staging-{os.getpid()}"
+                    discard(self._staging)
+                    self._staging.mkdir()  # known before it exists: abort() removes it whenever it comes
+            except OSError as exc:
+                raise io_error(where, exc) from None
+        return self._staging
+
+    def close(self, manifest: Manifest) -> None:
+        if self._done:
+            raise FactorArchiveError("internal error: close() after close() or abort()")
+        manifest.container = "tar"
+        manifest.tag_manifest = TAG_MANIFEST_NAME
+        mtime_ns = _created_ns(manifest)
+        blobs = {MANIFEST_NAME: manifest.to_json().encode("utf-8"),
+                 CHECKSUMS_NAME: checksums_text(manifest).encode("utf-8")}
+        blobs[TAG_MANIFEST_NAME] = tag_manifest_text(blobs).encode("utf-8")
+        entries = {name: self._write_blob(name, blobs[name], mtime_ns) for name in METADATA_NAMES}
+        self._sink.write(index_entry(entries, mtime_ns // 10 ** 9))
+        self._sink.write(ZERO_BLOCK * 2)
+        out = self._sink.f
+        try:
+            out.flush()
+            if self._stream:
+                self._fsync_stdout()
+            else:
+                os.fsync(out.fileno())
+                out.close()
+                self._publish()
+        except OSError as exc:
+            raise io_error(self._sink.name, exc) from None
+        self._done = True
+        self._remove_staging()
+
+    def abort(self) -> None:
+        self._done = True
+        if not self._stream:
+            try:
+                self._sink.f.close()
+            except OSError:
+                pass
+            if self._partial is not None:
+                try:
+                    os.unlink(self._partial)
+                except FileNotFoundError:
+                    pass
+        # A stream gets no index and no end-of-archive blocks: readers see it as truncated.
+        self._remove_staging()
+
+    def __enter__(self) -> TarWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None and not self._done:
+            self.abort()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _write_file(self, apath: str, source: Path, progress: Progress,
+                    comment: str | None) -> tuple[os.stat_result, Callable[[], str], int]:
+        """Headers and data of one file; its checksum may still be computing (call it)."""
+        try:
+            if not stat.S_ISREG(os.stat(source).st_mode):   # never open a FIFO or a device
+                raise BadInput(f"{source}: not a regular file")
+            f = open(source, "rb")  # noqa: SIM115 - opened apart from its with, so an OSError names the file
+        except OSError as exc:
+            raise io_error(source, exc) from None
+        with f:
+            st = os.fstat(f.fileno())
+            self._sink.write(entry_headers(apath, b"0", st.st_size, stat.S_IMODE(st.st_mode),
+                                           st.st_mtime_ns, comment))
+            offset = self._sink.pos
+            dst = self._sink.f if self._sink.regular_file else self._sink
+            try:
+                sha, size = copy_stream_later(f, dst, progress, limit=st.st_size)
+            except OSError as exc:      # a full disk is the output's; anything else the source's
+                raise io_error(self._sink.name if is_disk_full(exc) else source, exc) from None
+            if dst is not self._sink:
+                self._sink.pos += size
+        if size != st.st_size:
+            raise FactorArchiveError(f"{source}: file shrank while being archived")
+        self._sink.write(_padding(size))
+        return st, sha, offset
+
+    def _write_dir(self, apath: str, st: os.stat_result, comment: str | None = None) -> None:
+        self._sink.write(entry_headers(apath + "/", b"5", 0, stat.S_IMODE(st.st_mode),
+                                       st.st_mtime_ns, comment))
+
+    def _write_table(self, member: Member, root: Path, progress: Progress) -> Member:
+        try:
+            st_root = os.stat(root)
+        except OSError as exc:
+            raise io_error(root, exc) from None
+        if not stat.S_ISDIR(st_root.st_mode):
+            raise BadInput(f"{root}: not a directory (expected a table)")
+        files, dirs = walk_table(root)
+        self._write_dir(member.path, st_root, announcement(member))
+        for d in dirs:
+            try:
+                st = os.stat(root / d)
+            except OSError as exc:
+                raise io_error(root / d, exc) from None
+            self._write_dir(f"{member.path}/{d}", st)
+        # A file is hashed (from the page cache, on a second core) while the next is copied.
+        written: list[tuple[str, Path, os.stat_result, Callable[[], str], int]] = []
+        try:
+            for rel, full in files:
+                st, sha, offset = self._write_file(f"{member.path}/{rel}", full, progress, None)
+                written.append((rel, full, st, sha, offset))
+        except BaseException:
+            for _rel, _full, _st, sha, _offset in written:
+                self._checksum(sha, quiet=True)      # let the hashing threads end
+            raise
+        sums = [self._checksum(sha) for _rel, _full, _st, sha, _offset in written]
+        entries = [FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, digest, offset)
+                   for (rel, _full, st, _sha, offset), digest in zip(written, sums)]
+        return table_member(member, entries, dirs, mode=stat.S_IMODE(st_root.st_mode),
+                            mtime=st_root.st_mtime, offset=None)
+
+    def _checksum(self, sha: Callable[[], str], *, quiet: bool = False) -> str:
+        """Wait for a file's checksum; a read-back failure is the output's (quiet: after another
+        failure, only let the hashing finish)."""
+        try:
+            return sha()
+        except OSError as exc:
+            if quiet:
+                return ""
+            raise io_error(self._sink.name, exc) from None
+        except BaseException:
+            if quiet:
+                return ""
+            raise
+
+    def _write_blob(self, apath: str, data: bytes, mtime_ns: int) -> tuple[int, int, str]:
+        self._sink.write(entry_headers(apath, b"0", len(data), 0o644, mtime_ns))
+        offset = self._sink.pos
+        self._sink.write(data)
+        self._sink.write(_padding(len(data)))
+        return offset, len(data), hashlib.sha256(data).hexdigest()
+
+    def _fsync_stdout(self) -> None:
+        try:
+            os.fsync(self._sink.f.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass        # a pipe or a terminal: nothing to make durable here
+
+    def _publish(self) -> None:
+        assert self.path is not None and self._partial is not None
+        if self._clobber:
+            os.replace(self._partial, self.path)
+        else:
+            try:                                    # fails instead of replacing a newcomer
+                os.link(self._partial, self.path)
+            except FileExistsError:
+                os.unlink(self._partial)
+                raise BadInput(f"{self.path}: appeared while archiving; not replaced") from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                if os.path.lexists(self.path):
+                    os.unlink(self._partial)
+                    raise BadInput(f"{self.path}: appeared while archiving; not replaced") \
+                        from None
+                os.rename(self._partial, self.path)
+            else:
+                os.unlink(self._partial)
+        fsync_dir(self.path.parent)
+
+    def _remove_staging(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+

@@ -1,0 +1,436 @@
+"""Reading the zarr form: the manifest first, then each member, every checksum verified."""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from ...errors import BadInput, DamagedArchive, FactorArchiveError
+from ...io.copy import Progress, no_progress
+from ...io.failures import io_error
+from ...io.install import discard, install, partial_name, remove, set_meta, set_table_meta
+from ...manifest import Manifest, Member, safe_relpath, tree_digest
+from ..base import ArchiveReader, Capabilities, DestFor
+from ..locations import Location
+from .layout import (
+    ATTR,
+    LAYOUT,
+    LAYOUT_VERSION,
+    MANIFEST_NODE,
+    RAW_GROUP,
+    node_component,
+    node_path,
+)
+from .stores import (
+    _close_url_store,
+    _is_transport,
+    _Location,
+    _store_exists,
+    _url_error,
+    _zip_store,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Reader
+
+class ZarrReader(ArchiveReader):
+    form = "zarr"
+    capabilities = Capabilities(table_workers=True)   # tables go through the casacore codec
+
+    def __init__(self, location: str | os.PathLike[str] | Location, *, staging: Path | None = None):
+        """``staging`` is not needed: members are read from the store in any order."""
+        import zarr
+
+        self.loc = _Location(location)
+        self.origin = self.loc.text
+        try:
+            if self.loc.kind == "url":
+                self.store = self.loc.open_url_store(read_only=True)
+            elif self.loc.kind == "dir":
+                from zarr.storage import LocalStore
+                if not (self.loc.path / "zarr.json").is_file():
+                    raise BadInput(f"{self.loc.path}: not a zarr store (no zarr.json)")
+                self.store = LocalStore(self.loc.path, read_only=True)
+            else:
+                if not self.loc.path.is_file():
+                    raise BadInput(f"{self.loc.path}: archive not found")
+                self.store = _zip_store(self.loc.path, "r")
+            if self.loc.kind == "url" and not _store_exists(self.store, "zarr.json"):
+                raise BadInput(f"{self.origin}: no zarr store there (no zarr.json)")
+            try:
+                self.root = zarr.open_group(self.store, mode="r")
+            except FileNotFoundError:
+                raise BadInput(f"{self.origin}: not a zarr store (no zarr.json)") from None
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DamagedArchive(f"{self.origin}: not a readable zarr v3 store "
+                                     f"({_what_failed(exc)})") from None
+            attrs = self.root.attrs.get(ATTR)
+            if not isinstance(attrs, dict) or attrs.get("layout") != LAYOUT:
+                raise BadInput(f"{self.origin}: a zarr store, but not a factor-archive archive")
+            if attrs.get("layout_version", 0) > LAYOUT_VERSION:
+                raise BadInput(f"{self.origin}: zarr layout version {attrs.get('layout_version')} is "
+                               f"newer than this tool understands ({LAYOUT_VERSION}); upgrade factor-archive")
+            self._manifest = Manifest.from_json(self._manifest_bytes(), f"{self.origin}/{MANIFEST_NODE}")
+        except FactorArchiveError:
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            if self.loc.kind == "url":
+                raise _url_error(self.loc, exc) from None
+            raise BadInput(f"{self.origin}: cannot read ({exc.strerror or exc})") from None
+        except Exception as exc:
+            self.close()
+            raise _read_failure(self.loc, exc, "the archive") from None
+        except BaseException:
+            self.close()
+            raise
+        if self.manifest.container != "zarr":
+            self.close()
+            raise BadInput(f"{self.origin}: manifest says container {self.manifest.container!r}, not zarr")
+
+    def _manifest_bytes(self) -> bytes:
+        incomplete = f"{self.origin}: not a complete archive (no {MANIFEST_NODE}); an interrupted archive?"
+        if not _store_exists(self.store, f"{MANIFEST_NODE}/zarr.json"):
+            raise BadInput(incomplete)
+        try:
+            arr = self.root[MANIFEST_NODE]
+            if not isinstance(arr, zarr.Array):
+                raise DamagedArchive(f"{self.origin}: {MANIFEST_NODE} is not an array (damaged archive)")
+            meta = arr.attrs.get(ATTR) or {}
+            if arr.shape[0] and arr.nchunks_initialized != arr.nchunks:
+                raise BadInput(incomplete)
+            data = np.asarray(arr[:]).tobytes()
+        except (BadInput, DamagedArchive):
+            raise
+        except Exception as exc:
+            raise DamagedArchive(f"{self.origin}: manifest unreadable ({_what_failed(exc)}); damaged, or "
+                                 "an interrupted archive?") from None
+        if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(data).hexdigest() \
+                or meta.get("size") != len(data):
+            raise DamagedArchive(f"{self.origin}: manifest does not match its checksum (damaged archive)")
+        return data
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def _node(self, member: Member):
+        try:
+            return self.root[node_path(member.path)]
+        except KeyError:
+            raise DamagedArchive(f"{self.origin}: {member.path}: member missing from the archive") from None
+        except Exception as exc:
+            raise DamagedArchive(f"{self.origin}: {member.path}: metadata damaged "
+                                 f"({_what_failed(exc)})") from None
+
+    @staticmethod
+    def _stored(member: Member) -> str:
+        if member.kind == "link":
+            return "link"
+        if member.kind == "file":
+            return "file"
+        stored = (member.extra.get("zarr") or {}).get("stored")
+        if stored not in ("columns", "raw-files"):
+            raise BadInput(f"manifest: table member {member.path!r} does not say how it is stored")
+        return stored
+
+    def _raw_group(self, member: Member, group):
+        name = (member.extra.get("zarr") or {}).get("raw_group", RAW_GROUP)
+        if not isinstance(name, str) or "/" in name or not name or name.startswith("_"):
+            raise BadInput(f"manifest: member {member.path!r} has a bad raw_group")
+        try:
+            return group[name]
+        except KeyError:
+            raise FactorArchiveError(f"{self.origin}: {member.path}: raw table files missing") from None
+
+    @staticmethod
+    def _raw_file(raw, rel: str):
+        return raw["/".join(node_component(c) for c in rel.split("/"))]
+
+    # -- protocol -------------------------------------------------------------------------------
+    def local_path(self, member: Member) -> Path | None:
+        return None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def extract(self, members: list[Member] | None, dest_for: DestFor,
+                progress: Progress = no_progress) -> None:
+        for member in self.manifest.members if members is None else members:
+            dest = dest_for(member)
+            if dest is None:
+                continue
+            stored = self._stored(member)
+            if stored == "link":
+                continue
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if stored == "file":
+                    self._extract_file(member, dest, progress)
+                elif stored == "columns":
+                    self._extract_table(member, dest, progress)
+                else:
+                    self._extract_raw_table(member, dest, progress)
+            except OSError as exc:
+                if self.loc.kind == "url" and exc.filename is None:
+                    raise _url_error(self.loc, exc) from None
+                raise io_error(exc.filename or dest, exc) from None
+            except FactorArchiveError:
+                self._check_reachable()
+                raise
+            except Exception as exc:
+                self._check_reachable()
+                raise _read_failure(self.loc, exc, member.path) from None
+
+    def _extract_file(self, member: Member, dest: Path, progress: Progress) -> None:
+        arr = self._node(member)
+        partial = partial_name(dest)
+        remove(partial)
+        try:
+            with open(partial, "wb") as f:
+                sha = _copy_array(arr, f, member.path, progress, member.size)
+            if sha != member.sha256:
+                raise FactorArchiveError(f"{self.origin}: {member.path}: checksum mismatch (archive damaged)")
+            set_meta(partial, member.mode, member.mtime)
+            install(partial, dest)
+        except BaseException:
+            discard(partial)
+            raise
+
+    def _extract_table(self, member: Member, dest: Path, progress: Progress) -> None:
+        from ...ms.casacore_table import decode_table
+
+        group = self._node(member)
+        content = group.attrs.get("casacore_content") or {}
+        if not isinstance(content, dict) or content.get("content_sha256") != member.sha256:
+            raise FactorArchiveError(f"{self.origin}: {member.path}: table checksum in the store differs "
+                                     f"from the manifest (archive damaged)")
+        # A private directory keeps the table's own name, so errors name it as it is known.
+        work = partial_name(dest)
+        remove(work)
+        work.mkdir()
+        try:
+            try:
+                decode_table(group, work / dest.name, progress=progress)
+            except FactorArchiveError as exc:
+                raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
+            set_meta(work / dest.name, member.mode, member.mtime)
+            install(work / dest.name, dest)
+        finally:
+            discard(work)
+
+    def _name_in_archive(self, member: Member, message: str) -> str:
+        base = posixpath.basename(member.path)
+        if message.startswith(base):
+            message = posixpath.dirname(member.path) + ("/" if "/" in member.path else "") + message
+        else:
+            message = f"{member.path}: {message}"
+        return f"{self.origin}: {message}"
+
+    def _extract_raw_table(self, member: Member, dest: Path, progress: Progress) -> None:
+        raw = self._raw_group(member, self._node(member))
+        partial = partial_name(dest)
+        remove(partial)
+        try:
+            partial.mkdir()
+            for d in member.dirs:
+                (partial / safe_relpath(d, self.origin)).mkdir(parents=True, exist_ok=True)
+            for entry in member.files:
+                target = partial / safe_relpath(entry.path, self.origin)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    arr = self._raw_file(raw, entry.path)
+                except KeyError:
+                    raise FactorArchiveError(f"{self.origin}: {member.path}/{entry.path}: missing "
+                                             f"from the archive") from None
+                with open(target, "wb") as f:
+                    sha = _copy_array(arr, f, f"{member.path}/{entry.path}", progress, entry.size)
+                if sha != entry.sha256:
+                    raise FactorArchiveError(f"{self.origin}: {member.path}/{entry.path}: checksum "
+                                             f"mismatch (archive damaged)")
+            set_table_meta(partial, [(e.path, e.mode, e.mtime) for e in member.files], member.dirs,
+                           member.mode, member.mtime)
+            install(partial, dest)
+        except BaseException:
+            discard(partial)
+            raise
+
+    def verify(self, progress: Progress = no_progress) -> list[str]:
+        problems: list[str] = []
+        for member in self.manifest.members:
+            try:
+                found = self._verify_member(member, progress)
+                if found:
+                    self._check_reachable()
+                problems += found
+            except FactorArchiveError as exc:
+                self._check_reachable()
+                problems.append(str(exc))
+            except Exception as exc:
+                if self.loc.kind == "url" and _is_transport(exc):
+                    raise _url_error(self.loc, exc) from None   # the store went away: stop
+                if isinstance(exc, OSError):
+                    problems.append(f"{member.path}: cannot read ({exc.strerror or exc})")
+                else:
+                    problems.append(f"{member.path}: stored data is damaged ({_what_failed(exc)})")
+        return problems
+
+    def _check_reachable(self) -> None:
+        """A read failed: from an object store that cannot be reached any more, report that,
+        not damage (table decoding sees only that a read failed)."""
+        if self.loc.kind != "url":
+            return
+        try:
+            _store_exists(self.store, "zarr.json")
+        except Exception as exc:
+            raise _url_error(self.loc, exc) from None
+
+    def _verify_member(self, member: Member, progress: Progress) -> list[str]:
+        stored = self._stored(member)
+        if stored == "link":
+            return []
+        try:
+            node = self.root[node_path(member.path)]
+        except KeyError:
+            return [f"{member.path}: missing"]
+        if stored == "file":
+            return _verify_file(node, member.path, member.sha256, progress, member.size)
+        problems: list[str] = []
+        if stored == "columns":
+            if not isinstance(node, zarr.Group):
+                return [f"{member.path}: stored data is damaged (an array where a table group belongs)"]
+            content = node.attrs.get("casacore_content") or {}
+            if not isinstance(content, dict) or content.get("content_sha256") != member.sha256:
+                problems.append(f"{member.path}: table checksum in the store differs from the manifest")
+            from ...ms.casacore_table import verify_table  # every shard, column sha256s, content
+
+            return problems + verify_table(node, name=member.path, progress=progress)
+        try:
+            raw = self._raw_group(member, node)
+        except (BadInput, FactorArchiveError):
+            return [f"{member.path}: raw table files missing"]
+        for entry in member.files:
+            try:
+                arr = self._raw_file(raw, entry.path)
+            except KeyError:
+                problems.append(f"{member.path}/{entry.path}: missing")
+                continue
+            problems += _verify_file(arr, f"{member.path}/{entry.path}", entry.sha256, progress, entry.size)
+        if tree_digest(member.files) != member.sha256:
+            problems.append(f"{member.path}: table digest differs from its file list")
+        return problems
+
+    def close(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            try:
+                store.close()
+            except Exception:
+                pass
+            if self.loc.kind == "url":
+                _close_url_store(store)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading arrays shard by shard
+
+def _shard_len(arr) -> int:
+    return (arr.shards or arr.chunks)[0]
+
+
+def missing_shards(arr, limit: int | None = None) -> list[tuple[int, int]]:
+    """Index ranges (first, last along axis 0) of shards absent from the store, at most
+    ``limit`` of them.
+
+    Every shard is written when archiving (``write_empty_chunks``), so an absent one is damage;
+    zarr itself would silently return fill values for it.
+    """
+    if arr.shape[0] == 0 or arr.nchunks_initialized == arr.nchunks:
+        return []
+    step = _shard_len(arr)
+    nd = len(arr.shape)
+    out = []
+    for i in range(-(-arr.shape[0] // step)):
+        key = arr.metadata.encode_chunk_key((i,) + (0,) * (nd - 1))
+        if not _store_exists(arr.store, f"{arr.path}/{key}" if arr.path else key):
+            out.append((i * step, min(arr.shape[0], (i + 1) * step) - 1))
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def _blocks(arr) -> Iterator[tuple[int, int]]:
+    step = _shard_len(arr)
+    for start in range(0, arr.shape[0], step):
+        yield start, min(arr.shape[0], start + step)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_failure(loc: _Location, exc: BaseException, what: str) -> FactorArchiveError:
+    """One line for an unexpected error while reading: the object store went away, or the bytes
+    zarr (or the zip module) read are damaged."""
+    if isinstance(exc, FactorArchiveError):
+        return exc
+    if loc.kind == "url" and _is_transport(exc):
+        return _url_error(loc, exc)
+    return DamagedArchive(f"{loc.text}: {what}: stored data is damaged ({_what_failed(exc)})")
+
+
+def _what_failed(exc: BaseException) -> str:
+    """The first line of an unexpected library error, with its kind (``BadZipFile: ...``)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
+    """Write a file array's bytes to ``f`` shard by shard; return their sha256.
+
+    The array must be the 1-D uint8 array of ``size`` bytes the manifest describes: its metadata
+    is checked before anything is read, so a damaged shape cannot make us read for ever.
+    """
+    from zarr import Array
+
+    if not isinstance(arr, Array) or arr.shape != (size,) or arr.dtype != np.uint8:
+        shape = getattr(arr, "shape", None)
+        raise DamagedArchive(f"{what}: stored array does not match the manifest (shape {shape}, "
+                             f"{size} bytes expected; metadata damaged)")
+    gone = missing_shards(arr, limit=1)
+    if gone:
+        a, b = gone[0]
+        raise FactorArchiveError(f"{what}: bytes {a}-{b}: stored data is missing (archive damaged)")
+    digest = hashlib.sha256()
+    for start, stop in _blocks(arr):
+        try:
+            block = arr[start:stop]
+        except Exception as exc:
+            raise FactorArchiveError(f"{what}: bytes {start}-{stop - 1}: stored data is damaged "
+                                     f"({_first_line(exc)})") from None
+        data = np.ascontiguousarray(block, dtype=np.uint8).data
+        digest.update(data)
+        f.write(data)
+        progress(len(data))
+    return digest.hexdigest()
+
+
+def _verify_file(arr, what: str, sha256: str, progress: Progress, size: int) -> list[str]:
+    try:
+        got = _copy_array(arr, _Null(), what, progress, size)
+    except FactorArchiveError as exc:
+        return [str(exc)]
+    return [] if got == sha256 else [f"{what}: checksum differs"]
+
+
+class _Null:
+    def write(self, _data) -> None:
+        pass
+
+

@@ -1,0 +1,367 @@
+"""Writing the zarr form: every member a node below ``members/``, the manifest last.
+
+A local directory or zip store is written under a hidden temporary name beside the output and
+renamed into place when complete, so an interrupted or failed archive never takes the output's
+name. An object store has no rename: there the manifest, written last, is what makes the store
+complete, and a failed archive removes what it wrote.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BadInput, FactorArchiveError
+from ...io.copy import HashThread, Progress, no_progress
+from ...io.durable import fsync_dir, fsync_path, sync_filesystem
+from ...io.failures import io_error
+from ...io.install import remove, swap_into_place
+from ...io.leftovers import remove_stale_partials
+from ...io.tree import stat_entry, walk_table
+from ...manifest import FileEntry, Manifest, Member, safe_relpath
+from ..base import ArchiveWriter, Capabilities, file_member, table_member
+from ..locations import Location
+from .layout import (
+    ATTR,
+    LAYOUT,
+    LAYOUT_VERSION,
+    MANIFEST_NODE,
+    MEMBERS,
+    RAW_GROUP,
+    TABLE_CHECKSUM,
+    _compressors,
+    _file_extra,
+    _file_layout,
+    _write_bytes_array,
+    node_component,
+    node_path,
+)
+from .stores import (
+    ABORT_CLEANUP_SECONDS,
+    _close_url_store,
+    _fresh_store_class,
+    _is_transport,
+    _Location,
+    _remove_objects,
+    _remove_objects_async,
+    _sync,
+    _url_error,
+    _wait_for_zarr,
+    _zip_store,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Writer
+
+class ZarrWriter(ArchiveWriter):
+    form = "zarr"
+    # Members are written one after another: zarr compresses on its own thread pool, and
+    # encoding two tables at once was measured no faster (the Python side holds the GIL).
+    capabilities = Capabilities(table_workers=True)   # tables go through the casacore codec
+
+    def __init__(self, location: str | os.PathLike[str] | Location, *, clobber: bool = False):
+        import zarr
+
+        self.loc = _Location(location)
+        self.clobber = clobber
+        self._staging: Path | None = None
+        self._groups: dict[str, object] = {}
+        self._groups_lock = threading.Lock()
+        self._closed = False
+        self.notices: list[str] = []     # for the user: leftovers of killed runs removed
+        pid = os.getpid()
+        if self.loc.kind == "url":
+            self.base_store = self.loc.open_url_store(read_only=False)
+            try:
+                self._prepare_url()
+            except BaseException:
+                _close_url_store(self.base_store)
+                raise
+            self.store = _fresh_store_class()(self.base_store)
+            self.tmp = None
+        else:
+            final = self.loc.path
+            if final.exists() or final.is_symlink():
+                if not clobber:
+                    raise BadInput(f"{final}: already exists; use -c to overwrite it")
+                if self.loc.kind == "dir" and (not final.is_dir() or final.is_symlink() or (
+                        any(final.iterdir()) and not (final / "zarr.json").is_file())):
+                    raise BadInput(f"{final}: exists and is not a zarr store; refusing to overwrite it")
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise io_error(final.parent, exc) from None
+            self.notices = remove_stale_partials(final)
+            self.tmp = final.with_name(f".{final.name}.partial-{pid}")
+        try:
+            if self.tmp is not None:
+                remove(self.tmp)
+                if self.loc.kind == "dir":
+                    from zarr.storage import LocalStore
+                    self.store = LocalStore(self.tmp)
+                else:
+                    self.store = _zip_store(self.tmp, "w")
+            self.root = zarr.create_group(self.store, attributes={ATTR: {
+                "layout": LAYOUT, "layout_version": LAYOUT_VERSION, "members": MEMBERS,
+                "manifest": MANIFEST_NODE}})
+            self._groups[MEMBERS] = self.root.create_group(MEMBERS)
+        except Exception as exc:
+            self.abort()
+            raise self._failure(exc, self.tmp or self.loc.text) from None
+        except BaseException:  # interrupted (Ctrl-C) before the caller holds the writer to abort
+            self.abort()
+            raise
+
+
+    # -- object stores --------------------------------------------------------------------------
+    def _prepare_url(self) -> None:
+        fs, path = self.base_store.fs, self.base_store.path
+        try:
+            holds = bool(_sync(fs._ls(path)))
+        except FileNotFoundError:
+            holds = False
+        except Exception as exc:
+            raise self._failure(exc, self.loc.text) from None
+        if not holds:
+            return
+        if not self.clobber:
+            raise BadInput(f"{self.loc.text}: already holds data; use -c to overwrite it")
+        try:
+            # The old manifest goes first: from then on the old store no longer looks complete.
+            _remove_objects(fs, f"{path}/{MANIFEST_NODE}")
+            _remove_objects(fs, path)
+        except Exception as exc:
+            raise self._failure(exc, self.loc.text) from None
+
+    def _failure(self, exc: BaseException, path) -> BaseException:
+        """The one-line error for a failure while writing, or ``exc`` itself if it is not one
+        we know (a bug should show where it is)."""
+        if isinstance(exc, FactorArchiveError):
+            return exc
+        if self.loc.kind == "url" and _is_transport(exc) and getattr(exc, "filename", None) is None:
+            return _url_error(self.loc, exc)
+        if isinstance(exc, OSError):
+            return io_error(exc.filename or path, exc)
+        return exc
+
+    # -- protocol -------------------------------------------------------------------------------
+    def staging_dir(self) -> Path:
+        if self._staging is None:
+            if self.loc.kind == "url":
+                self._staging = Path(tempfile.mkdtemp(prefix="factor-archive-staging-"))
+            else:
+                self._staging = self.loc.path.with_name(f".{self.loc.path.name}.staging-{os.getpid()}")
+                remove(self._staging)
+                self._staging.mkdir(parents=True)
+        return self._staging
+
+    def write(self, member: Member, source: Path, progress: Progress = no_progress, *,
+              staged: bool = False) -> Member:
+        safe_relpath(member.path)
+        node = node_path(member.path)
+        parent_path, name = node.rsplit("/", 1)
+        try:
+            if member.kind == "link":
+                return dataclasses.replace(member, size=0, sha256=hashlib.sha256(b"").hexdigest())
+            parent = self._group(parent_path)
+            if member.kind == "table":
+                member = self._write_table(member, Path(source), parent, name, node, progress)
+            else:
+                st = stat_entry(source)
+                sha, size = self._write_file(Path(source), parent, name, member.path, st, progress)
+                member = file_member(member, st, sha, size,
+                                     extra={**member.extra, "zarr": _file_extra(node, size)})
+        except Exception as exc:
+            raise self._failure(exc, source) from None
+        if staged:
+            remove(Path(source))  # generated data (calibrated chunks): stored, so free the disk now
+        return member
+
+    def close(self, manifest: Manifest) -> None:
+        manifest.container = self.form
+        data = manifest.to_json().encode("utf-8")
+        try:
+            if self.loc.kind == "url":
+                _sync(self.store.flush())       # every object is stored before the manifest
+            # (A local store only takes its name once everything, manifest included, is synced.)
+            _write_bytes_array(self.root, MANIFEST_NODE, data, {ATTR: {
+                "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}})
+            tmp = self.tmp                      # a local store is written under a temporary name
+            if self.loc.kind == "zip" and tmp is not None:
+                self.store.close()
+                fsync_path(tmp)
+                os.replace(tmp, self.loc.path)
+                fsync_dir(self.loc.path.parent)
+            elif self.loc.kind == "dir" and tmp is not None:
+                self.store.close()
+                sync_filesystem(tmp)            # data and manifest durable before the rename
+                swap_into_place(tmp, self.loc.path)
+            else:
+                _sync(self.store.flush())
+        except Exception as exc:
+            raise self._failure(exc, self.loc.text) from None
+        self._closed = True
+        self._cleanup()
+
+    def abort(self) -> None:
+        """Remove everything written: nothing is left that looks like an archive."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.loc.kind == "url":
+                import asyncio
+
+                fs, path = self.base_store.fs, self.base_store.path
+                try:
+                    _sync(self.store.cancel())
+                    # Best effort, and bounded: the store may be what failed. Without a manifest
+                    # what stays behind is no archive, and a rerun with -c replaces it.
+                    _sync(asyncio.wait_for(_remove_objects_async(fs, path), ABORT_CLEANUP_SECONDS))
+                except Exception:
+                    pass
+            else:
+                _wait_for_zarr()                # an interrupted write goes on in zarr's loop
+                try:
+                    self.store.close()
+                except Exception:
+                    pass
+                for _attempt in range(3):       # zarr's loop may still finish a write meanwhile
+                    try:
+                        remove(self.tmp)
+                        break
+                    except OSError:
+                        time.sleep(0.2)
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.loc.kind == "url":
+            _close_url_store(self.base_store)
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+    # -- members --------------------------------------------------------------------------------
+    def _group(self, path: str):
+        """The group at ``path`` (below the root), created once with its parents."""
+        with self._groups_lock:
+            return self._group_locked(path)
+
+    def _group_locked(self, path: str):
+        group = self._groups.get(path)
+        if group is not None:
+            return group
+        parent_path, name = path.rsplit("/", 1)
+        group = self._group_locked(parent_path).create_group(name)
+        self._groups[path] = group
+        return group
+
+    def _write_file(self, source: Path, parent, name: str, apath: str, st: os.stat_result,
+                    progress: Progress) -> tuple[str, int]:
+        """Stream ``source`` into a new uint8 array, shard by shard; return (sha256, size)."""
+        size = st.st_size
+        chunk, shard = _file_layout(size)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Duplicate name")
+            arr = parent.create_array(
+                name, shape=(size,), dtype="uint8", chunks=(chunk,), shards=(shard,),
+                compressors=_compressors(), fill_value=0, dimension_names=("byte",),
+                attributes={ATTR: {"path": apath, "kind": "file", "size": size}},
+                config={"write_empty_chunks": True})
+        hasher = HashThread()
+        pos = 0
+        try:
+            with open(source, "rb") as f:
+                while pos < size:
+                    want = min(shard, size - pos)
+                    block = _read_exact(f, want)
+                    if len(block) < want:
+                        raise BadInput(f"{source}: shrank while being archived")
+                    hasher.put(block)       # hashed while zarr compresses it
+                    try:
+                        arr[pos:pos + want] = np.frombuffer(block, dtype=np.uint8)
+                    finally:
+                        hasher.wait()       # one shard in memory at a time
+                    pos += want
+                    progress(want)
+                if f.read(1):
+                    raise BadInput(f"{source}: grew while being archived")
+        finally:
+            sha = hasher.finish()
+        return sha, size
+
+    def _write_table(self, member: Member, source: Path, parent, name: str, node: str,
+                     progress: Progress) -> Member:
+        from ...ms.casacore_table import RawTableRequired, encode_table
+
+        files, dirs = walk_table(source)
+        st = stat_entry(source)
+        group = parent.create_group(name, attributes={ATTR: {"path": member.path, "kind": "table"}})
+        try:
+            info = encode_table(source, group, progress=progress)
+        except RawTableRequired as exc:
+            member = self._write_raw_table(member, source, group, node, files, dirs, exc.reason,
+                                           progress)
+            return dataclasses.replace(member, mode=stat.S_IMODE(st.st_mode), mtime=st.st_mtime)
+        return dataclasses.replace(
+            member, files=[], dirs=[], size=sum(os.stat(p).st_size for _rel, p in files),
+            sha256=info["content_sha256"], mode=stat.S_IMODE(st.st_mode), mtime=st.st_mtime,
+            extra={**member.extra, "zarr": {
+                "node": node, "stored": "columns", "checksum": TABLE_CHECKSUM, **info}})
+
+    def _write_raw_table(self, member: Member, source: Path, group, node: str,
+                         files: list[tuple[str, Path]], dirs: list[str], reason: str,
+                         progress: Progress) -> Member:
+        """Keep the table's files byte for byte, each a uint8 array below ``<node>/raw``."""
+        raw_name = RAW_GROUP
+        existing = set(group.keys())
+        n = 1
+        while raw_name in existing:  # an encode that failed half-way in a zip cannot be deleted
+            n += 1
+            raw_name = f"{RAW_GROUP}{n}"
+        raw = group.create_group(raw_name, attributes={ATTR: {"raw_files_of": member.path}})
+        groups = {"": raw}
+
+        def group_for(rel_dir: str):
+            if rel_dir not in groups:
+                up, _sep, leaf = rel_dir.rpartition("/")
+                groups[rel_dir] = group_for(up).create_group(node_component(leaf))
+            return groups[rel_dir]
+
+        for d in dirs:
+            group_for(d)
+        entries = []
+        for rel, path in files:
+            up, _sep, leaf = rel.rpartition("/")
+            st = stat_entry(path)
+            sha, size = self._write_file(path, group_for(up), node_component(leaf),
+                                         f"{member.path}/{rel}", st, progress)
+            entries.append(FileEntry(path=rel, size=size, mode=stat.S_IMODE(st.st_mode),
+                                     mtime=st.st_mtime, sha256=sha))
+        return table_member(member, entries, dirs, extra={**member.extra, "zarr": {
+            "node": node, "stored": "raw-files", "raw_group": raw_name, "checksum": "tree-digest",
+            "raw_reason": reason}})
+
+
+def _read_exact(f, n: int) -> bytes:
+    parts = []
+    got = 0
+    while got < n:
+        block = f.read(n - got)
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
