@@ -1,0 +1,137 @@
+"""The byte-moving layer every form shares (``factor_archive.io``): the copy engine that hashes
+while it copies, and the install / set-meta rules a restore relies on.
+
+Each story copies real files (or a pipe) and checks the bytes and the checksum against an
+independent ``hashlib`` of the source, so a copy that drops, repeats or misorders a block, or a
+hash of the wrong buffer, fails here and not only in a round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import threading
+
+import pytest
+
+from factor_archive.errors import BadInput
+from factor_archive.io.copy import BLOCK, copy_stream, copy_stream_later, hash_file
+from factor_archive.io.durable import write_atomic
+from factor_archive.io.install import install, remove, set_meta
+
+# Sizes around the engine's seams: empty, one byte, one block, a block and a byte, several
+# kernel ranges (the read-back hasher thread), a size that is not a multiple of anything.
+SIZES = [0, 1, BLOCK, BLOCK + 1, 5 * BLOCK + 12345]
+
+
+def _data(n: int, seed: int = 0) -> bytes:
+    return (hashlib.sha256(str(seed).encode()).digest() * (n // 32 + 1))[:n] if n else b""
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_file_to_file_copy_gives_the_bytes_and_their_sha256(tmp_path, size):
+    data = _data(size, seed=size)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    seen = []
+    with open(src, "rb") as fin, open(tmp_path / "dst.bin", "w+b") as fout:
+        sha, n = copy_stream(fin, fout, seen.append)
+        assert fout.tell() == size  # the next member is written right after this one
+    assert (n, sha) == (size, hashlib.sha256(data).hexdigest())
+    assert sum(seen) == size
+    assert (tmp_path / "dst.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("size", [0, BLOCK - 1, 3 * BLOCK + 7])
+def test_a_pipe_and_an_in_memory_destination_go_through_the_buffer_ring(size):
+    data = _data(size, seed=7)
+    rd, wr = os.pipe()
+    feeder = threading.Thread(target=lambda: (os.write(wr, data) if data else None, os.close(wr)))
+    feeder.start()
+    out = io.BytesIO()
+    with os.fdopen(rd, "rb", buffering=0) as fin:
+        sha, n = copy_stream(fin, out)
+    feeder.join()
+    assert (n, sha) == (size, hashlib.sha256(data).hexdigest())
+    assert out.getvalue() == data
+
+
+def test_a_limit_copies_only_that_many_bytes_and_leaves_the_source_after_them(tmp_path):
+    data = _data(2 * BLOCK + 100, seed=3)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    limit = BLOCK + 50
+    with open(src, "rb") as fin, open(tmp_path / "dst.bin", "w+b") as fout:
+        sha, n = copy_stream(fin, fout, limit=limit)
+        assert fin.tell() == limit
+    assert (n, sha) == (limit, hashlib.sha256(data[:limit]).hexdigest())
+    assert (tmp_path / "dst.bin").read_bytes() == data[:limit]
+
+
+def test_members_copied_back_to_back_while_the_last_is_still_hashed_keep_their_checksums(tmp_path):
+    """The tar writer copies the next file while the previous one is hashed from the page cache."""
+    datas = [_data(3 * BLOCK + i, seed=i) for i in range(3)]
+    for i, d in enumerate(datas):
+        (tmp_path / f"m{i}").write_bytes(d)
+    finishers = []
+    with open(tmp_path / "out.bin", "w+b") as fout:
+        for i in range(3):
+            with open(tmp_path / f"m{i}", "rb") as fin:
+                finishers.append(copy_stream_later(fin, fout))
+        checksums = [finish() for finish, _n in finishers]
+    assert checksums == [hashlib.sha256(d).hexdigest() for d in datas]
+    assert (tmp_path / "out.bin").read_bytes() == b"".join(datas)
+
+
+def test_hash_only_reads_the_file_once_and_writes_nothing(tmp_path):
+    data = _data(BLOCK + 3, seed=11)
+    (tmp_path / "f").write_bytes(data)
+    assert hash_file(tmp_path / "f") == (hashlib.sha256(data).hexdigest(), len(data))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Installing restored members
+
+def test_restored_modes_keep_permission_bits_only_and_the_exact_mtime(tmp_path):
+    f = tmp_path / "tool"
+    f.write_bytes(b"#!/bin/sh\n")
+    set_meta(f, 0o104755, 1_600_000_000.123456789)  # setuid in the manifest
+    st = f.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o755  # never setuid, setgid or sticky
+    assert st.st_mtime_ns == round(1_600_000_000.123456789 * 1e9)
+
+
+def test_a_malformed_mode_in_a_manifest_is_one_line_naming_the_file(tmp_path):
+    f = tmp_path / "state.pickle"
+    f.write_bytes(b"x")
+    with pytest.raises(BadInput, match=r"^state\.pickle: malformed mode or mtime"):
+        set_meta(f, "rwxr-xr-x", 0)
+
+
+def test_install_replaces_a_file_by_a_table_directory_and_back(tmp_path):
+    dest = tmp_path / "chunk.ms"
+    dest.write_bytes(b"old")
+    table = tmp_path / ".chunk.ms.partial"
+    (table / "sub").mkdir(parents=True)
+    (table / "table.dat").write_bytes(b"new")
+    install(table, dest)
+    assert (dest / "table.dat").read_bytes() == b"new" and not table.exists()
+    (dest / "sub").chmod(0o500)  # a read-only directory inside must not stop the replacement
+    plain = tmp_path / ".chunk.ms.partial2"
+    plain.write_bytes(b"file again")
+    install(plain, dest)
+    assert dest.read_bytes() == b"file again"
+    remove(dest)
+    remove(dest)  # absent is fine
+    assert not dest.exists()
+
+
+def test_write_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path):
+    path = tmp_path / "manifest.json"
+    write_atomic(path, b"{}")
+    write_atomic(path, b'{"members": []}')
+    assert path.read_bytes() == b'{"members": []}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # no temporary left
