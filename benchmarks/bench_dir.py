@@ -63,10 +63,10 @@ def build_spread_run(root: Path, size: int) -> Path:
     write_sample_run writes 5 chunk MSs of T time slots plus two input MSs of 3T (one of which is a
     chunk via a symlink and is archived): 8T slots are archived, 11T written.
     """
-    from factor_archive.sample import write_sample_run
+    from factor_archive.sample import MIN_DYSCO_TIMES, write_sample_run
 
     per_time, _fixed = _bytes_per_time(root.parent)
-    ntimes = max(1, round(size / (8 * per_time)))
+    ntimes = max(MIN_DYSCO_TIMES, round(size / (8 * per_time)))
     log(f"building run at {root}: {NANT} stations, {ntimes} time slots per chunk "
         f"(~{human(per_time * ntimes)} per chunk MS)")
     return write_sample_run(root, ntimes_per_chunk=ntimes, nant=NANT)

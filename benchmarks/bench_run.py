@@ -154,6 +154,7 @@ def bytes_per_time(scratch: Path, nant: int, nchan: int) -> tuple[float, int]:
 def build_run(root: Path, p: dict) -> dict:
     """Write the run below ``root`` (see the module docstring); return what was built."""
     from factor_archive.sample import (
+        MIN_DYSCO_TIMES,
         START,
         _h5_bytes,
         _mapfile,
@@ -166,7 +167,8 @@ def build_run(root: Path, p: dict) -> dict:
     )
 
     remove([root])
-    parset = write_sample_run(root, ntimes_per_chunk=1, nant=2)
+    # As small as the sample allows (its Dysco chunk needs MIN_DYSCO_TIMES): its bands are replaced.
+    parset = write_sample_run(root, ntimes_per_chunk=MIN_DYSCO_TIMES, nant=2)
     wd, dir_ms, res = root / "wdir", root / "input", root / "wdir" / "results"
     scratch = root.parent / "scratch"
     scratch.mkdir(exist_ok=True)

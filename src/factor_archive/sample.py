@@ -48,6 +48,8 @@ MOSAIC_OPS = ["fieldmosaic", "fieldmosaic_c15.0r0.0t45.0u160.0"]
 MISSING_CALIBRATED = {("SB010", 1)}
 # The chunk that DP3 writes with Dysco compression (Factor's use_compression).
 DYSCO_CHUNK = ("SB010", 1)
+# DyscoStMan needs two time blocks before its first flush, so the chunks have at least this many.
+MIN_DYSCO_TIMES = 2
 
 
 def band_name(freq: float) -> str:
@@ -135,6 +137,10 @@ def write_sample_run(directory: str | os.PathLike, *, ntimes_per_chunk: int = 10
     use_dp3 = dp3_available() if dp3 is None else dp3
     if use_dp3 and not dp3_available():
         raise FactorArchiveError("DP3 is not installed (no dp3 Python module and no DP3 on PATH)")
+    if use_dp3 and ntimes_per_chunk < MIN_DYSCO_TIMES:
+        # DyscoStMan aborts DP3 ("flushed before at least two timeblocks were stored").
+        raise FactorArchiveError(f"ntimes_per_chunk={ntimes_per_chunk}: the Dysco-compressed chunk "
+                                 f"{DYSCO_CHUNK[0]} {DYSCO_CHUNK[1]} needs at least {MIN_DYSCO_TIMES} time slots")
     root = Path(os.path.abspath(directory))
     root.mkdir(parents=True, exist_ok=True)
     if any(root.iterdir()):
