@@ -226,16 +226,18 @@ class _ChunkCodec:
         target[:] = raw
 
 
-def _codec_from_metadata(arr) -> tuple[_ChunkCodec, int, int] | None:
+def _codec_from_metadata(arr, md: dict | None = None) -> tuple[_ChunkCodec, int, int] | None:
     """(chunk codec, chunk rows, shard rows) when the array is stored as this module writes
     (sharded along rows only, index at the end with bytes + crc32c, a chain _ChunkCodec
-    reads); None otherwise (it is then read through zarr)."""
+    reads); None otherwise (it is then read through zarr). ``md``: the array's document, when
+    the caller has it already (making it costs a serialisation)."""
     import sys
 
     from . import zarr_internals
 
     try:  # the stored JSON document, as the zarr v3 spec describes it
-        md = zarr_internals.array_document(arr)
+        if md is None:
+            md = zarr_internals.array_document(arr)
         dtype = np.dtype(arr.dtype)
     except Exception:
         return None

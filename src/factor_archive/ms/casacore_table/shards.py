@@ -255,9 +255,10 @@ class _ArrayIn:
     inner chunk absent from its shard, is *missing* (zarr would read fill values); a bad
     checksum or size is *damaged*. Nothing needs listing the store, so any store works."""
 
-    def __init__(self, arr, codec: _ChunkCodec, chunk: int, shard: int, work: _Work):
+    def __init__(self, arr, codec: _ChunkCodec, chunk: int, shard: int, work: _Work, doc: dict | None = None):
         self.arr, self.codec, self.chunk, self.shard, self.work = arr, codec, chunk, shard, work
-        self.store, self.path, self.doc = arr.store, arr.path, zarr_internals.array_document(arr)
+        self.store, self.path = arr.store, arr.path
+        self.doc = doc if doc is not None else zarr_internals.array_document(arr)
         self.shape = tuple(arr.shape)
         self.nrows = self.shape[0]
         self.row_shape = self.shape[1:]
@@ -426,6 +427,10 @@ class _ZarrIn:
 
 
 def _reader(arr, work: _Work):
-    fast = _codec_from_metadata(arr)
-    return _ArrayIn(arr, *fast, work) if fast else _ZarrIn(arr, work)
+    try:
+        doc = zarr_internals.array_document(arr)
+    except Exception:
+        doc = None
+    fast = _codec_from_metadata(arr, doc) if doc is not None else None
+    return _ArrayIn(arr, *fast, work, doc=doc) if fast else _ZarrIn(arr, work)
 

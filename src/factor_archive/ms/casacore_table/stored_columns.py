@@ -188,19 +188,14 @@ def _read_shaped_column(group, col: ColumnSchema, nrows, work, what, h, writer, 
             defined = kk >= 0
             ndim, shp = ndims[kk], table[kk]  # the last entry (-1) is an undefined cell's
             parts = []
-            i = 0
-            while i < len(kk):
+            for i, j in _runs(kk):
                 k = int(kk[i])
-                j = i + 1
-                while j < len(kk) and kk[j] == k:
-                    j += 1
                 if k >= 0:
                     block = cells[k].read(used[k], used[k] + (j - i))
                     used[k] += j - i
                     parts.append(block.reshape(-1))
                     if writer is not None:
                         writer.run(block, start + i, j - i)
-                i = j
             values = np.concatenate(parts) if parts else np.empty(0, object if col.is_string else col.dtype)
             h.ragged(defined, ndim, shp, values)
             if progress:
@@ -213,6 +208,15 @@ def _read_shaped_column(group, col: ColumnSchema, nrows, work, what, h, writer, 
         bad(f"{what}: {sum(left)} stored cells belong to no row")
         return None
     return h.hexdigest()
+
+
+def _runs(kk: np.ndarray) -> list[tuple[int, int]]:
+    """[i, j) of each run of equal values in ``kk``, found by numpy: a column whose cells are
+    all undefined (FLAG_CATEGORY of an MS) is one run, however many rows it has."""
+    if not len(kk):
+        return []
+    edges = (np.flatnonzero(kk[1:] != kk[:-1]) + 1).tolist()
+    return list(zip([0] + edges, edges + [len(kk)]))
 
 
 class _RowCursor:
