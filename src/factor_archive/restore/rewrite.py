@@ -20,19 +20,27 @@ def make_path_mapper(old_roots: list[str], new_root: str,
     CASA-style list strings (``'["/a.rgn","/b.rgn"]'``) are mapped element by element.
     """
     roots = sorted({_norm(r) for r in old_roots if r}, key=len, reverse=True)
-    moves = sorted(((_norm(k), v) for k, v in relocations.items() if k.startswith("/")),
-                   key=lambda kv: len(kv[0]), reverse=True)
+    # By path: a path's own entry, else its nearest ancestor's, is the longest match. Looking
+    # up each ancestor costs the path's depth, not the number of archived items (hundreds).
+    moves: dict[str, str] = {}
+    for k, v in relocations.items():
+        if k.startswith("/"):
+            moves.setdefault(_norm(k), v)
 
     def one(path: str) -> str | None:
         if not path.startswith("/"):
             return None
         norm = _norm(path)
         trail = "/" if path.endswith("/") and norm != "/" else ""
-        for old, new in moves:
-            if norm == old:
-                return new + trail
-            if norm.startswith(old + "/"):
+        old = norm
+        while True:
+            new = moves.get(old)
+            if new is not None:
                 return new + norm[len(old):] + trail
+            cut = old.rfind("/")
+            if cut <= 0:
+                break
+            old = old[:cut]
         for old in roots:
             if norm == old:
                 return new_root + trail
