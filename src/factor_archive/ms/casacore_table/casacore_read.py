@@ -128,6 +128,8 @@ def _shape_records(defined: np.ndarray, shapes: list, max_ndim: int) -> tuple[np
     n = len(shapes)
     ndim = np.zeros(n, np.int32)
     shp = np.zeros((n, max_ndim), np.int64)
+    if not defined.any():
+        return ndim, shp
     for i, s in enumerate(shapes):
         if s is not None:
             ndim[i] = len(s)

@@ -68,7 +68,12 @@ def _scan_column(tb, nrows: int, col: ColumnSchema, w, progress, work: _Work, rt
         cache: dict = {}
         for start in range(0, nrows, col.block_rows):
             n = min(col.block_rows, nrows - start)
-            defined, shapes, runs = _read_runs(tb, col, start, n, cache)
+            if col.layout == "shaped" and not col.shapes:
+                # Planning read every cell's shape and found none defined (FLAG_CATEGORY of an
+                # MS): asking casacore again, a TaQL call per block, is all this column would cost.
+                defined, shapes, runs = np.zeros(n, bool), [None] * n, []
+            else:
+                defined, shapes, runs = _read_runs(tb, col, start, n, cache)
             ndim, shp = _shape_records(defined, shapes, col.max_ndim)
             values = _run_values(runs, col)
             h.ragged(defined, ndim, shp, values)
