@@ -23,7 +23,7 @@ class PipelineSettings:
     buffers: int = 4  # row-block buffers in use at once
     ahead: int = 3  # row blocks being decoded ahead of the one being written
     shards_in_flight: int = 1  # assembled shards waiting to be stored, per array
-    speed_min_bytes: int = 64 << 20  # columns this big choose their codec by speed as well as size
+    speed_min_bytes: int = 8 << 20  # columns this big choose their codec by speed as well as size
     worth: float = 20e6  # ... where saving this many stored bytes is worth one second of CPU
     sample_bytes: int = 256 << 10  # codec trial sample of a smaller column
     numcodecs_margin: float = 0.9  # a numcodecs pipeline must be 10 % smaller than the best spec one
