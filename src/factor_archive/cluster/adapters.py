@@ -21,11 +21,14 @@ What the merge should expose publicly, replacing the private calls below (TODO(i
 
 from __future__ import annotations
 
+import atexit
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..containers import zarr_store
 from ..containers.base import sync_filesystem
@@ -92,33 +95,21 @@ def attached_writer(target: StoreTarget, member_path: str) -> Iterator[ZarrWrite
     node, parent = node_path(member_path), parent_node(member_path)
     base = None
     try:
-        if writer.loc.kind == "url":
-            writer.loc.options = {**writer.loc.options, **target.storage_options}
-            base = writer.loc.open_url_store(read_only=False)
-            zarr_store._remove_objects(base.fs, f"{base.path}/{node}")
-            store = zarr_store._fresh_store_class()(base)
-            # The write-behind store answers reads from what it wrote; the client wrote the root
-            # and the parent groups: those are read from the object store.
-            parts = parent.split("/")
-            store._known.update({f"{'/'.join(parts[:i])}/zarr.json".lstrip("/"): None
-                                 for i in range(len(parts) + 1)})
-        else:
-            from zarr.storage import LocalStore
-
-            root = Path(target.location)
-            if not (root / "zarr.json").is_file():
-                raise BadInput(f"{root}: the store being written is not there (is the file system "
-                               f"shared with the client at the same path?)")
-            zarr_store._remove(root / node)
-            store = LocalStore(root)
-        writer.store = store
-        writer.root = zarr.open_group(store, mode="r+")
-        writer._groups[parent] = zarr.open_group(store, path=parent, mode="r+")
+        try:
+            store, base = _open_member_store(writer, target, parent)
+            writer.store = store
+            writer._groups[parent] = zarr.open_group(store, path=parent, mode="r+")
+            _remove_node(writer, base, node)
+        except Exception as exc:
+            raise writer._failure(exc, target.location) from None
         yield writer
-        if writer.loc.kind == "url":
-            zarr_store._sync(store.flush())      # every object stored before the task succeeds
-        else:
-            sync_filesystem(Path(target.location))   # durable before the client may write the manifest
+        try:
+            if writer.loc.kind == "url":
+                zarr_store._sync(store.flush())      # every object stored before the task succeeds
+            else:
+                sync_filesystem(Path(target.location))   # durable before the client writes the manifest
+        except Exception as exc:
+            raise writer._failure(exc, target.location) from None
     except BaseException:
         if writer.loc.kind == "url" and base is not None and getattr(writer, "store", None) is not None:
             try:
@@ -128,5 +119,57 @@ def attached_writer(target: StoreTarget, member_path: str) -> Iterator[ZarrWrite
         raise
     finally:
         writer._hash_pool.shutdown(wait=True)
-        if base is not None:
-            zarr_store._close_url_store(base)
+
+
+def _open_member_store(writer: ZarrWriter, target: StoreTarget, parent: str):
+    """(store, object-store base or None) for writing members below the existing ``parent``."""
+    if writer.loc.kind == "url":
+        writer.loc.options = {**writer.loc.options, **target.storage_options}
+        base = _url_store(writer.loc)
+        store = zarr_store._fresh_store_class()(base)
+        # The write-behind store answers reads from what it wrote; the client wrote the root and
+        # the parent groups: those are read from the object store.
+        parts = parent.split("/")
+        store._known.update({f"{'/'.join(parts[:i])}/zarr.json".lstrip("/"): None
+                             for i in range(len(parts) + 1)})
+        return store, base
+    from zarr.storage import LocalStore
+
+    root = Path(target.location)
+    if not (root / "zarr.json").is_file():
+        raise BadInput(f"{root}: the store being written is not there (is the file system shared "
+                       f"with the client, at the same path?)")
+    return LocalStore(root), None
+
+
+_URL_STORES: dict[tuple[str, str], Any] = {}
+_URL_STORES_LOCK = threading.Lock()
+
+
+def _url_store(loc) -> Any:
+    """The object store at ``loc``, opened once per worker process: opening one makes a botocore
+    session and client, which took most of a small member's task time when done per task."""
+    key = (loc.url, json.dumps(loc.options, sort_keys=True, default=str))
+    with _URL_STORES_LOCK:
+        store = _URL_STORES.get(key)
+        if store is None:
+            if not _URL_STORES:
+                atexit.register(_close_url_stores)
+            store = _URL_STORES[key] = loc.open_url_store(read_only=False)
+        return store
+
+
+def _close_url_stores() -> None:
+    """At the worker's exit: close the object-store sessions (aiohttp complains otherwise)."""
+    with _URL_STORES_LOCK:
+        for store in _URL_STORES.values():
+            zarr_store._close_url_store(store)
+        _URL_STORES.clear()
+
+
+def _remove_node(writer: ZarrWriter, base, node: str) -> None:
+    """Remove what an earlier attempt at this member wrote (its worker died)."""
+    if base is not None:
+        zarr_store._remove_objects(base.fs, f"{base.path}/{node}")
+    else:
+        zarr_store._remove(Path(writer.loc.text) / node)

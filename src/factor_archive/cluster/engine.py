@@ -65,7 +65,8 @@ def open_cluster(spec: str) -> Iterator[Any]:
     """A ``distributed.Client`` for ``spec``, closed (with a cluster it started) on exit.
 
     ``local:N``: a ``LocalCluster`` of N worker processes on this machine, one thread each (the
-    codec runs its own threads), no dashboard, its logs silenced. ``tcp://host:port`` (or
+    codec runs its own threads), no dashboard, its logs silenced (the client reports
+    every failure in one line). ``tcp://host:port`` (or
     another Dask scheme): the scheduler running there.
     """
     from distributed import Client, LocalCluster
@@ -80,7 +81,7 @@ def open_cluster(spec: str) -> Iterator[Any]:
         if n < 1:
             raise BadInput(f"--cluster {spec}: a local cluster needs at least one worker")
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.CRITICAL)
         try:
             client = Client(cluster, timeout=CONNECT_TIMEOUT)
         except BaseException:
