@@ -21,7 +21,7 @@ from factor_archive.cli import main, unarchivefactor_main
 from factor_archive.cluster import MemberTask, StoreTarget, engine, open_cluster, run_tasks
 from factor_archive.cluster.adapters import prepare_target, table_content_sha256
 from factor_archive.cluster.worker import store_member
-from factor_archive.containers.zarr_store import ZarrReader, ZarrWriter
+from factor_archive.containers.zarr_store import ZarrWriter
 from factor_archive.errors import BadInput, FactorArchiveError
 from factor_archive.manifest import Manifest
 from factor_archive.plan import Options
