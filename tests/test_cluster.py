@@ -21,7 +21,7 @@ from factor_archive.cli import main, unarchivefactor_main
 from factor_archive.cluster import MemberTask, StoreTarget, engine, open_cluster, run_tasks
 from factor_archive.cluster.adapters import prepare_target, table_content_sha256
 from factor_archive.cluster.worker import store_member
-from factor_archive.containers.zarr_store import ZarrWriter
+from factor_archive.containers.zarr import ZarrWriter
 from factor_archive.errors import BadInput, FactorArchiveError
 from factor_archive.manifest import Manifest
 from factor_archive.plan import Options
@@ -96,10 +96,27 @@ def archive_on_cluster(client, plan, location: str, fn=store_member) -> tuple[Ma
     return manifest, progress
 
 
+# Chosen per process (issue 10), so they may differ: each column's codec, its stored size, and the
+# checksum of the stored table description (which names the codecs).
+CODEC_CHOICES = ("codec", "codecs", "stored_bytes", "metadata_sha256")
+
+
+def without_codec_choices(value):
+    """``value`` (a member's ``extra``) without the codec each column took and its stored size:
+    a run's tables share one codec choice per column kind within a process, and each worker
+    makes its own; everything else (nodes, layouts, rows, content checksums) must be equal."""
+    if isinstance(value, dict):
+        return {k: without_codec_choices(v) for k, v in value.items() if k not in CODEC_CHOICES}
+    if isinstance(value, list):
+        return [without_codec_choices(v) for v in value]
+    return value
+
+
 def member_digests(manifest: Manifest) -> dict[str, tuple]:
     """What must not depend on where a member was stored: kind, size, checksum, mode, mtime and
-    how the zarr form stored it (codecs per column, content and metadata checksums)."""
-    return {m.path: (m.kind, m.size, m.sha256, m.mode, m.mtime, json.dumps(m.extra, sort_keys=True))
+    how the zarr form stored it (nodes, column layouts, content and metadata checksums)."""
+    return {m.path: (m.kind, m.size, m.sha256, m.mode, m.mtime,
+                     json.dumps(without_codec_choices(m.extra), sort_keys=True))
             for m in manifest.members}
 
 
