@@ -53,9 +53,9 @@ def parset(tmp_path_factory, dp3_ms_cache) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(parset, tmp_path_factory) -> tuple[Manifest, int]:
-    """The single-process archive (``write_archive``, as archivefactor -r runs it) and the bytes
-    its progress reported."""
+def reference(parset, tmp_path_factory) -> tuple[Manifest, int, Path]:
+    """The single-process archive (``write_archive``, as archivefactor -r runs it): its manifest,
+    the bytes its progress reported, and where it is."""
     import factor_archive.archive as archive_module
 
     counted = []
@@ -67,8 +67,9 @@ def reference(parset, tmp_path_factory) -> tuple[Manifest, int]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(archive_module, "Reporter", CountingReporter)
-        manifest = write_archive(zarr_plan(parset), str(tmp_path_factory.mktemp("ref") / "run.zarr"), quiet=True)
-    return manifest, counted[0]
+        store = tmp_path_factory.mktemp("ref") / "run.zarr"
+        manifest = write_archive(zarr_plan(parset), str(store), quiet=True)
+    return manifest, counted[0], store
 
 
 def zarr_plan(parset: Path):
@@ -137,7 +138,7 @@ def test_two_workers_store_the_run_as_the_single_process_archive_does(client, pa
     store = tmp_path / "run.zarr"
     with get_task_stream(client) as stream:
         manifest, progress = archive_on_cluster(client, zarr_plan(parset), str(store))
-    ref_manifest, ref_progress = reference
+    ref_manifest, ref_progress, _store = reference
 
     assert len(workers_of(stream.data)) == 2                  # both workers stored members
     assert member_digests(manifest) == member_digests(ref_manifest)
@@ -199,7 +200,8 @@ def test_an_unreadable_member_stops_the_run_with_one_line_and_no_archive(client,
     assert message.startswith(FITS), message
     assert runs_of(stream.data, index) == 1                   # deterministic: not retried
     assert took < 30                                          # the crawling task did not run on
-    assert (notes / "crawl-ended").read_text() == "Cancelled"
+    ended = notes / "crawl-ended"     # absent: cancelled before a worker started it
+    assert not ended.exists() or ended.read_text() == "Cancelled"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]   # no store, no partial one
 
 
@@ -352,3 +354,135 @@ def test_an_unreachable_scheduler_is_reported_within_the_timeout(monkeypatch):
     assert time.monotonic() - started < 15
     message = str(failure.value)
     assert message.startswith(f"--cluster {address}: no Dask scheduler answers there") and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------------
+# archivefactor --cluster / unarchivefactor --cluster, end to end (the module's cluster, by address)
+
+def restored_equal(manifest: Manifest, ours: Path, theirs: Path) -> None:
+    """Two restores of the same run into sibling directories of equal name length are the same
+    run: every file byte for byte once the output path is swapped, every table's content."""
+    for m in manifest.members:
+        if m.restore_path is None or m.kind == "link":
+            continue
+        a, b = ours / m.restore_path, theirs / m.restore_path
+        if m.kind == "table":
+            assert_tables_equal(a, b)
+        else:
+            assert a.read_bytes().replace(str(ours).encode(), str(theirs).encode()) == b.read_bytes(), m.path
+    assert (ours / "factor.parset").is_file() and not (ours / ".factor-archive-restore-incomplete").exists()
+
+
+def test_archivefactor_on_a_cluster_archives_and_restores_as_one_process_does(client, parset, reference, tmp_path):
+    from factor_archive.cli import archivefactor_main
+    from factor_archive.containers.zarr import ZarrReader
+
+    address = client.scheduler.address
+    store = tmp_path / "run.zarr"
+    with __import__("distributed").get_task_stream(client) as stream:
+        assert archivefactor_main(["-q", "-r", "--cluster", address, str(parset), str(store)]) == 0
+    assert len(workers_of(stream.data)) == 2
+    with ZarrReader(store) as reader:
+        manifest = reader.manifest
+    assert member_digests(manifest) == member_digests(reference[0])
+    # Small files went in batches: fewer tasks than members.
+    assert len({t["key"] for t in stream.data if str(t["key"]).startswith("factor-archive-")}) < len(manifest.members)
+
+    assert unarchivefactor_main(["-q", "--cluster", address, str(store), str(tmp_path / "r1")]) == 0
+    assert unarchivefactor_main(["-q", str(store), str(tmp_path / "r2")]) == 0
+    restored_equal(manifest, tmp_path / "r1", tmp_path / "r2")
+
+
+def test_tar_and_directory_archives_refuse_a_cluster_in_one_line(parset, tmp_path, capsys):
+    from factor_archive.cli import archivefactor_main
+
+    assert archivefactor_main(["-q", "-r", "--cluster", "local:2", str(parset), str(tmp_path / "run.tar")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("archivefactor: error: --cluster: the tar form is written by one process")
+    assert len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_member_gone_after_planning_stops_the_cluster_archive_in_one_line(client, parset, tmp_path):
+    plan = zarr_plan(parset)
+    source = next(item.source for item in plan.items if item.member.path == FITS)
+    hidden = source.with_name(source.name + ".away")
+    os.rename(source, hidden)        # planned, then unreadable: every attempt fails the same way
+    try:
+        with pytest.raises(FactorArchiveError) as failure:
+            write_archive(plan, str(tmp_path / "run.zarr"), quiet=True, cluster=client.scheduler.address)
+    finally:
+        os.rename(hidden, source)
+    message = str(failure.value)
+    assert len(message.splitlines()) == 1 and FITS in message, message
+    assert list(tmp_path.iterdir()) == []            # no store, no partial one
+
+
+def test_ctrl_c_during_a_cluster_archive_exits_130_and_keeps_nothing(client, parset, tmp_path):
+    import faults
+
+    out = tmp_path / "o" / "run.zarr"
+    out.parent.mkdir()
+    argv = faults.command("archivefactor") + ["-q", "-r", "--cluster", client.scheduler.address, str(parset), str(out)]
+    # Once the workers write members into the partial store.
+    outcome = faults.run(argv, when=faults.once_exists(out.parent / ".run.zarr.partial-*", delay=0.5))
+    assert outcome.interrupted
+    assert outcome.returncode == 130, outcome.stderr
+    line = faults.assert_one_clean_line(outcome, "archivefactor", "interrupted (SIGINT)")
+    if "after the work was complete" not in line:
+        assert list(out.parent.iterdir()) == []      # the partial store removed
+    assert client.run(_running_keys_of_run) == {w: [] for w in client.scheduler_info()["workers"]}
+
+
+def test_ctrl_c_during_a_cluster_restore_exits_130_and_the_output_is_marked_incomplete(client, reference, tmp_path):
+    import faults
+
+    out = tmp_path / "restored"
+    argv = faults.command("unarchivefactor") + ["-q", "--cluster", client.scheduler.address,
+                                                str(reference[2]), str(out)]
+    # Once the workers decode tables into the output.
+    outcome = faults.run(argv, when=faults.once_exists(out / "chunks", delay=0.3))
+    assert outcome.interrupted
+    assert outcome.returncode == 130, outcome.stderr
+    line = faults.assert_one_clean_line(outcome, "unarchivefactor", "interrupted (SIGINT)")
+    if "after the work was complete" not in line:
+        assert (out / ".factor-archive-restore-incomplete").is_file() and not (out / "factor.parset").exists()
+        assert faults.leftovers(out) == []           # no partial table left by a worker
+    assert client.run(_running_keys_of_run) == {w: [] for w in client.scheduler_info()["workers"]}
+
+
+def _running_keys_of_run(dask_worker=None) -> list[str]:
+    """Tasks of an archive still running on this worker (none, once the client has stopped)."""
+    with dask_worker.active_threads_lock:
+        return [str(k) for k in dask_worker.active_threads.values() if str(k).startswith("factor-archive-")]
+
+
+@pytest.mark.full
+def test_archivefactor_on_a_cluster_to_s3_and_back(client, parset, reference, tmp_path, monkeypatch):
+    """The whole run through the CLI into SeaweedFS and back (about a minute: --full)."""
+    from factor_archive.cli import archivefactor_main
+    from factor_archive.containers.zarr import ZarrReader
+    from s3server import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the SeaweedFS 'weed' binary is not installed")
+    with SeaweedS3(tmp_path / "seaweed") as s3:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        for name in ("AWS_ENDPOINT_URL_S3", "FACTOR_ARCHIVE_S3_ENDPOINT"):
+            monkeypatch.delenv(name, raising=False)
+        before = client.run(_environment_of, list(s3.env))
+        client.run(_restore_environment, s3.env)
+        try:
+            s3.make_bucket("factor-archives")
+            url = "s3://factor-archives/runs/cli"
+            address = client.scheduler.address
+            assert archivefactor_main(["-q", "-r", "--cluster", address, str(parset), url]) == 0
+            with ZarrReader(url) as reader:
+                manifest = reader.manifest
+            assert member_digests(manifest) == member_digests(reference[0])
+            assert unarchivefactor_main(["-q", "--cluster", address, url, str(tmp_path / "r1")]) == 0
+            assert unarchivefactor_main(["-q", url, str(tmp_path / "r2")]) == 0
+            restored_equal(manifest, tmp_path / "r1", tmp_path / "r2")
+        finally:
+            for address, saved in before.items():
+                client.run(_restore_environment, saved, workers=[address])

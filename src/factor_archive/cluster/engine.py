@@ -255,7 +255,7 @@ def _outcome(future, task) -> _Done:
     if future.status == "finished":
         outcome = future.result()
         if isinstance(outcome, _Failed):
-            raise _naming(outcome.error, task.name)
+            raise _naming(outcome.error, task.name, getattr(task, "names", (task.name,)))
         return outcome
     if future.status == "cancelled":
         raise FactorArchiveError(f"{task.name}: the cluster dropped the task (scheduler restarted "
@@ -270,10 +270,11 @@ def _outcome(future, task) -> _Done:
                              f"{': ' + text if text else ''})") from None
 
 
-def _naming(error: FactorArchiveError, name: str) -> FactorArchiveError:
-    """The worker's error, its message starting with the task's name unless it names it."""
+def _naming(error: FactorArchiveError, name: str, names: tuple[str, ...] = ()) -> FactorArchiveError:
+    """The worker's error, its message starting with the task's name unless it names it (or
+    one of ``names``: the members of a batch)."""
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if name not in message:
+    if not any(n in message for n in (name, *names)):
         message = f"{name}: {message}"
     error.args = (message,)
     return error

@@ -67,3 +67,62 @@ class MemberTask:
     def name(self) -> str:
         """How errors and progress name the task: the member's archive path."""
         return self.member.path
+
+
+# Small members go to the workers in batches: a task costs about a scheduler round trip (and, on
+# an object store, a few requests to set the member up), which dominated a small file's time.
+BATCH_BYTES = 64 << 20
+BATCH_FILES = 200
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Members one worker stores (archive) or restores (unarchive) one after another: a table
+    or a large file alone, small files together (up to BATCH_BYTES or BATCH_FILES)."""
+
+    tasks: tuple
+
+    @property
+    def name(self) -> str:
+        """How errors name the batch: its first member's path (and how many follow)."""
+        first = self.tasks[0].name
+        return first if len(self.tasks) == 1 else f"{first} (and {len(self.tasks) - 1} more members)"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every member's path: an error naming one of them needs no other name."""
+        return tuple(t.name for t in self.tasks)
+
+
+def batches(tasks: list, sizes: list[int], kinds: list[str]) -> list[Batch]:
+    """``tasks`` in order, grouped: each table alone, files together until BATCH_BYTES or
+    BATCH_FILES; a file of BATCH_BYTES or more alone."""
+    out: list[Batch] = []
+    group: list = []
+    group_bytes = 0
+    for task, size, kind in zip(tasks, sizes, kinds):
+        if kind == "file" and size < BATCH_BYTES:
+            if group and (group_bytes + size > BATCH_BYTES or len(group) >= BATCH_FILES):
+                out.append(Batch(tuple(group)))
+                group, group_bytes = [], 0
+            group.append(task)
+            group_bytes += size
+            continue
+        out.append(Batch((task,)))
+    if group:
+        out.append(Batch(tuple(group)))
+    return out
+
+
+@dataclass(frozen=True)
+class RestoreTask:
+    """Restore one member of the zarr archive at ``archive`` (a path every worker sees, or a
+    URL) to ``dest`` on the shared file system."""
+
+    archive: str
+    member: Member
+    dest: str
+
+    @property
+    def name(self) -> str:
+        return self.member.path
