@@ -7,7 +7,7 @@ import atexit
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from ..containers.zarr import ZarrReader, ZarrWriter
@@ -18,6 +18,7 @@ from ..ms.casacore_table import (  # noqa: F401  (re-exported: the codec's entry
     RawTableRequired,
     decode_table,
     encode_table,
+    remembered_codec_choices,
     run_in_worker,
     table_content_sha256,
     verify_table,
@@ -78,6 +79,25 @@ def archive_reader(location: str) -> ZarrReader:
         return reader
 
 
+_session: ExitStack | None = None
+
+
+@contextmanager
+def casacore_session() -> Iterator[None]:
+    """Around a task's tables: casacore reads and writes in a casacore worker process beside this
+    one, as in a single-process archive (the codec overlaps reading and compressing that way;
+    in-process it does one after the other). The session stays open for the Dask worker's life,
+    so its casacore worker is reused by later tasks; the codec choices are the task's own."""
+    global _session
+    with _CACHE_LOCK:
+        if _session is None:
+            _register_close()
+            _session = ExitStack()
+            _session.enter_context(worker_session())
+    with remembered_codec_choices():
+        yield
+
+
 _registered = False
 
 
@@ -97,3 +117,5 @@ def _close_all() -> None:
         for reader in _READERS.values():
             reader.close()
         _READERS.clear()
+        if _session is not None:
+            _session.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import FactorArchiveError
 from ..manifest import Member
-from .adapters import archive_reader, attached_writer
+from .adapters import archive_reader, attached_writer, casacore_session
 from .tasks import Batch, MemberTask, RestoreTask
 
 Progress = Callable[[int], None]
@@ -42,13 +42,15 @@ def store_member(task: MemberTask, progress: Progress) -> Member:
 
 def store_batch(batch: Batch, progress: Progress) -> list[Member]:
     """Store a batch's members one after another; an error names the member it came from."""
-    return [_naming_member(store_member, task, progress) for task in batch.tasks]
+    with casacore_session():
+        return [_naming_member(store_member, task, progress) for task in batch.tasks]
 
 
 def restore_batch(batch: Batch, progress: Progress) -> list[None]:
     """Restore a batch's members (``RestoreTask``) from the archive, checksums verified as they
     are read, each installed at its destination only once complete."""
-    return [_naming_member(restore_member, task, progress) for task in batch.tasks]
+    with casacore_session():
+        return [_naming_member(restore_member, task, progress) for task in batch.tasks]
 
 
 def restore_member(task: RestoreTask, progress: Progress) -> None:
