@@ -79,8 +79,9 @@ def zarr_plan(parset: Path):
 
 
 def archive_on_cluster(client, plan, location: str, fn=store_member) -> tuple[Manifest, list[int]]:
-    """What ``archivefactor --cluster`` will do with a plan: the client creates the store, the
-    workers store the members, the client writes the manifest last."""
+    """The engine below ``archivefactor --cluster``, one task per member and the worker function
+    ``fn`` (the test's own, to fail or crawl): the client creates the store, the workers store
+    the members, the client writes the manifest last."""
     writer = ZarrWriter(location)
     try:
         target = prepare_target(writer, [item.member for item in plan.items])
