@@ -50,10 +50,27 @@ def _check_output(plan: ArchivePlan, output: str) -> None:
 
 
 def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
-                  quiet: bool = False) -> Manifest:
+                  quiet: bool = False, cluster: str | None = None) -> Manifest:
     """Write the archive; on any failure or interruption the writer's abort leaves nothing that
-    looks complete (the directory form keeps what it wrote, for a rerun to complete)."""
+    looks complete (the directory form keeps what it wrote, for a rerun to complete).
+
+    ``cluster`` (``local:N`` or a Dask scheduler's address): the members are stored by the
+    cluster's workers (the zarr form only, see docs/cluster.md); the client still writes the
+    manifest last."""
     _check_output(plan, output)
+    if cluster is None:
+        return _write_archive(plan, output, clobber, quiet, None)
+    if plan.options.form != "zarr":
+        raise BadInput(f"--cluster: the {plan.options.form} form is written by one process (a tar is "
+                       f"one stream; a directory copy gains nothing from more machines); use --format "
+                       f"zarr (a .zarr directory or an s3:// URL)")
+    from .cluster import open_cluster
+
+    with open_cluster(cluster) as client:
+        return _write_archive(plan, output, clobber, quiet, client)
+
+
+def _write_archive(plan: ArchivePlan, output: str, clobber: bool, quiet: bool, client) -> Manifest:
     staging: list[Path] = []  # where calibrated data was built, once it is
     reporter = None
     signals.hold()  # a Ctrl-C while the writer is made is raised inside the try below
@@ -65,9 +82,16 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
             reporter.message(notice)
         for miss in plan.missing:
             reporter.message(f"warning: {miss.source}: {miss.reason}")
-        needs_workers = writer.capabilities.table_workers or any(i.concat for i in plan.items)
+        needs_workers = ((writer.capabilities.table_workers and client is None)
+                         or any(i.concat for i in plan.items))
         with table_worker_session(needs_workers):  # casacore writes (-d, zarr) run in worker processes
-            members = _write_members(plan.items, writer, reporter, staging)
+            if client is None:
+                members = _write_members(plan.items, writer, reporter, staging)
+            else:
+                from .cluster.runs import archive_members
+
+                members = archive_members(client, plan.items, writer, reporter,  # type: ignore[arg-type]
+                                          lambda items: _write_members(items, writer, reporter, staging))
         manifest = Manifest(
             container=plan.options.form, run=plan.run_info(),
             options={"resumable": plan.options.resumable, "directions": plan.options.directions,

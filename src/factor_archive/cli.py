@@ -134,6 +134,12 @@ def _archive_arguments(p: argparse.ArgumentParser) -> None:
                         "s3://, dir otherwise)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--dry-run", action="store_true", help="print what would be archived and stop")
+    _cluster_argument(p, "store the members on a Dask cluster (zarr form; see docs/cluster.md)")
+
+
+def _cluster_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--cluster", metavar="ADDRESS|local:N", default=None,
+                   help=f"{what}: a scheduler address (tcp://head:8786) or local:N worker processes here")
 
 
 def _guess_form(output: str) -> str:
@@ -164,7 +170,8 @@ def _run_archive(args: argparse.Namespace) -> int:
         for line in describe_plan(plan):
             print(line, file=out)
         return 0
-    manifest = write_archive(plan, args.output, clobber=args.clobber, quiet=args.quiet)
+    manifest = write_archive(plan, args.output, clobber=args.clobber, quiet=args.quiet,
+                             cluster=args.cluster)
     if not args.quiet:
         total = sum(m.size for m in manifest.members)
         print(f"archived {len(manifest.members)} members ({human(total)}) from {plan.run.working_dir} "
@@ -187,6 +194,8 @@ def _unarchive_arguments(p: argparse.ArgumentParser) -> None:
                    help="with -s and a tar or zarr archive: where the chunks are materialised once "
                         "(default: beside the archive)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _cluster_argument(p, "decode the tables on a Dask cluster into the output (zarr archives; see "
+                         "docs/cluster.md)")
 
 
 RESTORE_MARKER = ".factor-archive-restore-incomplete"  # restore.unarchive.MARKER, not imported:
@@ -202,7 +211,7 @@ def _run_unarchive(args: argparse.Namespace) -> int:
     from .restore.unarchive import unarchive
 
     manifest = unarchive(args.archive, args.output, symlink=args.symlink, clobber=args.clobber,
-                         quiet=args.quiet, store=args.store)
+                         quiet=args.quiet, store=args.store, cluster=args.cluster)
     if not args.quiet:
         name = manifest.run.get("parset_name", "factor.parset")
         print(f"restored {len(manifest.members)} members into {args.output}; resume with "

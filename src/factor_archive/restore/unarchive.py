@@ -79,7 +79,25 @@ def _prepare_output(output: Path, clobber: bool) -> str | None:
 
 
 def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool = False,
-              quiet: bool = False, store: str | None = None) -> Manifest:
+              quiet: bool = False, store: str | None = None, cluster: str | None = None) -> Manifest:
+    """Restore ``archive`` into ``output``. ``cluster`` (``local:N`` or a Dask scheduler's
+    address, zarr archives only): the tables are decoded by the cluster's workers into
+    ``output``, which they must see at the same path (docs/cluster.md)."""
+    if cluster is None:
+        return _unarchive(archive, output, symlink, clobber, quiet, store, None)
+    from ..cluster import open_cluster
+    from ..containers.registry import detect
+
+    form = detect(archive)
+    if form != "zarr":
+        raise BadInput(f"{archive}: --cluster restores zarr archives; this is a {form} archive, "
+                       f"read by one process")
+    with open_cluster(cluster) as client:
+        return _unarchive(archive, output, symlink, clobber, quiet, store, client)
+
+
+def _unarchive(archive: str, output: str, symlink: bool, clobber: bool, quiet: bool,
+               store: str | None, client) -> Manifest:
     new_wd = Path(os.path.abspath(output))
     scratch = new_wd / SCRATCH
     reader = open_reader(archive, staging=scratch)
@@ -116,8 +134,12 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
                 place.parent.mkdir(parents=True, exist_ok=True)
         reporter = Reporter(sum(m.size for m in todo), "restoring", quiet=quiet)
         try:
-            with table_worker_session(reader.capabilities.table_workers):  # zarr tables: decoded in workers
-                reader.extract(todo, dest_for, reporter)
+            with table_worker_session(reader.capabilities.table_workers and client is None):
+                if client is not None:               # the tables decoded on the cluster's workers
+                    from ..cluster.runs import restore_tables
+
+                    todo = restore_tables(client, archive, todo, dest_for, reporter)
+                reader.extract(todo, dest_for, reporter)  # zarr tables: decoded in worker processes
         finally:
             reporter.close()
         if links is not None:

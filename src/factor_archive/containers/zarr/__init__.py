@@ -8,6 +8,7 @@ is the array ``manifest.json`` at the root, written last. ``formats/zarr.md`` sp
 
 from .layout import archive_path_of, node_component, node_path
 from .reader import ZarrReader
-from .writer import ZarrWriter
+from .writer import ZarrWriter, attached_writer, close_object_store, open_object_store
 
-__all__ = ["ZarrReader", "ZarrWriter", "archive_path_of", "node_component", "node_path"]
+__all__ = ["ZarrReader", "ZarrWriter", "archive_path_of", "attached_writer", "close_object_store",
+           "node_component", "node_path", "open_object_store"]

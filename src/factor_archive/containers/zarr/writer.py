@@ -16,7 +16,10 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -251,6 +254,30 @@ class ZarrWriter(ArchiveWriter):
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
 
+    # -- members written by other processes (a cluster's workers) ------------------------------
+    @property
+    def target(self) -> tuple[str, dict[str, Any]]:
+        """Where other processes write members: the partial store directory, or the object
+        store's URL and its fsspec options (``s3_storage_options``: never credentials)."""
+        if self.loc.kind == "url":
+            return self.loc.url, dict(self.loc.options)
+        if self.loc.kind == "zip":
+            raise BadInput(f"{self.loc.text}: a zip store cannot be written by several processes; "
+                           f"write a directory (.zarr) or an object store (s3://) instead")
+        assert self.tmp is not None
+        return str(self.tmp), {}
+
+    def group_for(self, member_path: str):
+        """Create (once) the group the member's node sits in, so that another process can write
+        the node itself below it (:func:`attached_writer`)."""
+        return self._group(node_path(member_path).rsplit("/", 1)[0])
+
+    def publish_groups(self) -> None:
+        """Make the groups created so far visible to other processes: an object store's
+        write-behind queue is flushed (a local directory needs nothing)."""
+        if self.loc.kind == "url":
+            _sync(self.store.flush())
+
     # -- members --------------------------------------------------------------------------------
     def _group(self, path: str):
         """The group at ``path`` (below the root), created once with its parents."""
@@ -365,3 +392,84 @@ def _read_exact(f, n: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+# ---------------------------------------------------------------------------------------------
+# Writing members into a store another process owns (a cluster's workers)
+
+def open_object_store(url: str, storage_options: Mapping[str, Any]) -> Any:
+    """The object store at ``url`` for writing, with the environment's S3 options (credentials
+    from botocore's environment) updated by ``storage_options``; close with
+    :func:`close_object_store`."""
+    loc = _Location(url)
+    loc.options = {**loc.options, **storage_options}
+    return loc.open_url_store(read_only=False)
+
+
+def close_object_store(store: Any) -> None:
+    """Close an object store from :func:`open_object_store` (its HTTP session)."""
+    _close_url_store(store)
+
+
+@contextmanager
+def attached_writer(location: str, member_path: str, *, object_store: Any = None) -> Iterator[ZarrWriter]:
+    """A writer for one member of the store at ``location`` (``ZarrWriter.target`` of the
+    process that owns it, which made the member's group with ``group_for``).
+
+    The member's node is removed first, so a retried attempt starts from nothing; on leaving,
+    what was written is durable (flushed, or synced to disk). The writer never removes the store:
+    its owner does, if the archive fails. ``object_store``: for a URL, the store from
+    :func:`open_object_store` (kept open by the caller: opening one costs a session).
+    """
+    import zarr
+
+    writer = ZarrWriter.__new__(ZarrWriter)
+    writer.loc = _Location(location)
+    writer.clobber = False
+    writer._staging = None
+    writer._groups = {}
+    writer._groups_lock = threading.Lock()
+    writer._closed = True                # abort() must never remove the shared store
+    writer.notices = []
+    writer.tmp = None
+    node = node_path(member_path)
+    parent = node.rsplit("/", 1)[0]
+    is_url = writer.loc.kind == "url"
+    try:
+        try:
+            if is_url:
+                if object_store is None:
+                    raise ValueError("attached_writer: an object store URL needs object_store")
+                writer.base_store = object_store
+                writer.store = _fresh_store_class()(object_store)
+                # The write-behind store answers reads from what it wrote; the owner wrote the
+                # root and the parent groups: those are read from the object store.
+                parts = parent.split("/")
+                writer.store._known.update({f"{'/'.join(parts[:i])}/zarr.json".lstrip("/"): None
+                                            for i in range(len(parts) + 1)})
+                _remove_objects(object_store.fs, f"{object_store.path}/{node}")
+            else:
+                from zarr.storage import LocalStore
+
+                root = writer.loc.path
+                if not (root / "zarr.json").is_file():
+                    raise BadInput(f"{root}: the store being written is not there (is the file "
+                                   f"system shared with the client, at the same path?)")
+                writer.store = LocalStore(root)
+                remove(root / node)
+            writer._groups[parent] = zarr.open_group(writer.store, path=parent, mode="r+")
+        except Exception as exc:
+            raise writer._failure(exc, location) from None
+        yield writer
+        try:
+            if is_url:
+                _sync(writer.store.flush())      # every object stored before the task succeeds
+            else:
+                sync_filesystem(writer.loc.path)  # durable before the owner writes the manifest
+        except Exception as exc:
+            raise writer._failure(exc, location) from None
+    except BaseException:
+        if is_url and getattr(writer, "store", None) is not None:
+            try:
+                _sync(writer.store.cancel())
+            except Exception:
+                pass
+        raise
