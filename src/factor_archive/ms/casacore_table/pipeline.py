@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -128,12 +131,7 @@ class _Work:
     def drain(self) -> None:
         """Wait until everything handed to ``store`` is stored; raise the first failure."""
         stores, self._stores = self._stores, []
-        first = None
-        for f in stores:
-            try:
-                f.result()
-            except BaseException as e:
-                first = first or e
+        first = first_failure(stores)
         if first is not None:
             raise first
 
@@ -157,3 +155,15 @@ def _block_rows(chunk_rows: int, shard_rows: int, row_bytes: int, block_bytes: i
     k = max(1, block_bytes // max(1, chunk_rows * row_bytes))
     return max(1, min(shard_rows, chunk_rows * k))
 
+
+def first_failure(futures: Iterable[Future[Any]],
+                  kind: type[BaseException] = BaseException) -> BaseException | None:
+    """Wait for every future and return the first failure of ``kind`` (others are raised at
+    once): a caller moves on only when no thread still fills or stores its buffers."""
+    first = None
+    for f in futures:
+        try:
+            f.result()
+        except kind as e:
+            first = first or e
+    return first

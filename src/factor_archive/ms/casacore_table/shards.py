@@ -16,7 +16,7 @@ import zarr
 from . import zarr_internals
 from .codecs import _BadChunk, _ChunkCodec, _codec_from_metadata, _create
 from .common import _MAX_U64, _first_line, _ReadFailure
-from .pipeline import PipelineSettings, _block_rows, _buffer_view, _Work
+from .pipeline import PipelineSettings, _block_rows, _buffer_view, _Work, first_failure
 
 
 def _rows_layout(nrows: int, row_bytes: int, row_block: int | None, settings: PipelineSettings,
@@ -344,12 +344,7 @@ class _ArrayIn:
                     submit(nxt)
                     nxt += 1
                 b0, b1, s, rows, buf, futs = pending.popleft()
-                damage = None
-                for f in futs:
-                    try:
-                        f.result()
-                    except _Damage as e:
-                        damage = damage or e
+                damage = first_failure(futs, _Damage)
                 if i + 1 == len(plan) or plan[i + 1][2] != s:
                     fetched.pop(s, None)
                 yield b0, b1, rows, buf, damage
@@ -373,12 +368,7 @@ class _ArrayIn:
             a, b = max(start, r), min(stop, r + self.chunk)
             futs.append(self.work.pool.submit(self._chunk, self._cached[s], s, (r % self.shard) // self.chunk,
                                               out[a - start:b - start], a - r))
-        damage = None
-        for f in futs:
-            try:
-                f.result()
-            except _Damage as e:
-                damage = damage or e
+        damage = first_failure(futs, _Damage)
         if damage:
             raise damage
         return out
