@@ -4,12 +4,14 @@ manifest, and the result is the single-process archive's."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
@@ -280,15 +282,37 @@ def test_an_unexpected_error_is_retried_once_then_reported(client, parset, tmp_p
 def test_two_workers_store_the_run_in_an_s3_bucket(client, parset, reference, tmp_path, monkeypatch, whole_run):
     """CI stores two tables and two files (writing and verifying the whole run in SeaweedFS takes
     a minute); --full stores the whole run and restores it."""
-    from s3server import SeaweedS3, weed_binary
+    from s3server import weed_binary
 
     if weed_binary() is None:
         pytest.skip("the SeaweedFS 'weed' binary is not installed")
     plan = zarr_plan(parset)
     if not whole_run:
         plan.items = [item for item in plan.items if item.member.path in (CHUNK, PARMDB, FITS, "misc/factor.parset")]
+    with seaweed_seen_by_cluster(client, tmp_path, monkeypatch) as s3:
+        url = "s3://factor-archives/runs/L123456"
+        manifest, progress = archive_on_cluster(client, plan, url)
+        expected = {path: digest for path, digest in member_digests(reference[0]).items()
+                    if path in {item.member.path for item in plan.items}}
+        assert member_digests(manifest) == expected
+        assert s3.filesystem().exists(f"factor-archives/runs/L123456/members/{CHUNK}/DATA/zarr.json")
+        assert main(["verify", "-q", url]) == 0
+        if whole_run:
+            assert sum(progress) == reference[1]
+            out = tmp_path / "restored"
+            assert unarchivefactor_main(["-q", url, str(out)]) == 0
+            table = next(m for m in manifest.members if m.path == CHUNK)
+            assert_tables_equal(Path(table.source), out / table.restore_path)
+
+
+@contextlib.contextmanager
+def seaweed_seen_by_cluster(client, tmp_path: Path, monkeypatch) -> Iterator:
+    """A SeaweedFS server with the bucket "factor-archives", whose keys and endpoint the client
+    and every worker find in their environment, as on a cluster; the workers' environment is
+    given back afterwards."""
+    from s3server import SeaweedS3
+
     with SeaweedS3(tmp_path / "seaweed") as s3:
-        # Client and workers find the keys and the endpoint in their environment, as on a cluster.
         for key, value in s3.env.items():
             monkeypatch.setenv(key, value)
         for name in ("AWS_ENDPOINT_URL_S3", "FACTOR_ARCHIVE_S3_ENDPOINT"):
@@ -297,21 +321,10 @@ def test_two_workers_store_the_run_in_an_s3_bucket(client, parset, reference, tm
         client.run(_restore_environment, s3.env)
         try:
             s3.make_bucket("factor-archives")
-            url = "s3://factor-archives/runs/L123456"
-            manifest, progress = archive_on_cluster(client, plan, url)
-            expected = {path: digest for path, digest in member_digests(reference[0]).items()
-                        if path in {item.member.path for item in plan.items}}
-            assert member_digests(manifest) == expected
-            assert s3.filesystem().exists(f"factor-archives/runs/L123456/members/{CHUNK}/DATA/zarr.json")
-            assert main(["verify", "-q", url]) == 0
-            if whole_run:
-                assert sum(progress) == reference[1]
-                out = tmp_path / "restored"
-                assert unarchivefactor_main(["-q", url, str(out)]) == 0
-                table = next(m for m in manifest.members if m.path == CHUNK)
-                assert_tables_equal(Path(table.source), out / table.restore_path)
+            yield s3
         finally:
-            client.run(_restore_environment, next(iter(before.values())))
+            for address, saved in before.items():
+                client.run(_restore_environment, saved, workers=[address])
 
 
 def _environment_of(names: list[str]) -> dict:
@@ -462,28 +475,17 @@ def test_archivefactor_on_a_cluster_to_s3_and_back(client, parset, reference, tm
     """The whole run through the CLI into SeaweedFS and back (about a minute: --full)."""
     from factor_archive.cli import archivefactor_main
     from factor_archive.containers.zarr import ZarrReader
-    from s3server import SeaweedS3, weed_binary
+    from s3server import weed_binary
 
     if weed_binary() is None:
         pytest.skip("the SeaweedFS 'weed' binary is not installed")
-    with SeaweedS3(tmp_path / "seaweed") as s3:
-        for key, value in s3.env.items():
-            monkeypatch.setenv(key, value)
-        for name in ("AWS_ENDPOINT_URL_S3", "FACTOR_ARCHIVE_S3_ENDPOINT"):
-            monkeypatch.delenv(name, raising=False)
-        before = client.run(_environment_of, list(s3.env))
-        client.run(_restore_environment, s3.env)
-        try:
-            s3.make_bucket("factor-archives")
-            url = "s3://factor-archives/runs/cli"
-            address = client.scheduler.address
-            assert archivefactor_main(["-q", "-r", "--cluster", address, str(parset), url]) == 0
-            with ZarrReader(url) as reader:
-                manifest = reader.manifest
-            assert member_digests(manifest) == member_digests(reference[0])
-            assert unarchivefactor_main(["-q", "--cluster", address, url, str(tmp_path / "r1")]) == 0
-            assert unarchivefactor_main(["-q", url, str(tmp_path / "r2")]) == 0
-            restored_equal(manifest, tmp_path / "r1", tmp_path / "r2")
-        finally:
-            for address, saved in before.items():
-                client.run(_restore_environment, saved, workers=[address])
+    with seaweed_seen_by_cluster(client, tmp_path, monkeypatch):
+        url = "s3://factor-archives/runs/cli"
+        address = client.scheduler.address
+        assert archivefactor_main(["-q", "-r", "--cluster", address, str(parset), url]) == 0
+        with ZarrReader(url) as reader:
+            manifest = reader.manifest
+        assert member_digests(manifest) == member_digests(reference[0])
+        assert unarchivefactor_main(["-q", "--cluster", address, url, str(tmp_path / "r1")]) == 0
+        assert unarchivefactor_main(["-q", url, str(tmp_path / "r2")]) == 0
+        restored_equal(manifest, tmp_path / "r1", tmp_path / "r2")

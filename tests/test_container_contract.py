@@ -20,27 +20,17 @@ from conftest import assert_tables_equal
 from factor_archive.containers.registry import BACKENDS, open_reader, open_writer
 from factor_archive.errors import FactorArchiveError
 from factor_archive.manifest import Manifest, Member
+from test_tar_container import make_table as make_casacore_table
+from test_tar_container import nothing
 
 CREATED = "2024-05-01T12:00:00+00:00"
 AWKWARD = {"zarr.json": b"{}", "__init__": b"", "100%.txt": os.urandom(3 << 20),
            "a b ø.fits": os.urandom(20000), "zeros.bin": bytes(5 << 20)}
 
 
-def nothing(_n: int) -> None:
-    pass
-
-
 def make_table(path: Path) -> None:
-    """A real casacore table with a subtable and an empty directory."""
-    from casacore import tables
-
-    desc = tables.maketabdesc([tables.makescacoldesc("A", 0)])
-    t = tables.table(str(path), desc, nrow=10, ack=False)
-    t.putcol("A", list(range(10)))
-    sub = tables.table(str(path / "ANTENNA"), desc, nrow=3, ack=False)
-    sub.close()
-    t.putkeyword("ANTENNA", "Table: " + str(path / "ANTENNA"))
-    t.close()
+    """A real casacore table with a subtable (test_tar_container's) and an empty directory."""
+    make_casacore_table(path)
     (path / "emptydir").mkdir()
 
 
