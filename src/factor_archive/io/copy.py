@@ -57,6 +57,43 @@ def _give_buffers(buffers: list[bytearray]) -> None:
         _pool.extend(buffers[:max(0, _POOL_KEEP - len(_pool))])
 
 
+# Hashing threads are kept when their file is done and given the next one: a tar of a run starts
+# one per file copied (about a thousand), and starting a thread cost about 0.4 ms each on a busy
+# machine (py-spy, benchmarks/README.md). Daemon threads, as before: an interrupted archive must
+# never wait at exit for a hasher that will not be fed again.
+_SPARE_KEEP = 8
+_spare: list[queue.SimpleQueue[Callable[[], None]]] = []
+_spare_lock = threading.Lock()
+
+
+def on_spare_thread(task: Callable[[], None]) -> threading.Event:
+    """Run ``task`` on an idle kept thread (or a new one); the event is set when it returns."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            task()
+        finally:
+            done.set()
+
+    with _spare_lock:
+        inbox = _spare.pop() if _spare else None
+    if inbox is None:
+        inbox = queue.SimpleQueue()
+        threading.Thread(target=_serve, args=(inbox,), daemon=True, name="factor-archive-hash").start()
+    inbox.put(run)
+    return done
+
+
+def _serve(inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+    while True:
+        inbox.get()()
+        with _spare_lock:
+            if len(_spare) >= _SPARE_KEEP:
+                return
+            _spare.append(inbox)
+
+
 class HashThread:
     """Hashes buffers, in the order given, on a second thread.
 
@@ -69,8 +106,7 @@ class HashThread:
         self.digest = hashlib.sha256()
         self._full: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=queue_size)
         self._back: queue.SimpleQueue[Any] | None = queue.SimpleQueue() if hand_back else None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="factor-archive-hash")
-        self._thread.start()
+        self._done = on_spare_thread(self._run)
 
     def _run(self) -> None:
         while True:
@@ -98,7 +134,7 @@ class HashThread:
 
     def finish(self) -> str:
         self._full.put(None)
-        self._thread.join()
+        self._done.wait()
         return self.digest.hexdigest()
 
 
@@ -225,8 +261,7 @@ class _ReadBackHasher:
         self.fd, self.digest = fd, digest
         self.error: BaseException | None = None
         self.ranges: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="factor-archive-hash")
-        self._thread.start()
+        self._done = on_spare_thread(self._run)
 
     def _run(self) -> None:
         buf = _take_buffer()
@@ -245,7 +280,7 @@ class _ReadBackHasher:
 
     def finish(self) -> None:
         self.ranges.put(None)
-        self._thread.join()
+        self._done.wait()
         if self.error is not None:
             raise self.error
 
