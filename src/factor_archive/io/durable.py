@@ -58,12 +58,17 @@ def fsync_dir(path: Path) -> None:
     fsync_path(path)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync and rename, so a reader sees the old file or the whole new one."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write and rename, so a reader sees the old file or the whole new one; fsync'd unless the
+    caller makes a whole tree durable at once afterwards (``durable=False``, then
+    :func:`sync_filesystem`): a restore rewrites hundreds of mapfiles, and two fsyncs each cost
+    more than one syncfs at the end."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)

@@ -15,7 +15,7 @@ from .. import signals
 from ..containers.base import table_worker_session
 from ..containers.registry import open_reader
 from ..errors import BadInput, FactorArchiveError
-from ..io.durable import write_atomic
+from ..io.durable import fsync_dir, sync_filesystem, write_atomic
 from ..io.failures import disk_full, is_disk_full, written_path
 from ..manifest import Manifest, Member, safe_relpath
 from ..progress import Reporter
@@ -148,8 +148,14 @@ def _unarchive(archive: str, output: str, symlink: bool, clobber: bool, quiet: b
         _rewrite_paths(manifest, new_wd)
         if parset_member is not None:
             _write_parset(manifest, scratch / "parset", new_wd)
+        # Everything restored reaches the disk before the marker goes: a restore without its
+        # marker is complete even after a power cut (and `sync` afterwards has nothing to do).
+        for root in {new_wd, *([Path(os.path.abspath(store))] if store else [])}:
+            if root.exists():
+                sync_filesystem(root)
         signals.hold()  # the restore is complete once the marker goes: a signal now is reported after
         (new_wd / MARKER).unlink()
+        fsync_dir(new_wd)
         return manifest
     except BaseException as exc:
         if is_disk_full(exc) and signals.received() is None:
@@ -186,7 +192,7 @@ def _rewrite_paths(manifest: Manifest, new_wd: Path) -> None:
             raise BadInput(f"{m.path}: cannot rewrite paths ({exc})") from None
         if changed:
             st = os.stat(path)
-            write_atomic(path, new)
+            write_atomic(path, new, durable=False)   # made durable with the whole restore
             os.chmod(path, st.st_mode & 0o7777)
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
