@@ -256,7 +256,7 @@ class TarReader(OnePass, ArchiveReader):
                       progress: Progress, what: str) -> None:
         offset = self._check_header(path, offset, size, what)
         try:
-            out = open(dst, "wb")  # noqa: SIM115 - opened apart from its with, so an OSError names the file
+            out = open(dst, "w+b")  # noqa: SIM115 - opened apart from its with, so an OSError names the file
         except OSError as exc:
             raise io_error(dst, exc) from None
         with out:
