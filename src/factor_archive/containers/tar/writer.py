@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import os
 import shutil
@@ -16,7 +15,7 @@ from typing import Any, BinaryIO
 
 from ...errors import BadInput, FactorArchiveError
 from ...io.copy import Progress, ReusedBufferSink, copy_stream_later, no_progress
-from ...io.durable import fsync_dir
+from ...io.blobs import BlobStore, BlobWriter
 from ...io.failures import io_error, is_disk_full
 from ...io.install import discard
 from ...io.leftovers import remove_stale_partials
@@ -43,6 +42,7 @@ from .format import (
     entry_headers,
     index_entry,
 )
+from .local_blobs import LocalBlobs
 
 
 class _Sink(ReusedBufferSink):
@@ -74,40 +74,46 @@ class TarWriter(ArchiveWriter):
     form = "tar"
     capabilities = Capabilities(streams=True)
 
-    def __init__(self, path: str, *, clobber: bool = False) -> None:
-        self._stream = str(path) == "-"
+    def __init__(self, path: str, *, clobber: bool = False, blobs: BlobStore | None = None) -> None:
+        """``path``: a local file, ``"-"``, or (with ``blobs``) the blob's name in that store."""
+        self._stream = str(path) == "-" and blobs is None
         self._clobber = clobber
         self._staging: Path | None = None
         self._paths: set[str] = set()
         self._parents: set[str] = set()       # every ancestor of a stored path
         self._done = False
         self.notices: list[str] = []           # for the user: leftovers of killed runs removed
+        self.path: Path | None = None           # a local output (staging goes beside it)
+        self._blob: BlobWriter | None = None
         if self._stream:
-            self.path: Path | None = None
-            self._partial: Path | None = None
             if sys.stdout.isatty():
                 raise BadInput("refusing to write a tar archive to a terminal; redirect or pipe "
                                "standard output")
             self._sink = _Sink(sys.stdout.buffer, "<stdout>")
             return
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise BadInput(f"{path}: is a directory")
-        if not self.path.parent.is_dir():
-            raise BadInput(f"{self.path.parent}: no such directory")
-        if not clobber and os.path.lexists(self.path):
-            raise BadInput(f"{path}: already exists (use --clobber to replace it)")
-        self.notices = remove_stale_partials(self.path)
-        self._partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        if blobs is None:
+            self.path = Path(path)
+            if self.path.is_dir():
+                raise BadInput(f"{path}: is a directory")
+            if not self.path.parent.is_dir():
+                raise BadInput(f"{self.path.parent}: no such directory")
+            if not clobber and os.path.lexists(self.path):
+                raise BadInput(f"{path}: already exists (use --clobber to replace it)")
+            self.notices = remove_stale_partials(self.path)
+            blobs = LocalBlobs(self.path.parent, clobber=clobber)
+            name = self.path.name
+        else:
+            name = str(path)
+            if not clobber and blobs.size(name) is not None:
+                raise BadInput(f"{blobs.location}/{name}: already exists (use --clobber to replace it)")
+        self._blob = blobs.create(name)
+        self.notices += getattr(blobs, "notices", [])
         try:
-            f = open(self._partial, "w+b")  # noqa: SIM115 - the writer owns it until close()/abort()
-        except OSError as exc:
-            raise io_error(self._partial, exc) from None
-        try:
-            self._sink = _Sink(f, str(self.path), regular_file=True)
+            out = self._blob.file
+            self._sink = _Sink(out if out is not None else self._blob, self._blob.name,
+                               regular_file=out is not None)
         except BaseException:  # interrupted (Ctrl-C) before the caller holds the writer to abort
-            f.close()
-            os.unlink(self._partial)
+            self._blob.abort()
             raise
 
     # -- ArchiveWriter -------------------------------------------------------------------------
@@ -165,15 +171,12 @@ class TarWriter(ArchiveWriter):
         entries = {name: self._write_blob(name, blobs[name], mtime_ns) for name in METADATA_NAMES}
         self._sink.write(index_entry(entries, mtime_ns // 10 ** 9))
         self._sink.write(ZERO_BLOCK * 2)
-        out = self._sink.f
         try:
-            out.flush()
-            if self._stream:
+            if self._blob is None:
+                self._sink.f.flush()
                 self._fsync_stdout()
             else:
-                os.fsync(out.fileno())
-                out.close()
-                self._publish()
+                self._blob.commit()
         except OSError as exc:
             raise io_error(self._sink.name, exc) from None
         self._done = True
@@ -181,16 +184,8 @@ class TarWriter(ArchiveWriter):
 
     def abort(self) -> None:
         self._done = True
-        if not self._stream:
-            try:
-                self._sink.f.close()
-            except OSError:
-                pass
-            if self._partial is not None:
-                try:
-                    os.unlink(self._partial)
-                except FileNotFoundError:
-                    pass
+        if self._blob is not None:
+            self._blob.abort()
         # A stream gets no index and no end-of-archive blocks: readers see it as truncated.
         self._remove_staging()
 
@@ -290,28 +285,6 @@ class TarWriter(ArchiveWriter):
             os.fsync(self._sink.f.fileno())
         except (OSError, ValueError, AttributeError):
             pass        # a pipe or a terminal: nothing to make durable here
-
-    def _publish(self) -> None:
-        assert self.path is not None and self._partial is not None
-        if self._clobber:
-            os.replace(self._partial, self.path)
-        else:
-            try:                                    # fails instead of replacing a newcomer
-                os.link(self._partial, self.path)
-            except FileExistsError:
-                os.unlink(self._partial)
-                raise BadInput(f"{self.path}: appeared while archiving; not replaced") from None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                if os.path.lexists(self.path):
-                    os.unlink(self._partial)
-                    raise BadInput(f"{self.path}: appeared while archiving; not replaced") \
-                        from None
-                os.rename(self._partial, self.path)
-            else:
-                os.unlink(self._partial)
-        fsync_dir(self.path.parent)
 
     def _remove_staging(self) -> None:
         if self._staging is not None:
