@@ -74,7 +74,7 @@ def _write_archive(plan: ArchivePlan, output: str, clobber: bool, quiet: bool, c
     staging: list[Path] = []  # where calibrated data was built, once it is
     reporter = None
     signals.hold()  # a Ctrl-C while the writer is made is raised inside the try below
-    writer = open_writer(plan.options.form, output, clobber=clobber)
+    writer = open_writer(plan.options.form, output, clobber=clobber, volumes=_volumes(plan.options))
     try:  # from here on every failure, Ctrl-C included, goes through writer.abort()
         signals.check()
         reporter = Reporter(plan.total_bytes, "archiving", quiet=quiet)
@@ -86,7 +86,7 @@ def _write_archive(plan: ArchivePlan, output: str, clobber: bool, quiet: bool, c
                          or any(i.concat for i in plan.items))
         with table_worker_session(needs_workers):  # casacore writes (-d, zarr) run in worker processes
             if client is None:
-                members = _write_members(plan.items, writer, reporter, staging)
+                members = _write_members(_in_volume_order(plan), writer, reporter, staging)
             else:
                 from .cluster.runs import archive_members
 
@@ -112,6 +112,27 @@ def _write_archive(plan: ArchivePlan, output: str, clobber: bool, quiet: bool, c
         if reporter is not None:
             reporter.close()
     return manifest
+
+
+def _volumes(options):
+    """The tar form's volume options, or None for one file."""
+    if options.volume_size is None:
+        if options.group_by is not None:
+            raise BadInput("--group-by: needs --volume-size (it groups members into volumes)")
+        return None
+    from .containers.tar.volume_writer import VolumeOptions
+
+    return VolumeOptions(options.volume_size, options.group_by)
+
+
+def _in_volume_order(plan: ArchivePlan) -> list[PlanItem]:
+    """--group-by category: the items of each category group together (stable within one), so
+    each group fills volumes of its own."""
+    if plan.options.group_by != "category":
+        return plan.items
+    from .containers.tar.volumes import GROUP_ORDER, category_group
+
+    return sorted(plan.items, key=lambda i: GROUP_ORDER.index(category_group(i.member.category)))
 
 
 def _output_full(exc: BaseException, output: str, form: str, staging: list[Path]) -> FactorArchiveError:

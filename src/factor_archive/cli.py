@@ -132,6 +132,12 @@ def _archive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=names(), default=None,
                    help="archive form (default: tar for '-' or *.tar, zarr for *.zarr, *.zarr.zip and "
                         "s3://, dir otherwise)")
+    p.add_argument("--volume-size", metavar="SIZE", default=None,
+                   help="tar form: write volumes NAME.tar, NAME.001.tar, ... of at most SIZE bytes "
+                        "of data each (K, M, G, T: powers of 1024; e.g. 4G); see docs/usage.md")
+    p.add_argument("--group-by", choices=["category"], default=None,
+                   help="with --volume-size: each category group (calibrated data, chunks and "
+                        "state, solutions and sky models, images and plots, misc) in its own volumes")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--dry-run", action="store_true", help="print what would be archived and stop")
     _cluster_argument(p, "store the members on a Dask cluster (zarr form; see docs/cluster.md)")
@@ -152,7 +158,7 @@ def _archive_hint(args: argparse.Namespace) -> str:
     """What an interrupted archive leaves, as docs/usage.md describes it."""
     if args.output == "-":
         return "the tar written to standard output is incomplete (it has no index)"
-    if (args.format or _guess_form(args.output)) == "dir":
+    if (args.format or _guess_form(args.output)) == "dir" or getattr(args, "volume_size", None):
         return "the archive is incomplete: run the same command again to complete it (-c starts over)"
     return "nothing was kept; run the same command again"
 
@@ -164,7 +170,13 @@ def _run_archive(args: argparse.Namespace) -> int:
 
     dirs = [d.strip() for d in args.directions.split(",") if d.strip()]
     form = args.format or _guess_form(args.output)
-    plan = plan_archive(args.parset, Options(resumable=args.resumable, directions=dirs, form=form))
+    volume_size = None
+    if args.volume_size is not None:
+        from .containers.tar.volumes import parse_size
+
+        volume_size = parse_size(args.volume_size)
+    plan = plan_archive(args.parset, Options(resumable=args.resumable, directions=dirs, form=form,
+                                             volume_size=volume_size, group_by=args.group_by))
     out = sys.stderr if args.output == "-" else sys.stdout
     if args.dry_run:
         for line in describe_plan(plan):
@@ -229,6 +241,10 @@ def _run_ls(args: argparse.Namespace) -> int:
         m = reader.manifest
         print(f"# {reader.form} archive of {m.run.get('working_dir')} made {m.created} "
               f"by factor-archive {m.tool_version} (resumable: {bool(m.options.get('resumable'))})")
+        volume_set = m.options.get("volume_set")
+        if isinstance(volume_set, dict):
+            print(f"# volume set {volume_set.get('set')}: {volume_set.get('volumes')} volumes of "
+                  f"{volume_set.get('volume_size')} bytes (group by: {volume_set.get('group_by')})")
         for member in m.members:
             print(f"{member.category:17} {member.direction or '-':12} {member.kind:5} "
                   f"{member.size:>14}  {member.path}")

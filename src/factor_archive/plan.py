@@ -22,6 +22,8 @@ class Options:
     resumable: bool = False
     directions: list[str] = field(default_factory=list)   # calibrated data to export ("all" expanded)
     form: str = "dir"
+    volume_size: int | None = None    # tar: write volumes of this many bytes (--volume-size)
+    group_by: str | None = None       # with volumes: "category" keeps category groups apart
 
 
 @dataclass

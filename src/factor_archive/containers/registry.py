@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadInput
 from ..manifest import MANIFEST_NAME
@@ -54,7 +55,25 @@ def _tar_writer(loc: Location, clobber: bool) -> ArchiveWriter:
 
 def _tar_reader(loc: Location, staging: Path | None) -> ArchiveReader:
     from .tar import TarReader
-    return TarReader(loc.text, staging=staging)
+    from .tar.volume_reader import open_volume_set
+    from .tar.volumes import is_volume
+
+    if loc.kind == "stdio":
+        return TarReader(loc.text, staging=staging)
+    path = loc.local_path()
+    if path.is_dir():
+        return open_volume_set(path)
+    try:
+        with open(path, "rb") as f:
+            volume = is_volume(f)
+    except OSError:
+        volume = False      # the tar reader says what is wrong with it
+    return open_volume_set(path) if volume else TarReader(loc.text, staging=staging)
+
+
+def _holds_volumes(path: Path) -> bool:
+    from .tar.volume_reader import holds_volumes
+    return holds_volumes(path)
 
 
 def _is_tar(_path: Path, head: bytes) -> bool:
@@ -86,7 +105,8 @@ def _is_zarr_zip(path: Path, head: bytes) -> bool:
 BACKENDS: tuple[Backend, ...] = (
     Backend("dir", _dir_writer, _dir_reader,
             sniff_dir=lambda path: (path / MANIFEST_NAME).is_file()),
-    Backend("tar", _tar_writer, _tar_reader, sniff_file=_is_tar, suffixes=(".tar",), stdio=True),
+    Backend("tar", _tar_writer, _tar_reader, sniff_dir=_holds_volumes, sniff_file=_is_tar,
+            suffixes=(".tar",), stdio=True),
     Backend("zarr", _zarr_writer, _zarr_reader,
             sniff_dir=lambda path: (path / "zarr.json").is_file(), sniff_file=_is_zarr_zip,
             suffixes=(".zarr", ".zarr.zip"), url_schemes=("s3", "s3a", "gs", "gcs", "memory", "file")),
@@ -162,10 +182,20 @@ def open_reader(location: str | Location, *, staging: Path | None = None) -> Arc
     return backend(detect(loc)).reader(loc, staging)
 
 
-def open_writer(form: str, location: str | Location, *, clobber: bool) -> ArchiveWriter:
-    """A writer of ``form`` at ``location``."""
+def open_writer(form: str, location: str | Location, *, clobber: bool,
+                volumes: Any = None) -> ArchiveWriter:
+    """A writer of ``form`` at ``location``; ``volumes`` (tar form: a ``VolumeOptions``) writes
+    a set of volumes instead of one file."""
     b = backend(form)
     loc = location if isinstance(location, Location) else parse_location(location)
+    if volumes is not None:
+        if b.name != "tar":
+            raise BadInput(f"--volume-size: only the tar form is written in volumes, not {form}")
+        if loc.kind != "path":
+            raise BadInput(f"{loc.text}: tar volumes are written to a local directory (not to "
+                           "standard output or a URL)")
+        from .tar.volume_writer import open_volume_writer
+        return open_volume_writer(str(loc.local_path()), volumes, clobber=clobber)
     if loc.kind == "stdio" and not b.stdio:
         raise BadInput(f"-: the {form} form cannot be written to standard output "
                        f"(use --format {_streaming().name})")

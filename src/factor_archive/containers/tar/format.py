@@ -188,8 +188,9 @@ def parse_pax(data: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in entry.pax_headers.items()}
 
 
-def parse_index(data: bytes) -> dict[str, tuple[int, int, str]] | None:
-    """The index's entries, or None if ``data`` is not an intact factor-archive index.
+def parse_index(data: bytes, required: str = MANIFEST_NAME) -> dict[str, tuple[int, int, str]] | None:
+    """The index's entries, or None if ``data`` is not an intact factor-archive index listing
+    ``required`` (the manifest; a volume's own index for a volume of a set).
 
     An index with an ``index-sha256`` line must match it; after the lines, only the padding
     the writer puts there (spaces, a final newline) is allowed. Indexes written before the
@@ -218,7 +219,7 @@ def parse_index(data: bytes) -> dict[str, tuple[int, int, str]] | None:
         elif len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit() and len(parts[3]) == 64:
             index[parts[0]] = (int(parts[1]), int(parts[2]), parts[3])
         # anything else: a line a later version added
-    if MANIFEST_NAME not in index:
+    if required not in index:
         return None
     return index
 

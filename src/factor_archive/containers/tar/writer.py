@@ -164,11 +164,14 @@ class TarWriter(ArchiveWriter):
             raise FactorArchiveError("internal error: close() after close() or abort()")
         manifest.container = "tar"
         manifest.tag_manifest = TAG_MANIFEST_NAME
-        mtime_ns = _created_ns(manifest)
-        blobs = {MANIFEST_NAME: manifest.to_json().encode("utf-8"),
-                 CHECKSUMS_NAME: checksums_text(manifest).encode("utf-8")}
-        blobs[TAG_MANIFEST_NAME] = tag_manifest_text(blobs).encode("utf-8")
-        entries = {name: self._write_blob(name, blobs[name], mtime_ns) for name in METADATA_NAMES}
+        self.finish(metadata_blobs(manifest), _created_ns(manifest))
+
+    def finish(self, blobs: dict[str, bytes], mtime_ns: int) -> None:
+        """Write ``blobs`` (name -> bytes) as the last entries, the index pointing at them and
+        the end-of-archive blocks, then commit: the archive appears complete only now."""
+        if self._done:
+            raise FactorArchiveError("internal error: close() after close() or abort()")
+        entries = {name: self._write_blob(name, data, mtime_ns) for name, data in blobs.items()}
         self._sink.write(index_entry(entries, mtime_ns // 10 ** 9))
         self._sink.write(ZERO_BLOCK * 2)
         try:
@@ -292,3 +295,9 @@ class TarWriter(ArchiveWriter):
             self._staging = None
 
 
+def metadata_blobs(manifest: Manifest) -> dict[str, bytes]:
+    """The manifest, its checksum file and the tag manifest, in archive order."""
+    blobs = {MANIFEST_NAME: manifest.to_json().encode("utf-8"),
+             CHECKSUMS_NAME: checksums_text(manifest).encode("utf-8")}
+    blobs[TAG_MANIFEST_NAME] = tag_manifest_text(blobs).encode("utf-8")
+    return {name: blobs[name] for name in METADATA_NAMES}
