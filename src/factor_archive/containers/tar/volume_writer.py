@@ -28,7 +28,7 @@ from ...io.leftovers import remove_stale_partials
 from ...io.tree import walk_table
 from ...manifest import TAG_MANIFEST_NAME, FileEntry, Manifest, Member, safe_relpath
 from ..base import ArchiveWriter, Capabilities, file_member, table_member
-from .format import BLOCKSIZE, _created_ns, _padding, entry_headers
+from .format import BLOCKSIZE, _created_ns, _padding, announcement, entry_headers
 from .local_blobs import LocalBlobs
 from .volumes import (
     VOLUME_INDEX_NAME,
@@ -41,7 +41,6 @@ from .volumes import (
 )
 from .writer import TarWriter, metadata_blobs
 
-HEADERS = 3 * BLOCKSIZE          # room for one entry's pax header, records and ustar header
 CHUNK = 1 << 20
 
 
@@ -312,15 +311,18 @@ class VolumeWriter(ArchiveWriter):
                                   self.options.group_by, group)
 
     def _estimate(self, member: Member, source: Path) -> int:
-        """Bytes the member takes in a tar (headers included)."""
+        """Bytes the member takes in a tar, headers included (exactly, for unchanged sources)."""
         if member.kind == "link":
             return 0
         try:
+            st = os.stat(source)
             if member.kind == "file":
-                return HEADERS + _rounded(os.stat(source).st_size)
+                return _entry_size(member.path, st, announcement(member))
             files, dirs = walk_table(source)
-            return HEADERS * (1 + len(dirs)) + sum(HEADERS + _rounded(os.stat(full).st_size)
-                                                   for _rel, full in files)
+            return (_entry_size(member.path + "/", st, announcement(member), directory=True)
+                    + sum(_entry_size(f"{member.path}/{d}/", os.stat(source / d), directory=True)
+                          for d in dirs)
+                    + sum(_entry_size(f"{member.path}/{rel}", os.stat(full)) for rel, full in files))
         except OSError as exc:
             raise io_error(source, exc) from None
 
@@ -359,8 +361,7 @@ class VolumeWriter(ArchiveWriter):
         entries = []
         for rel, full in files:
             path = f"{member.path}/{rel}"
-            size = os.stat(full).st_size
-            need = HEADERS + _rounded(size)
+            need = _entry_size(path, os.stat(full))
             if self._used() + need > self.options.size and need <= self.options.size:
                 self._next_volume(self._index.group if self._index else None)
             if self._used() + need <= self.options.size:
@@ -386,15 +387,18 @@ class VolumeWriter(ArchiveWriter):
             st = os.fstat(f.fileno())
             left, part = st.st_size, 0
             while left > 0 or part == 0:
-                room = (self.options.size - self._used() - HEADERS) // BLOCKSIZE * BLOCKSIZE
+                name = f"{path}.part{part:03d}"
+                headers = len(entry_headers(name, b"0", self.options.size,
+                                            stat.S_IMODE(st.st_mode), st.st_mtime_ns))
+                room = (self.options.size - self._used() - headers) // BLOCKSIZE * BLOCKSIZE
                 if room < BLOCKSIZE:
                     self._next_volume(self._index.group if self._index else None)
                     continue
                 assert self._tar is not None
                 size = min(left, room)
                 sink = self._tar._sink
-                sink.write(entry_headers(f"{path}.part{part:03d}", b"0", size,
-                                         stat.S_IMODE(st.st_mode), st.st_mtime_ns))
+                sink.write(entry_headers(name, b"0", size, stat.S_IMODE(st.st_mode),
+                                         st.st_mtime_ns))
                 offset = sink.pos
                 piece = hashlib.sha256()
                 todo = size
@@ -411,7 +415,7 @@ class VolumeWriter(ArchiveWriter):
                     progress(len(data))
                     todo -= len(data)
                 sink.write(_padding(size))
-                self._add_entry(f"{path}.part{part:03d}", path, member, offset, size,
+                self._add_entry(name, path, member, offset, size,
                                 piece.hexdigest(), part)
                 left -= size
                 part += 1
@@ -423,8 +427,13 @@ class VolumeWriter(ArchiveWriter):
             self._staging = None
 
 
-def _rounded(size: int) -> int:
-    return size + (-size % BLOCKSIZE)
+def _entry_size(path: str, st: os.stat_result, comment: str | None = None, *,
+                directory: bool = False) -> int:
+    """Headers and padded data of one tar entry as TarWriter writes it."""
+    size = 0 if directory else st.st_size
+    headers = entry_headers(path, b"5" if directory else b"0", size, stat.S_IMODE(st.st_mode),
+                            st.st_mtime_ns, comment)
+    return len(headers) + size + (-size % BLOCKSIZE)
 
 
 def open_volume_writer(path: str, options: VolumeOptions, *, clobber: bool) -> VolumeWriter:
