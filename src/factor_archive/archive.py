@@ -106,7 +106,8 @@ def _write_archive(plan: ArchivePlan, output: str, clobber: bool, quiet: bool, c
     except BaseException as exc:
         writer.abort()
         if is_disk_full(exc) and signals.received() is None:
-            raise _output_full(exc, output, plan.options.form, staging) from None
+            continues = plan.options.form == "dir" or plan.options.volume_size is not None
+            raise _output_full(exc, output, continues, staging) from None
         raise
     finally:
         if reporter is not None:
@@ -135,7 +136,8 @@ def _in_volume_order(plan: ArchivePlan) -> list[PlanItem]:
     return sorted(plan.items, key=lambda i: GROUP_ORDER.index(category_group(i.member.category)))
 
 
-def _output_full(exc: BaseException, output: str, form: str, staging: list[Path]) -> FactorArchiveError:
+def _output_full(exc: BaseException, output: str, continues: bool,
+                 staging: list[Path]) -> FactorArchiveError:
     """The full-disk error naming the output (or the staging area, where -d builds calibrated
     data) and its file system, never a source in the run, and saying what was left."""
     if output == "-":
@@ -144,7 +146,7 @@ def _output_full(exc: BaseException, output: str, form: str, staging: list[Path]
     else:
         out = Path(os.path.abspath(output))
         after = ("; the archive is incomplete: free space, then run the same command again to "
-                 "complete it, or add -c to start over") if form == "dir" else "; nothing was kept"
+                 "complete it, or add -c to start over") if continues else "; nothing was kept"
     where = written_path(exc, staging + [out])
     if staging and where is not None and (where == staging[0] or staging[0] in where.parents):
         # -d: beside (or in) the output, or in $TMPDIR for standard output
