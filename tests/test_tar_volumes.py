@@ -124,6 +124,22 @@ def test_a_file_larger_than_a_volume_is_cut_into_parts_that_cat_joins(run_and_se
     assert joined == source.read_bytes()
 
 
+def test_gnu_tar_alone_rebuilds_the_directory_form_tree(run_and_sets, tmp_path):
+    """The recipe of formats/tar.md: every volume extracted in order, the parts joined."""
+    script = r"""
+    for v in run.tar run.[0-9][0-9][0-9]*.tar; do tar xf "$v" -C "$OUT"; done
+    cd "$OUT"
+    find . -name '*.part000' | while read -r p; do
+        f=${p%.part000}; cat "$f".part[0-9]* > "$f" && rm "$f".part[0-9]*; done
+    rm factor-archive-volume.json
+    sha256sum --quiet -c manifest-sha256.txt
+    """
+    done = subprocess.run(["bash", "-ec", script], cwd=run_and_sets["set"],
+                          env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.rglob("*.part0*"))
+
+
 @pytest.mark.parametrize("given", ["run.tar", "run.005.tar", "last", "directory"])
 def test_ls_verify_and_restore_from_any_volume_or_the_directory(run_and_sets, tmp_path, given,
                                                                 capsys):
@@ -191,6 +207,24 @@ def test_a_foreign_volume_is_named_in_one_line(run_and_sets, tmp_path, capsys):
     assert unarchivefactor_main(["-q", str(mixed / "run.002.tar"), str(tmp_path / "out")]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run.002.tar" in err and "foreign" in err
+
+
+def test_a_flipped_byte_in_one_volume_is_found_and_named(run_and_sets, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_and_sets["set"], damaged)
+    volume = damaged / "run.004.tar"
+    entry = next(e for e in own_index(volume).entries if e.volume == 4 and e.size > 1000)
+    with open(volume, "r+b") as f:
+        f.seek(entry.offset + 500)
+        byte = f.read(1)
+        f.seek(entry.offset + 500)
+        f.write(bytes([byte[0] ^ 1]))
+    assert main(["verify", "-q", str(damaged)]) == 1
+    out = capsys.readouterr().out
+    assert f"run.004.tar: entry {entry.name!r} is damaged" in out
+    assert unarchivefactor_main(["-q", str(damaged), str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run.004.tar" in err and "damaged" in err
 
 
 def test_group_by_category_gives_each_group_its_own_volumes(run_and_sets, tmp_path):

@@ -17,7 +17,16 @@ from ...io.blobs import BlobStore
 from ...io.copy import Progress, no_progress
 from ...io.failures import io_error
 from ...io.install import Undo, install, partial_name, set_meta, set_table_meta
-from ...manifest import MANIFEST_NAME, Manifest, Member, tree_digest
+from ...manifest import (
+    CHECKSUMS_NAME,
+    MANIFEST_NAME,
+    TAG_MANIFEST_NAME,
+    Manifest,
+    Member,
+    check_checksums_file,
+    tag_problems,
+    tree_digest,
+)
 from ..base import ArchiveReader, Capabilities, DestFor
 from .local_blobs import LocalBlobs
 from .reader import TarReader
@@ -26,6 +35,7 @@ from .volumes import (
     VolumeIndex,
     VolumeRecord,
     base_candidates,
+    read_tail_index,
     read_volume_index,
     volume_index_of,
     volume_name,
@@ -100,6 +110,9 @@ class VolumeSetReader(ArchiveReader):
         if len(records) != number:
             raise DamagedArchive(f"{self._where(last.name)}: the set's index lists "
                                  f"{len(records)} volumes, {number} are there")
+        if any(e.volume >= number for e in last.entries):
+            raise DamagedArchive(f"{self._where(last.name)}: damaged volume index (an entry in a "
+                                 "volume that does not exist)")
         return last, records
 
     def _check_manifest_name(self) -> None:
@@ -277,6 +290,8 @@ class VolumeSetReader(ArchiveReader):
                 damaged |= {e.file for e in self.last.entries if e.volume == number}
                 continue
             with f:
+                if number == len(self.records) - 1:
+                    problems += self._metadata_problems(f, record.name)
                 for entry in sorted((e for e in self.last.entries if e.volume == number),
                                     key=lambda e: e.offset):
                     f.seek(entry.offset)
@@ -299,6 +314,34 @@ class VolumeSetReader(ArchiveReader):
                 problems.append(f"{self.name}: entry {file!r} is not listed in the manifest")
             elif file not in damaged and digest.hexdigest() != expected[file]:
                 problems.append(f"{self.name}: member file {file!r} is damaged (sha256 mismatch)")
+        return problems
+
+    def _metadata_problems(self, f: BinaryIO, name: str) -> list[str]:
+        """The last volume's manifest-sha256.txt and tag manifest agree with the manifest."""
+        where = self._where(name)
+        index = read_tail_index(f, where, MANIFEST_NAME) or {}
+        files: dict[str, bytes | None] = {}
+        for blob in (MANIFEST_NAME, CHECKSUMS_NAME, TAG_MANIFEST_NAME):
+            files[blob] = None
+            if blob in index:
+                offset, size, sha = index[blob]
+                f.seek(offset)
+                data = f.read(size)
+                if hashlib.sha256(data).hexdigest() != sha:
+                    return [f"{where}: {blob} does not match the index (damaged)"]
+                files[blob] = data
+        problems: list[str] = []
+        if files[TAG_MANIFEST_NAME] is not None:
+            try:
+                problems += tag_problems(where, files[TAG_MANIFEST_NAME],
+                                         {k: files[k] for k in (MANIFEST_NAME, CHECKSUMS_NAME)}
+                                         ).values()
+            except DamagedArchive as exc:
+                problems.append(str(exc))
+        elif self._manifest.tag_manifest:
+            problems.append(f"{where}: the index does not list {TAG_MANIFEST_NAME} (damaged)")
+        if not any(CHECKSUMS_NAME in line for line in problems):
+            problems += check_checksums_file(where, self._manifest, files[CHECKSUMS_NAME])
         return problems
 
     def close(self) -> None:
@@ -334,5 +377,3 @@ def holds_volumes(directory: Path) -> bool:
             return True         # the reader says what is wrong with it
     return False
 
-
-__all__ = ["MANIFEST_NAME", "VolumeSetReader", "holds_volumes", "open_volume_set"]

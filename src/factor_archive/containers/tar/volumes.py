@@ -8,6 +8,7 @@ the last volume only, the set's manifest; the fixed-size index at the very end p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -127,6 +128,8 @@ class VolumeIndex:
             if raw.get("format_version", 0) > VOLUME_FORMAT_VERSION:
                 raise BadInput(f"{origin}: volume format version {raw['format_version']} is newer "
                                "than this tool understands; upgrade factor-archive")
+            for e in raw["entries"]:
+                _check_entry(e)
             return cls(
                 set=str(raw["set"]), name=str(raw["name"]), volume=int(raw["volume"]),
                 last=bool(raw["last"]), volume_size=int(raw["volume_size"]),
@@ -141,6 +144,19 @@ class VolumeIndex:
             raise
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             raise DamagedArchive(f"{origin}: damaged volume index ({VOLUME_INDEX_NAME})") from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entry(e: Any) -> None:
+    """An entry's fields have their types (a hostile index must not reach arithmetic or seeks)."""
+    if not isinstance(e, dict) or set(e) != {f.name for f in dataclasses.fields(Entry)} \
+            or not all(isinstance(e[k], str) for k in ("name", "file", "member", "sha256")) \
+            or not all(_is_count(e[k]) for k in ("volume", "offset", "size")) \
+            or not (e["part"] is None or _is_count(e["part"])) or e["offset"] % BLOCKSIZE:
+        raise ValueError("bad entry")
 
 
 def read_tail_index(f: BinaryIO, origin: str, required: str) -> dict[str, tuple[int, int, str]] | None:
