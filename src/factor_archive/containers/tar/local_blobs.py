@@ -90,7 +90,7 @@ class LocalBlobs:
         return LocalBlobWriter(self.directory, name, self.clobber)
 
     def open(self, name: str) -> BinaryIO:
-        return open(self.directory / name, "rb")  # noqa: SIM115 - the caller closes it
+        return open(self.directory / name, "rb")
 
     def size(self, name: str) -> int | None:
         try:

@@ -331,9 +331,10 @@ class VolumeSetReader(ArchiveReader):
                     return [f"{where}: {blob} does not match the index (damaged)"]
                 files[blob] = data
         problems: list[str] = []
-        if files[TAG_MANIFEST_NAME] is not None:
+        tag = files[TAG_MANIFEST_NAME]
+        if tag is not None:
             try:
-                problems += tag_problems(where, files[TAG_MANIFEST_NAME],
+                problems += tag_problems(where, tag,
                                          {k: files[k] for k in (MANIFEST_NAME, CHECKSUMS_NAME)}
                                          ).values()
             except DamagedArchive as exc:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ...errors import BadInput, FactorArchiveError
-from ...io.copy import Progress, ReusedBufferSink, copy_stream_later, no_progress
 from ...io.blobs import BlobStore, BlobWriter
+from ...io.copy import Progress, ReusedBufferSink, copy_stream_later, no_progress
 from ...io.failures import io_error, is_disk_full
 from ...io.install import discard
 from ...io.leftovers import remove_stale_partials
@@ -50,7 +50,7 @@ class _Sink(ReusedBufferSink):
 
     write() hands each block straight on, so copy_stream may reuse its buffers."""
 
-    def __init__(self, f: BinaryIO, name: str, *, regular_file: bool = False) -> None:
+    def __init__(self, f: BinaryIO | BlobWriter, name: str, *, regular_file: bool = False) -> None:
         self.f = f
         self.name = name
         self.pos = 0
@@ -89,7 +89,8 @@ class TarWriter(ArchiveWriter):
             if sys.stdout.isatty():
                 raise BadInput("refusing to write a tar archive to a terminal; redirect or pipe "
                                "standard output")
-            self._sink = _Sink(sys.stdout.buffer, "<stdout>")
+            self._stdout: BinaryIO = sys.stdout.buffer
+            self._sink = _Sink(self._stdout, "<stdout>")
             return
         if blobs is None:
             self.path = Path(path)
@@ -176,7 +177,7 @@ class TarWriter(ArchiveWriter):
         self._sink.write(ZERO_BLOCK * 2)
         try:
             if self._blob is None:
-                self._sink.f.flush()
+                self._stdout.flush()
                 self._fsync_stdout()
             else:
                 self._blob.commit()
@@ -285,7 +286,7 @@ class TarWriter(ArchiveWriter):
 
     def _fsync_stdout(self) -> None:
         try:
-            os.fsync(self._sink.f.fileno())
+            os.fsync(self._stdout.fileno())
         except (OSError, ValueError, AttributeError):
             pass        # a pipe or a terminal: nothing to make durable here
 
