@@ -350,3 +350,20 @@ def test_volumes_need_the_tar_form_and_a_file(run_and_sets, tmp_path, capsys):
     assert archivefactor_main(ARGS + ["--group-by", "category", parset,
                                       str(tmp_path / "x.tar")]) != 0
     assert "needs --volume-size" in capsys.readouterr().err
+
+
+def test_a_single_tar_and_a_set_are_read_through_a_blob_store(run_and_sets):
+    """What an object store's BlobStore gets: the same reader code, by blob name."""
+    from factor_archive.containers.tar.local_blobs import LocalBlobs
+    from factor_archive.containers.tar.volume_reader import VolumeSetReader, open_tar_blob
+
+    single = open_tar_blob(LocalBlobs(run_and_sets["base"]), "single.tar")
+    volume_set = open_tar_blob(LocalBlobs(run_and_sets["set"]), "run.003.tar")
+    try:
+        assert not isinstance(single, VolumeSetReader) and isinstance(volume_set, VolumeSetReader)
+        assert [m.path for m in single.manifest.members] == \
+            [m.path for m in volume_set.manifest.members]
+        assert single.verify() == [] and volume_set.verify() == []
+    finally:
+        single.close()
+        volume_set.close()

@@ -40,7 +40,9 @@ class TarReader(OnePass, ArchiveReader):
     form = "tar"
 
     def __init__(self, source: str | os.PathLike | BinaryIO, *,
-                 staging: Path | None = None) -> None:
+                 staging: Path | None = None, owns: bool = False, name: str | None = None) -> None:
+        """``source``: a path, ``"-"``, or an open file (``owns``: closed with the reader;
+        ``name``: what messages call it, e.g. the blob's URL)."""
         self._own = False
         if isinstance(source, (str, os.PathLike)):
             if str(source) == "-":
@@ -59,7 +61,9 @@ class TarReader(OnePass, ArchiveReader):
                 self._own = True
         else:
             self._f = source
-            name = getattr(source, "name", None)
+            self._own = owns
+            if name is None:
+                name = getattr(source, "name", None)
             self.name = name if isinstance(name, str) else "<stream>"
         self._staging_parent = staging
         self._spool: Path | None = None

@@ -35,6 +35,7 @@ from .volumes import (
     VolumeIndex,
     VolumeRecord,
     base_candidates,
+    is_volume,
     read_tail_index,
     read_volume_index,
     volume_index_of,
@@ -353,6 +354,22 @@ class VolumeSetReader(ArchiveReader):
 
     def __exit__(self, *_: Any) -> None:
         self.close()
+
+
+def open_tar_blob(blobs: BlobStore, name: str, staging: Path | None = None) -> ArchiveReader:
+    """A reader for the tar ``name`` in ``blobs``: one volume of a set (the set is read), or a
+    single indexed tar (read by ranged reads of the blob)."""
+    where = f"{blobs.location.rstrip('/')}/{name}"
+    try:
+        f = blobs.open(name)
+    except FileNotFoundError:
+        raise BadInput(f"{where}: archive not found") from None
+    except OSError as exc:
+        raise io_error(where, exc) from None
+    if is_volume(f):
+        f.close()
+        return VolumeSetReader(blobs, name)
+    return TarReader(f, staging=staging, owns=True, name=where)
 
 
 def open_volume_set(path: str | os.PathLike) -> VolumeSetReader:
