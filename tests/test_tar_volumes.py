@@ -110,6 +110,19 @@ def test_each_volume_is_a_tar_gnu_tar_extracts_alone_and_lists_itself(run_and_se
         assert data_end <= parse_size(SIZE)
 
 
+def test_one_volume_lists_alone(run_and_sets, tmp_path, capsys):
+    alone = tmp_path / "run.007.tar"
+    shutil.copy(run_and_sets["set"] / "run.007.tar", alone)
+    assert main(["ls", "--volume", str(alone)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    index = own_index(alone)
+    assert lines[0].startswith(f"# volume 7 of set {index.set} (run.tar)")
+    assert [line.split()[1] for line in lines[1:]] == \
+        [e.name for e in index.entries if e.volume == 7]
+    assert main(["ls", str(alone)]) != 0           # the set needs its other volumes
+    assert "missing volume 0" in capsys.readouterr().err
+
+
 def test_a_file_larger_than_a_volume_is_cut_into_parts_that_cat_joins(run_and_sets, tmp_path):
     for v in volumes(run_and_sets["set"]):
         subprocess.run(["tar", "xf", str(v), "-C", str(tmp_path)], check=True)

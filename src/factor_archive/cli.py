@@ -236,6 +236,11 @@ def _run_unarchive(args: argparse.Namespace) -> int:
 def _run_ls(args: argparse.Namespace) -> int:
     from .containers.registry import open_reader
 
+    if args.volume:
+        from .containers.tar.volume_reader import volume_listing
+
+        print("\n".join(volume_listing(args.archive)))
+        return 0
     reader = open_reader(args.archive)
     try:
         m = reader.manifest
@@ -328,6 +333,9 @@ def _main_arguments(p: argparse.ArgumentParser) -> None:
     _unarchive_arguments(sub.add_parser("unarchive", help="restore a run (as unarchivefactor)"))
     ls = sub.add_parser("ls", help="list the members of an archive")
     ls.add_argument("archive")
+    ls.add_argument("--volume", action="store_true",
+                    help="a tar volume: list only this volume, from its own index (the set's "
+                         "other volumes need not be there)")
     verify = sub.add_parser("verify", help="recompute every checksum of an archive")
     verify.add_argument("archive")
     verify.add_argument("-q", "--quiet", action="store_true")

@@ -356,6 +356,23 @@ class VolumeSetReader(ArchiveReader):
         self.close()
 
 
+def volume_listing(path: str | os.PathLike) -> list[str]:
+    """``ls --volume``: one volume's own index, read from that volume alone."""
+    p = Path(path)
+    found = volume_index_of(LocalBlobs(p.parent), p.name)
+    if found is None:
+        raise BadInput(f"{path}: not a volume of a factor-archive set")
+    index = found[0]
+    own = [e for e in index.entries if e.volume == index.volume]
+    lines = [f"# volume {index.volume} of set {index.set} ({index.name}){', the last' if index.last else ''}; "
+             f"group: {index.group or '-'}; {len(own)} entries, "
+             f"{len(index.members)} members end here"]
+    for e in own:
+        part = "" if e.part is None else f"  (part {e.part} of {e.file})"
+        lines.append(f"{e.size:>14}  {e.name}{part}")
+    return lines
+
+
 def open_tar_blob(blobs: BlobStore, name: str, staging: Path | None = None) -> ArchiveReader:
     """A reader for the tar ``name`` in ``blobs``: one volume of a set (the set is read), or a
     single indexed tar (read by ranged reads of the blob)."""
