@@ -308,11 +308,13 @@ def test_a_killed_volume_archive_resumes_writing_only_the_rest(run_and_sets, tmp
                                      for p in out.iterdir())
     assert main(["ls", str(out)]) != 0             # nothing looks complete
     assert "missing" in capsys.readouterr().err
+    (out / ".run.040.tar.partial-999999").write_bytes(b"left by an older killed run")
 
     with counting_committed_bytes() as committed:
         assert archivefactor_main(argv[1:]) == 0   # the same command, not quiet: says so
     said = capsys.readouterr()
     assert "continuing an interrupted volume archive" in said.out + said.err
+    assert "removed" in said.out + said.err and ".run.040.tar.partial-999999" in said.out + said.err
     assert 0 < sum(committed.values()) < 0.6 * total
     rewritten = set(committed) & set(before)       # a volume whose last member ran on into
     assert len(rewritten) <= 1                     # the lost one is written again

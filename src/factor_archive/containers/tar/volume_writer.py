@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import stat
 import time
@@ -82,7 +83,7 @@ class VolumeWriter(ArchiveWriter):
         self._staging: Path | None = None
         self.notices: list[str] = []
         if staging_parent is not None:
-            self.notices += remove_stale_partials(staging_parent / name, ("staging",))
+            self.notices += _remove_leftovers(staging_parent, name)
         self._done: list[VolumeRecord] = []       # volumes committed (kept or written now)
         self._entries: list[Entry] = []           # of every volume in _done
         self._tar: TarWriter | None = None        # the volume being written
@@ -434,6 +435,20 @@ def _entry_size(path: str, st: os.stat_result, comment: str | None = None, *,
     headers = entry_headers(path, b"5" if directory else b"0", size, stat.S_IMODE(st.st_mode),
                             st.st_mtime_ns, comment)
     return len(headers) + size + (-size % BLOCKSIZE)
+
+
+def _remove_leftovers(directory: Path, name: str) -> list[str]:
+    """What killed runs left beside the set: ``.NAME.staging-PID`` and the partial of any
+    volume, also of volumes beyond those a rerun will write."""
+    stem = name[:-4] if name.endswith(".tar") else name
+    pattern = re.compile(rf"^\.({re.escape(name)}|{re.escape(stem)}\.\d{{3,}}\.tar)"
+                         r"\.(partial|staging)-\d+$")
+    try:
+        finals = sorted({m.group(1) for n in os.listdir(directory)
+                         if (m := pattern.match(n)) is not None})
+    except OSError:
+        return []
+    return [line for final in finals for line in remove_stale_partials(directory / final)]
 
 
 def open_volume_writer(path: str, options: VolumeOptions, *, clobber: bool) -> VolumeWriter:
