@@ -194,13 +194,13 @@ class VolumeWriter(ArchiveWriter):
     # -- ArchiveWriter -----------------------------------------------------------------------------
 
     def already_written(self, member: Member) -> Member | None:
-        return self._take_reused(member, None)
+        return self._take_reused(member)
 
     def write(self, member: Member, source: Path, progress: Progress = no_progress, *,
               staged: bool = False) -> Member:
         if self._finished:
             raise FactorArchiveError("internal error: write() after close() or abort()")
-        kept = self._take_reused(member, Path(source) if member.source else None)
+        kept = self._take_reused(member)
         if kept is not None:
             progress(kept.size)
             if staged:
@@ -279,7 +279,9 @@ class VolumeWriter(ArchiveWriter):
 
     # -- volumes --------------------------------------------------------------------------------
 
-    def _take_reused(self, member: Member, source: Path | None) -> Member | None:
+    def _take_reused(self, member: Member) -> Member | None:
+        """The next member the interrupted run kept, if this is it (its sources were checked
+        when the volumes were kept); any other member means the plan changed."""
         if not self._reuse:
             return None
         kept = self._reuse[0]
