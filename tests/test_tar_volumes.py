@@ -365,6 +365,8 @@ def test_volumes_need_the_tar_form_and_a_file(run_and_sets, tmp_path, capsys):
     assert archivefactor_main(ARGS + ["--group-by", "category", parset,
                                       str(tmp_path / "x.tar")]) != 0
     assert "needs --volume-size" in capsys.readouterr().err
+    assert archivefactor_main(ARGS + ["--volume-size", SIZE, "--format", "tar", parset, "-"]) != 0
+    assert "local directory" in capsys.readouterr().err
 
 
 def test_a_single_tar_and_a_set_are_read_through_a_blob_store(run_and_sets):
