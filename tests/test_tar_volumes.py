@@ -167,6 +167,14 @@ def test_ls_verify_and_restore_from_any_volume_or_the_directory(run_and_sets, tm
         assert_restores_like_the_single_tar(archive, run_and_sets["base"], tmp_path)
 
 
+def test_a_renamed_set_is_read_under_its_new_names(run_and_sets, tmp_path, capsys):
+    for v in volumes(run_and_sets["set"]):
+        shutil.copy(v, tmp_path / v.name.replace("run", "tape7", 1))
+    assert main(["verify", "-q", str(tmp_path / "tape7.004.tar")]) == 0
+    assert main(["ls", str(tmp_path)]) == 0
+    assert "misc/factor.parset" in capsys.readouterr().out
+
+
 def test_restore_reads_each_volume_once_and_in_order(run_and_sets, tmp_path):
     reader = open_reader(str(run_and_sets["set"]))
     try:

@@ -35,6 +35,7 @@ from .volumes import (
     VolumeIndex,
     VolumeRecord,
     base_candidates,
+    first_volume_name,
     is_volume,
     read_tail_index,
     read_volume_index,
@@ -77,7 +78,7 @@ class VolumeSetReader(ArchiveReader):
             found = volume_index_of(self.blobs, given)
             if found is None:
                 raise BadInput(f"{self._where(given)}: not a volume of a factor-archive set")
-            return found[0].name, found[0].set
+            return first_volume_name(given, found[0]), found[0].set
         bases = base_candidates(self.blobs.names())
         if not bases:
             raise BadInput(f"{self._loc}: no tar volumes here")
@@ -97,9 +98,6 @@ class VolumeSetReader(ArchiveReader):
             raise BadInput(f"{self._where(volume_name(base, number - 1))}: not a volume of a "
                            "factor-archive set")
         last, sha = found
-        if last.name != base:
-            raise BadInput(f"{self._where(volume_name(base, number - 1))}: foreign volume (of the "
-                           f"set {last.name}, not {base})")
         if last.volume != number - 1:
             raise BadInput(f"{self._where(volume_name(base, number - 1))}: volume {last.volume} "
                            f"found where volume {number - 1} belongs")
@@ -107,7 +105,8 @@ class VolumeSetReader(ArchiveReader):
             raise BadInput(f"{self._where(volume_name(base, number))}: missing volume {number} of "
                            f"the set (the set continues after {volume_name(base, number - 1)})")
         last.name = volume_name(base, number - 1)
-        records = list(last.volumes) + [VolumeRecord(last.name, 0, sha)]
+        records = [VolumeRecord(volume_name(base, i), r.size, r.index_sha256)   # as named here
+                   for i, r in enumerate(last.volumes)] + [VolumeRecord(last.name, 0, sha)]
         if len(records) != number:
             raise DamagedArchive(f"{self._where(last.name)}: the set's index lists "
                                  f"{len(records)} volumes, {number} are there")

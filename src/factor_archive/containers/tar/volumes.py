@@ -64,6 +64,17 @@ def volume_name(base: str, number: int) -> str:
     return f"{stem}.{number:03d}.tar"
 
 
+def first_volume_name(given: str, index: VolumeIndex) -> str:
+    """The set's first volume, named after the volume given (volumes may have been renamed
+    together, ``run.tar`` -> ``tape7.tar``), else as the set was written."""
+    if index.volume == 0:
+        return given
+    match = _NUMBERED.match(given)
+    if match is not None and int(match.group("number")) == index.volume:
+        return match.group("stem") + ".tar"
+    return index.name
+
+
 def base_candidates(names: list[str]) -> list[str]:
     """The first-volume names a directory listing suggests (a lone ``NAME.001.tar`` counts)."""
     bases = set()
