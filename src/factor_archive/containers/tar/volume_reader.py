@@ -31,6 +31,7 @@ from ..base import ArchiveReader, Capabilities, DestFor
 from .local_blobs import LocalBlobs
 from .reader import TarReader
 from .volumes import (
+    VOLUME_INDEX_NAME,
     Entry,
     VolumeIndex,
     VolumeRecord,
@@ -38,7 +39,6 @@ from .volumes import (
     first_volume_name,
     is_volume,
     read_tail_index,
-    read_volume_index,
     volume_index_of,
     volume_name,
 )
@@ -130,21 +130,24 @@ class VolumeSetReader(ArchiveReader):
             raise io_error(self._where(name), exc) from None
 
     def _check_volume(self, number: int, f: BinaryIO | None = None) -> None:
-        """The volume is the very one the set's index names (its own index's checksum)."""
+        """The volume is the very one the set's index names: the checksum its end-of-archive
+        index gives for its own volume index (which holds the set id and the number) is the one
+        the last volume recorded. Only the volume's last 2 KiB are read."""
         record = self.records[number]
         where = self._where(record.name)
         if f is None:
-            found = volume_index_of(self.blobs, record.name)
-            if found is None and self.blobs.size(record.name) is None:
+            if self.blobs.size(record.name) is None:
                 raise BadInput(f"{where}: missing volume {number} of the set")
+            with self._open(record.name) as opened:
+                index = read_tail_index(opened, where, VOLUME_INDEX_NAME)
         else:
-            found = read_volume_index(f, where)
-        if found is None or found[0].set != self.last.set:
-            raise BadInput(f"{where}: foreign volume (not of set {self.last.set[:12]}, which "
-                           f"{self.last.name} ends)")
-        if found[1] != record.index_sha256 or found[0].volume != number:
-            raise BadInput(f"{where}: foreign volume (not the volume {number} this set was "
-                           "written with)")
+            index = read_tail_index(f, where, VOLUME_INDEX_NAME)
+        if index is None:
+            raise BadInput(f"{where}: not a volume of a factor-archive set (expected volume "
+                           f"{number} of the set {self.last.name} ends)")
+        if index[VOLUME_INDEX_NAME][2] != record.index_sha256:
+            raise BadInput(f"{where}: foreign volume (not the volume {number} of set "
+                           f"{self.last.set[:12]} that {self.last.name} ends)")
 
     def _open_volume(self, number: int) -> BinaryIO:
         """Open a volume for its data, checking it again: it is read once, from here on."""
