@@ -416,7 +416,55 @@ class _ZarrIn:
         return self._get(start, stop)
 
 
+@dataclass(frozen=True)
+class _StoredArray:
+    """A numeric array stored as _ArrayOut writes it, known from its ``zarr.json`` alone:
+    reading it needs no zarr Array, whose opening costs a round trip through zarr's event loop
+    and a validation of the document (milliseconds, for each of the thousands of arrays of a run)."""
+
+    store: Any
+    path: str
+    shape: tuple
+    dtype: np.dtype
+    doc: dict
+    layout: tuple  # (chunk codec, chunk rows, shard rows), see _codec_from_metadata
+
+
+def _stored_array(group, node: str) -> _StoredArray | None:
+    """The array at ``node`` below ``group`` read from its document, when it is one _ArrayIn
+    reads; None for anything else (strings, another layout, a missing or unreadable document):
+    that is opened through zarr, which also names what is wrong with it."""
+    path = f"{group.path}/{node}" if group.path else node
+    try:
+        raw = zarr_internals.store_get(group.store, f"{path}/zarr.json")
+        if raw is None:
+            return None
+        doc = json.loads(raw.tobytes())
+        shape = doc["shape"]
+        if (doc.get("zarr_format") != 3 or doc.get("node_type") != "array"
+                or not isinstance(doc.get("data_type"), str) or doc.get("storage_transformers")
+                or doc["chunk_grid"].get("name") != "regular"
+                or not all(type(x) is int and x >= 0 for x in shape)):
+            return None
+        dtype = np.dtype(doc["data_type"])
+        enc = doc["chunk_key_encoding"]
+        if enc.get("name") not in ("default", "v2") or \
+                (enc.get("configuration") or {}).get("separator", "/") not in ("/", "."):
+            return None
+        probe = _StoredArray(group.store, path, tuple(shape), dtype, doc, ())
+        layout = _codec_from_metadata(probe, doc)
+    except Exception:
+        return None
+    if layout is None:
+        return None
+    return _StoredArray(group.store, path, tuple(shape), dtype, doc, layout)
+
+
 def _reader(arr, work: _Work):
+    """The reader of an array: a _StoredArray or a numeric zarr array in our layout is read
+    shard by shard (_ArrayIn), anything else through zarr (_ZarrIn)."""
+    if isinstance(arr, _StoredArray):
+        return _ArrayIn(arr, *arr.layout, work, doc=arr.doc)
     try:
         doc = zarr_internals.array_document(arr)
     except Exception:

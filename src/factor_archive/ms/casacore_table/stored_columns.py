@@ -13,7 +13,7 @@ from .common import CorruptTableData, _first_line
 from .content_hash import _ColumnHash, _digest
 from .pipeline import _Work
 from .schema import ColumnSchema, _shape_name, _shaped_leaf
-from .shards import _Damage, _reader
+from .shards import _Damage, _reader, _stored_array
 
 
 class ColumnWriter(Protocol):
@@ -65,6 +65,11 @@ class _Unreadable(Exception):
 
 
 def _array_at(group, node: str, what: str):
+    """The stored array at ``node``: from its document alone when it is in our layout (see
+    _stored_array), else opened through zarr."""
+    known = _stored_array(group, node)
+    if known is not None:
+        return known
     try:
         return group[node]
     except KeyError:
