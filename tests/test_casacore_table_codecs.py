@@ -14,7 +14,17 @@ from casacore import tables as ct
 from factor_archive.ms.casacore_table import decode_table, encode_table, verify_table, zarr_internals
 from factor_archive.ms.casacore_table.codecs import CODECS, CodecSpec, _create, candidates
 from factor_archive.ms.casacore_table.pipeline import _Work
-from factor_archive.ms.casacore_table.shards import _array_doc, _ArrayIn, _ArrayOut, _Node, _reader
+from factor_archive.ms.casacore_table.shards import (
+    _array_doc,
+    _ArrayIn,
+    _ArrayOut,
+    _Damage,
+    _Node,
+    _reader,
+    _stored_array,
+    _StoredArray,
+    _ZarrIn,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -86,6 +96,35 @@ def test_every_codec_writes_shards_plain_zarr_reads_and_reads_what_zarr_writes(l
         assert isinstance(reader, _ArrayIn)
         assert reader.read(0, shape[0]).tobytes() == data.tobytes()
         assert reader.read(5, 30).tobytes() == data[5:30].tobytes()
+
+
+def test_restore_reads_arrays_of_its_layout_from_their_files_and_the_rest_through_zarr(tmp_path, monkeypatch):
+    """In a local store, a numeric array laid out as the codec writes it is read from its
+    zarr.json and shard files alone, without zarr's event loop; strings, arrays of another
+    layout and absent ones are left to zarr; a shard file gone is reported missing."""
+    store = zarr.storage.LocalStore(str(tmp_path / "s.zarr"))
+    root = zarr.open_group(store, mode="w")
+    data = _values(np.dtype(np.int32), (57, 3))
+    _create(root, "ours", data.shape, np.dtype(np.int32), 4, 12, "blosc-shuffle-zstd", ("row", "x"))[:] = data
+    _create(root, "words", (5,), None, 4, 4, "zstd", ("row",))[:] = np.array(list("abcde"), dtype=object)
+    root.create_array("plain", shape=data.shape, dtype=np.int32, chunks=(4, 3))[:] = data  # not sharded
+
+    def no_event_loop(coro):
+        coro.close()
+        raise AssertionError("went through zarr's event loop")
+
+    monkeypatch.setattr(zarr_internals, "_sync", no_event_loop)
+    known = _stored_array(root, "ours")
+    assert isinstance(known, _StoredArray) and known.shape == data.shape and known.dtype == np.int32
+    assert [_stored_array(root, name) for name in ("words", "plain", "absent")] == [None, None, None]
+    with _Work() as work:
+        assert _reader(known, work).read(0, 57).tobytes() == data.tobytes()
+        (tmp_path / "s.zarr" / "ours" / "c" / "1" / "0").unlink()
+        with pytest.raises(_Damage, match="missing"):
+            _reader(known, work).read(0, 57)
+    monkeypatch.undo()
+    with _Work() as work:
+        assert isinstance(_reader(root["plain"], work), _ZarrIn)
 
 
 def test_a_new_codec_is_one_registry_entry(tmp_path, monkeypatch):
