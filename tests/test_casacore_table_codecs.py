@@ -100,13 +100,16 @@ def test_every_codec_writes_shards_plain_zarr_reads_and_reads_what_zarr_writes(l
 
 def test_restore_reads_arrays_of_its_layout_from_their_files_and_the_rest_through_zarr(tmp_path, monkeypatch):
     """In a local store, a numeric array laid out as the codec writes it is read from its
-    zarr.json and shard files alone, without zarr's event loop; strings, arrays of another
-    layout and absent ones are left to zarr; a shard file gone is reported missing."""
+    zarr.json and shard files alone, without zarr's event loop, and so is a column of strings
+    as zarr writes it; arrays of another layout and absent ones are left to zarr; a shard file
+    gone is reported missing."""
     store = zarr.storage.LocalStore(str(tmp_path / "s.zarr"))
     root = zarr.open_group(store, mode="w")
     data = _values(np.dtype(np.int32), (57, 3))
     _create(root, "ours", data.shape, np.dtype(np.int32), 4, 12, "blosc-shuffle-zstd", ("row", "x"))[:] = data
-    _create(root, "words", (5,), None, 4, 4, "zstd", ("row",))[:] = np.array(list("abcde"), dtype=object)
+    words = np.array(["a", "", "ø" * 300, "d", "e", "f", "g"], dtype=object)
+    _create(root, "words", (7,), None, 2, 4, "zstd", ("row",))[:] = words
+    _create(root, "table", (2, 2), None, 2, 2, "zstd", ("row", "x"))[:] = np.array([["a", "b"], ["c", "d"]], dtype=object)
     root.create_array("plain", shape=data.shape, dtype=np.int32, chunks=(4, 3))[:] = data  # not sharded
 
     def no_event_loop(coro):
@@ -116,12 +119,20 @@ def test_restore_reads_arrays_of_its_layout_from_their_files_and_the_rest_throug
     monkeypatch.setattr(zarr_internals, "_sync", no_event_loop)
     known = _stored_array(root, "ours")
     assert isinstance(known, _StoredArray) and known.shape == data.shape and known.dtype == np.int32
-    assert [_stored_array(root, name) for name in ("words", "plain", "absent")] == [None, None, None]
+    strings = _stored_array(root, "words")
+    assert isinstance(strings, _StoredArray) and strings.shape == (7,)
+    assert [_stored_array(root, name) for name in ("table", "plain", "absent")] == [None, None, None]
     with _Work() as work:
         assert _reader(known, work).read(0, 57).tobytes() == data.tobytes()
+        assert list(_reader(strings, work).read(0, 7)) == list(words)
+        assert list(_reader(strings, work).read(3, 6)) == list(words[3:6])
+        assert [(a, b, list(v)) for a, b, v, _buf, _damage in _reader(strings, work).blocks()] == \
+            [(0, 4, list(words[:4])), (4, 7, list(words[4:]))]
         (tmp_path / "s.zarr" / "ours" / "c" / "1" / "0").unlink()
         with pytest.raises(_Damage, match="missing"):
             _reader(known, work).read(0, 57)
+        (tmp_path / "s.zarr" / "words" / "c" / "1").unlink()
+        assert [str(d) for *_rest, d in _reader(strings, work).blocks()] == ["None", "4-6: missing"]
     monkeypatch.undo()
     with _Work() as work:
         assert isinstance(_reader(root["plain"], work), _ZarrIn)

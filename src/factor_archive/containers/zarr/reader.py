@@ -186,8 +186,16 @@ class ZarrReader(ArchiveReader):
                 self._check_reachable()
                 raise _read_failure(self.loc, exc, member.path) from None
 
+    def _file_array(self, member: Member):
+        """A file member's array: read from its document when it is laid out as the table codec
+        lays out arrays (no zarr Array to open, see shards._stored_array), else through zarr."""
+        from ...ms.casacore_table.shards import _stored_array
+
+        known = _stored_array(self.root, node_path(member.path))
+        return known if known is not None else self._node(member)
+
     def _extract_file(self, member: Member, dest: Path, progress: Progress) -> None:
-        arr = self._node(member)
+        arr = self._file_array(member)
         partial = partial_name(dest)
         remove(partial)
         try:
@@ -293,6 +301,12 @@ class ZarrReader(ArchiveReader):
         stored = self._stored(member)
         if stored == "link":
             return []
+        if stored == "file":
+            from ...ms.casacore_table.shards import _stored_array
+
+            known = _stored_array(self.root, node_path(member.path))
+            if known is not None:
+                return _verify_file(known, member.path, member.sha256, progress, member.size)
         try:
             node = self.root[node_path(member.path)]
         except KeyError:
@@ -399,10 +413,14 @@ def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
     """
     from zarr import Array
 
-    if not isinstance(arr, Array) or arr.shape != (size,) or arr.dtype != np.uint8:
+    from ...ms.casacore_table.shards import _StoredArray
+
+    if not isinstance(arr, (Array, _StoredArray)) or arr.shape != (size,) or arr.dtype != np.uint8:
         shape = getattr(arr, "shape", None)
         raise DamagedArchive(f"{what}: stored array does not match the manifest (shape {shape}, "
                              f"{size} bytes expected; metadata damaged)")
+    if isinstance(arr, _StoredArray):
+        return _copy_stored(arr, f, what, progress)
     gone = missing_shards(arr, limit=1)
     if gone:
         a, b = gone[0]
@@ -415,6 +433,26 @@ def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
             raise FactorArchiveError(f"{what}: bytes {start}-{stop - 1}: stored data is damaged "
                                      f"({_first_line(exc)})") from None
         data = np.ascontiguousarray(block, dtype=np.uint8).data
+        digest.update(data)
+        f.write(data)
+        progress(len(data))
+    return digest.hexdigest()
+
+
+def _copy_stored(arr, f, what: str, progress: Progress) -> str:
+    """_copy_array for an array read from its files: shard by shard, in this thread."""
+    from ...ms.casacore_table.shards import _ArrayIn, _Damage
+
+    kind, chunk, shard = arr.layout
+    reader = _ArrayIn(arr, kind, chunk, shard, None, doc=arr.doc)
+    digest = hashlib.sha256()
+    for start in range(0, arr.shape[0], shard):
+        try:
+            block = reader.read(start, min(arr.shape[0], start + shard), here=True)
+        except _Damage as e:
+            why = "(archive damaged)" if e.kind == "missing" else f"({e.detail or 'archive damaged'})"
+            raise FactorArchiveError(f"{what}: bytes {e.first}-{e.last}: stored data is {e.kind} {why}") from None
+        data = block.data
         digest.update(data)
         f.write(data)
         progress(len(data))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,26 +353,100 @@ class _ArrayIn:
             for _b0, _b1, _s, _rows, buf, futs in pending:  # abandoned: back once decoded
                 work.give(buf, futs)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) (raises _Damage); for the small ragged arrays."""
+    def read(self, start: int, stop: int, *, here: bool = False) -> np.ndarray:
+        """Rows [start, stop) (raises _Damage); for the small ragged arrays. ``here``: read and
+        decode in this thread (the reader may then have no _Work), for small files."""
         out = np.zeros((max(0, stop - start),) + self.row_shape, self.dtype)
         if stop <= start or self.row_bytes == 0:
             return out
         first_shard = start // self.shard
         for s in [k for k in self._cached if k < first_shard]:
             del self._cached[s]
+        io, pool = (_HERE, _HERE) if here else (self.work.io, self.work.pool)
         futs = []
         for r in range(start - start % self.chunk, stop, self.chunk):
             s = r // self.shard
             if s not in self._cached:
-                self._cached[s] = self.work.io.submit(self._fetch, s)
+                self._cached[s] = io.submit(self._fetch, s)
             a, b = max(start, r), min(stop, r + self.chunk)
-            futs.append(self.work.pool.submit(self._chunk, self._cached[s], s, (r % self.shard) // self.chunk,
-                                              out[a - start:b - start], a - r))
+            futs.append(pool.submit(self._chunk, self._cached[s], s, (r % self.shard) // self.chunk,
+                                    out[a - start:b - start], a - r))
         damage = first_failure(futs, _Damage)
         if damage:
             raise damage
         return out
+
+
+class _Here:
+    """An executor that runs what it is given at once, in the caller's thread."""
+
+    @staticmethod
+    def submit(fn, *args) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:
+            fut.set_exception(e)
+        return fut
+
+
+_HERE = _Here()
+
+
+class _StringsIn(_ArrayIn):
+    """Reads a string array of zarr's layout (see _strings_layout) from its shard files, in
+    this thread: like _ZarrIn, an absent shard is missing and an inner chunk absent from its
+    shard reads as empty strings (zarr's fill value), but no zarr Array is opened and nothing
+    goes through zarr's event loop."""
+
+    def __init__(self, arr: _StoredArray, work: _Work):
+        _kind, chunk, shard = arr.layout
+        super().__init__(arr, None, chunk, shard, work, doc=arr.doc)
+        self._shard_at: tuple[int, Any] | None = None  # the last shard fetched
+
+    def _chunk_strings(self, s: int, j: int) -> np.ndarray:
+        import google_crc32c
+        import numcodecs
+
+        if self._shard_at is None or self._shard_at[0] != s:
+            self._shard_at = (s, self._fetch(s))
+        data, table, end = self._shard_at[1]
+        r0 = s * self.shard + j * self.chunk
+        r1 = min(self.nrows, r0 + self.chunk) - 1
+        off, length = int(table[j, 0]), int(table[j, 1])
+        if off == _MAX_U64:
+            return np.full(self.chunk, "", dtype=object)
+        if off + length > end or length < 4:
+            raise _Damage(r0, r1, "damaged", "chunk outside its shard")
+        body = data[off:off + length - 4]
+        if google_crc32c.value(body) != int.from_bytes(data[off + length - 4:off + length].tobytes(), "little"):
+            raise _Damage(r0, r1, "damaged", "crc32c checksum mismatch")
+        try:
+            values = numcodecs.VLenUTF8().decode(numcodecs.Zstd().decode(body))
+        except Exception as e:
+            raise _Damage(r0, r1, "damaged", f"cannot decompress: {_first_line(e)}") from None
+        if len(values) != self.chunk:
+            raise _Damage(r0, r1, "damaged", "size does not match the chunk")
+        return values
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) (raises _Damage)."""
+        if stop <= start:
+            return np.empty(0, dtype=object)
+        parts = []
+        for r in range(start - start % self.chunk, stop, self.chunk):
+            s = r // self.shard
+            values = self._chunk_strings(s, (r % self.shard) // self.chunk)
+            parts.append(values[max(start, r) - r:min(stop, r + self.chunk) - r])
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def blocks(self):
+        for a in range(0, self.nrows, self.shard):
+            b = min(self.nrows, a + self.shard)
+            try:
+                yield a, b, self.read(a, b), None, None
+            except _Damage as e:
+                yield a, b, None, None, e
 
 
 class _ZarrIn:
@@ -446,13 +521,17 @@ def _stored_array(group, node: str) -> _StoredArray | None:
                 or doc["chunk_grid"].get("name") != "regular"
                 or not all(type(x) is int and x >= 0 for x in shape)):
             return None
-        dtype = np.dtype(doc["data_type"])
         enc = doc["chunk_key_encoding"]
         if enc.get("name") not in ("default", "v2") or \
                 (enc.get("configuration") or {}).get("separator", "/") not in ("/", "."):
             return None
-        probe = _StoredArray(group.store, path, tuple(shape), dtype, doc, ())
-        layout = _codec_from_metadata(probe, doc)
+        if doc["data_type"] == "string":
+            dtype = np.dtype(object)
+            layout = _strings_layout(doc)
+        else:
+            dtype = np.dtype(doc["data_type"])
+            probe = _StoredArray(group.store, path, tuple(shape), dtype, doc, ())
+            layout = _codec_from_metadata(probe, doc)
     except Exception:
         return None
     if layout is None:
@@ -460,10 +539,36 @@ def _stored_array(group, node: str) -> _StoredArray | None:
     return _StoredArray(group.store, path, tuple(shape), dtype, doc, layout)
 
 
+_VLEN_UTF8 = {"name": "vlen-utf8", "configuration": {}}
+
+
+def _strings_layout(doc: dict) -> tuple | None:
+    """(STRINGS, chunk rows, shard rows) of a one-axis string array as the codec has zarr write
+    it (sharded, index at the end, chunks of vlen-utf8 then zstd then crc32c); else None."""
+    (sh,) = doc["codecs"]
+    conf = sh["configuration"]
+    le = {"name": "bytes", "configuration": {"endian": "little"}}
+    chain = conf["codecs"]
+    if (sh["name"] != "sharding_indexed" or len(doc["shape"]) != 1
+            or conf.get("index_location", "end") != "end" or conf.get("index_codecs") != [le, {"name": "crc32c"}]
+            or len(chain) != 3 or chain[0] != _VLEN_UTF8 or chain[1].get("name") != "zstd"
+            or chain[2] != {"name": "crc32c"}):
+        return None
+    (shard,), (chunk,) = doc["chunk_grid"]["configuration"]["chunk_shape"], conf["chunk_shape"]
+    if type(chunk) is not int or type(shard) is not int or chunk < 1 or shard % chunk:
+        return None
+    return STRINGS, chunk, shard
+
+
+STRINGS = "strings"  # the layout of a _StoredArray read by _StringsIn
+
+
 def _reader(arr, work: _Work):
     """The reader of an array: a _StoredArray or a numeric zarr array in our layout is read
-    shard by shard (_ArrayIn), anything else through zarr (_ZarrIn)."""
+    shard by shard (_ArrayIn, _StringsIn), anything else through zarr (_ZarrIn)."""
     if isinstance(arr, _StoredArray):
+        if arr.layout[0] == STRINGS:
+            return _StringsIn(arr, work)
         return _ArrayIn(arr, *arr.layout, work, doc=arr.doc)
     try:
         doc = zarr_internals.array_document(arr)
