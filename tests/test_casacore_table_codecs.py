@@ -109,7 +109,8 @@ def test_restore_reads_arrays_of_its_layout_from_their_files_and_the_rest_throug
     _create(root, "ours", data.shape, np.dtype(np.int32), 4, 12, "blosc-shuffle-zstd", ("row", "x"))[:] = data
     words = np.array(["a", "", "ø" * 300, "d", "e", "f", "g"], dtype=object)
     _create(root, "words", (7,), None, 2, 4, "zstd", ("row",))[:] = words
-    _create(root, "table", (2, 2), None, 2, 2, "zstd", ("row", "x"))[:] = np.array([["a", "b"], ["c", "d"]], dtype=object)
+    pairs = np.array([["a", "b"], ["c", "d"]], dtype=object)
+    _create(root, "table", (2, 2), None, 2, 2, "zstd", ("row", "x"))[:] = pairs  # strings of two axes
     root.create_array("plain", shape=data.shape, dtype=np.int32, chunks=(4, 3))[:] = data  # not sharded
 
     def no_event_loop(coro):

@@ -256,7 +256,9 @@ class _ArrayIn:
     inner chunk absent from its shard, is *missing* (zarr would read fill values); a bad
     checksum or size is *damaged*. Nothing needs listing the store, so any store works."""
 
-    def __init__(self, arr, codec: _ChunkCodec, chunk: int, shard: int, work: _Work, doc: dict | None = None):
+    def __init__(self, arr, codec: _ChunkCodec | None, chunk: int, shard: int, work: _Work | None,
+                 doc: dict | None = None):
+        """``codec`` None: a subclass decodes (_StringsIn); ``work`` None: only ``read(here=True)``."""
         self.arr, self.codec, self.chunk, self.shard, self.work = arr, codec, chunk, shard, work
         self.store, self.path = arr.store, arr.path
         self.doc = doc if doc is not None else zarr_internals.array_document(arr)
@@ -302,6 +304,7 @@ class _ArrayIn:
         if off + length > end:
             raise _Damage(r0, r1, "damaged", "chunk outside its shard")
         whole = (self.chunk,) + self.row_shape
+        assert self.codec is not None
         target = out if (skip == 0 and out.shape == whole) else np.empty(whole, self.dtype)
         try:
             self.codec.decode(data[off:off + length], target)
@@ -313,9 +316,11 @@ class _ArrayIn:
     def blocks(self):
         """(start, stop, rows, buffer, damage) in row order; the caller gives ``buffer`` back
         (work.give) once it is done with ``rows``."""
+        work = self.work
+        assert work is not None
         if self.nrows == 0:
             return
-        step = _block_rows(self.chunk, self.shard, self.row_bytes, self.work.settings.block_bytes)
+        step = _block_rows(self.chunk, self.shard, self.row_bytes, work.settings.block_bytes)
         plan = [(b0, min(self._range(s)[1] + 1, b0 + step), s)
                 for s in range(self.nshards) for b0 in range(s * self.shard, self._range(s)[1] + 1, step)]
         if self.row_bytes == 0:
@@ -324,7 +329,6 @@ class _ArrayIn:
             return
         fetched: dict[int, Any] = {}
         pending: deque = deque()
-        work = self.work
 
         def submit(i: int) -> None:
             b0, b1, s = plan[i]
@@ -362,7 +366,10 @@ class _ArrayIn:
         first_shard = start // self.shard
         for s in [k for k in self._cached if k < first_shard]:
             del self._cached[s]
-        io, pool = (_HERE, _HERE) if here else (self.work.io, self.work.pool)
+        io: Any = _HERE
+        pool: Any = _HERE
+        if not here and self.work is not None:
+            io, pool = self.work.io, self.work.pool
         futs = []
         for r in range(start - start % self.chunk, stop, self.chunk):
             s = r // self.shard
@@ -429,8 +436,8 @@ class _StringsIn(_ArrayIn):
             raise _Damage(r0, r1, "damaged", "size does not match the chunk")
         return values
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) (raises _Damage)."""
+    def read(self, start: int, stop: int, *, here: bool = True) -> np.ndarray:
+        """Rows [start, stop) (raises _Damage), always read in this thread."""
         if stop <= start:
             return np.empty(0, dtype=object)
         parts = []
@@ -502,7 +509,7 @@ class _StoredArray:
     shape: tuple
     dtype: np.dtype
     doc: dict
-    layout: tuple  # (chunk codec, chunk rows, shard rows), see _codec_from_metadata
+    layout: tuple[Any, int, int]  # (chunk codec or STRINGS, chunk rows, shard rows)
 
 
 def _stored_array(group, node: str) -> _StoredArray | None:
@@ -530,7 +537,7 @@ def _stored_array(group, node: str) -> _StoredArray | None:
             layout = _strings_layout(doc)
         else:
             dtype = np.dtype(doc["data_type"])
-            probe = _StoredArray(group.store, path, tuple(shape), dtype, doc, ())
+            probe = _StoredArray(group.store, path, tuple(shape), dtype, doc, (None, 0, 0))
             layout = _codec_from_metadata(probe, doc)
     except Exception:
         return None
