@@ -10,6 +10,7 @@ escapes and are seen here as latin-1 characters, as in :mod:`factor_archive.run.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -152,10 +153,7 @@ def rewrite_mapfile(text: str, fn: Callable[[str], str | None]) -> tuple[str, in
     """
     entries = _entries(text)
     raw = text.encode("utf-8")  # ast column offsets count UTF-8 bytes
-    line_starts = [0]
-    for i, b in enumerate(raw):
-        if b == 0x0A:
-            line_starts.append(i + 1)
+    line_starts = [0, *(m.end() for m in re.finditer(b"\n", raw))]
 
     edits: list[tuple[int, int, bytes]] = []
     changed = 0
