@@ -19,7 +19,7 @@ from ..containers.zarr import ZarrWriter
 from ..io.copy import Progress
 from ..manifest import Member
 from ..plan import PlanItem
-from .adapters import prepare_target
+from .adapters import decide_codecs, prepare_target, remembered_codec_choices
 from .engine import run_tasks
 from .tasks import MemberTask, RestoreTask, batches
 from .worker import restore_batch, store_batch
@@ -33,17 +33,34 @@ def archive_members(client, items: list[PlanItem], writer: ZarrWriter, progress:
     remote = [i for i, item in enumerate(items)
               if item.concat is None and item.source is not None and item.member.kind in ("file", "table")]
     target = prepare_target(writer, [items[i].member for i in remote])
-    tasks = [MemberTask(items[i].member.kind, items[i].member, (str(items[i].source),), target)
-             for i in remote]
-    groups = batches(tasks, [items[i].size for i in remote], [items[i].member.kind for i in remote])
-    stored = [m for group in run_tasks(client, groups, store_batch, progress) for m in group]
-    members: list[Member | None] = [None] * len(items)
-    for i, member in zip(remote, stored):
-        members[i] = member
-    here = [i for i, m in enumerate(members) if m is None]
-    for i, member in zip(here, write_here([items[i] for i in here])):
-        members[i] = member
+    # One run's codec choices, made here: the workers' tables, then the client's own (-d
+    # concatenations, last in plan order, as in a single process) take them.
+    with remembered_codec_choices():
+        tasks = member_tasks([items[i] for i in remote], target)
+        groups = batches(tasks, [items[i].size for i in remote], [items[i].member.kind for i in remote])
+        stored = [m for group in run_tasks(client, groups, store_batch, progress) for m in group]
+        members: list[Member | None] = [None] * len(items)
+        for i, member in zip(remote, stored):
+            members[i] = member
+        here = [i for i, m in enumerate(members) if m is None]
+        for i, member in zip(here, write_here([items[i] for i in here])):
+            members[i] = member
     return [m for m in members if m is not None]
+
+
+def member_tasks(items: list[PlanItem], target) -> list[MemberTask]:
+    """A task per file or table item, in plan order. Each table's task carries the codec choices
+    the client made for the run up to and including that table (``decide_codecs``, in plan
+    order, within the caller's ``remembered_codec_choices``): the trials a single process makes,
+    in its order, so every worker encodes as the single process does and the manifests are equal
+    (a worker choosing for itself would choose from its own first table)."""
+    tasks = []
+    for item in items:
+        choices: tuple = ()
+        if item.member.kind == "table":
+            choices = tuple(decide_codecs(str(item.source)).items())
+        tasks.append(MemberTask(item.member.kind, item.member, (str(item.source),), target, choices))
+    return tasks
 
 
 def restore_tables(client, archive: str, members: list[Member],

@@ -41,9 +41,13 @@ def store_member(task: MemberTask, progress: Progress) -> Member:
 
 
 def store_batch(batch: Batch, progress: Progress) -> list[Member]:
-    """Store a batch's members one after another; an error names the member it came from."""
-    with casacore_session():
-        return [_naming_member(store_member, task, progress) for task in batch.tasks]
+    """Store a batch's members one after another, each table with the client's codec choices;
+    an error names the member it came from."""
+    out = []
+    for task in batch.tasks:
+        with casacore_session(dict(task.codec_choices)):
+            out.append(_naming_member(store_member, task, progress))
+    return out
 
 
 def restore_batch(batch: Batch, progress: Progress) -> list[None]:

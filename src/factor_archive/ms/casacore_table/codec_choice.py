@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -56,9 +56,14 @@ class CodecMemory:
     the same columns with the same types and cell shapes, so the trials made for the first one
     decide for the others (each array still names its codec; a reader never needs to know)."""
 
-    def __init__(self) -> None:
-        self._choices: dict[tuple, str] = {}
+    def __init__(self, choices: Mapping[tuple, str] | None = None) -> None:
+        self._choices: dict[tuple, str] = dict(choices or {})
         self._lock = threading.Lock()
+
+    def snapshot(self) -> dict[tuple, str]:
+        """Every choice made so far, by column kind."""
+        with self._lock:
+            return dict(self._choices)
 
     def get(self, key: tuple) -> str | None:
         with self._lock:
@@ -73,11 +78,15 @@ _memory: CodecMemory | None = None
 
 
 @contextmanager
-def remembered_codec_choices() -> Iterator[CodecMemory]:
+def remembered_codec_choices(decided: Mapping[tuple, str] | None = None) -> Iterator[CodecMemory]:
     """Within this block a column's codec, once chosen, is used for every later column of the
-    same kind (see :func:`column_kind`) without trying the candidates again."""
+    same kind (see :func:`column_kind`) without trying the candidates again.
+
+    ``decided``: choices made elsewhere (by a cluster's client, for the run's tables before
+    this one): these kinds are never tried here, and an enclosing block's choices are not used."""
     global _memory
-    outer, _memory = _memory, _memory or CodecMemory()
+    outer = _memory
+    _memory = CodecMemory(decided) if decided is not None else (_memory or CodecMemory())
     try:
         yield _memory
     finally:
@@ -90,6 +99,11 @@ def column_kind(table_role: str, col: ColumnSchema, nbytes: int, settings) -> tu
     it is big enough to choose by speed."""
     shapes = tuple(col.shapes) if col.layout == "shaped" else tuple(col.cell_shape)
     return (table_role, col.name, col.ctype, col.layout, shapes, nbytes >= settings.speed_min_bytes)
+
+
+def decided_codecs() -> dict[tuple, str]:
+    """The choices remembered so far in this block (none outside one), by column kind."""
+    return _memory.snapshot() if _memory is not None else {}
 
 
 def remembered(kind: tuple) -> str | None:
