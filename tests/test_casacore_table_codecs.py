@@ -139,3 +139,30 @@ def test_the_tables_of_a_run_choose_each_column_kind_codec_once(tmp_path, monkey
     # outside it, every table tries again
     encode_table(tmp_path / "c1.ms", root.create_group("again"))
     assert tried
+
+
+def test_a_table_encoded_with_the_choices_its_client_decided_tries_nothing_and_is_stored_as_in_one_process(
+        tmp_path, monkeypatch):
+    """On a cluster the client decides the run's codecs (decide_codecs, table after table in plan
+    order) and a worker encodes a table with the choices decided by then: it tries no codec and
+    stores the table exactly as one process encoding the whole run does."""
+    from factor_archive.ms.casacore_table import codec_choice, decide_codecs, remembered_codec_choices
+    from factor_archive.ms.synth import write_ms
+
+    for i in range(2):
+        write_ms(tmp_path / f"c{i}.ms", start_time=4.87e9 + i * 1000, ntimes=6 + 4 * i, interval=10.0,
+                 chan_freqs=120e6 + np.arange(4) * 1e5, chan_width=1e5, nant=3)
+    tables = [tmp_path / "c0.ms", tmp_path / "c1.ms"]
+    with remembered_codec_choices():                        # one process archives the run
+        one_process = [encode_table(t, zarr.open_group(zarr.storage.MemoryStore(), mode="w")) for t in tables]
+    with remembered_codec_choices():                        # a cluster's client
+        decided = [decide_codecs(t) for t in tables]
+    assert decided[0].items() <= decided[1].items()         # later tables keep the earlier choices
+
+    tried = []
+    real = codec_choice._trials
+    monkeypatch.setattr(codec_choice, "_trials", lambda cands, *a, **kw: tried.extend(cands) or real(cands, *a, **kw))
+    with remembered_codec_choices(decided[1]):              # the worker given the second table
+        on_worker = encode_table(tables[1], zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
+    assert tried == []
+    assert on_worker == one_process[1]                      # codecs, stored bytes, checksums

@@ -6,7 +6,7 @@ from __future__ import annotations
 import atexit
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -84,20 +84,19 @@ _session: ExitStack | None = None
 
 
 @contextmanager
-def casacore_session(codec_choices: Mapping[tuple, str] | None = None) -> Iterator[None]:
+def casacore_session() -> Iterator[None]:
     """Around a task's tables: casacore reads and writes in a casacore worker process beside this
     one, as in a single-process archive (the codec overlaps reading and compressing that way;
     in-process it does one after the other). The session stays open for the Dask worker's life,
-    so its casacore worker is reused by later tasks. The codec choices are the client's
-    (``codec_choices``, by column kind), and only a kind the client left open is tried here."""
+    so its casacore worker is reused by later tasks. (The codec choices are the client's, sent
+    with each table: see ``worker.encode_table_member``.)"""
     global _session
     with _CACHE_LOCK:
         if _session is None:
             _register_close()
             _session = ExitStack()
             _session.enter_context(worker_session())
-    with remembered_codec_choices(codec_choices or {}):
-        yield
+    yield
 
 
 _registered = False

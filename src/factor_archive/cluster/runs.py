@@ -38,10 +38,11 @@ def archive_members(client, items: list[PlanItem], writer: ZarrWriter, progress:
     with remembered_codec_choices():
         tasks = member_tasks([items[i] for i in remote], target)
         groups = batches(tasks, [items[i].size for i in remote], [items[i].member.kind for i in remote])
-        stored = [m for group in run_tasks(client, groups, store_batch, progress) for m in group]
+        # Batches do not keep plan order (a batch of small files is sent when full): by path.
+        stored = {m.path: m for group in run_tasks(client, groups, store_batch, progress) for m in group}
         members: list[Member | None] = [None] * len(items)
-        for i, member in zip(remote, stored):
-            members[i] = member
+        for i in remote:
+            members[i] = stored[items[i].member.path]
         here = [i for i, m in enumerate(members) if m is None]
         for i, member in zip(here, write_here([items[i] for i in here])):
             members[i] = member

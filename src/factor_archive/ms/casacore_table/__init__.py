@@ -35,8 +35,8 @@ _EXPORTS = {
 }
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CorruptTableData", "PipelineSettings", "RawTableRequired", "decide_codecs",
-           "decode_table", "encode_table", "remembered_codec_choices", "run_in_worker", "table_content_sha256", "verify_table",
-           "worker_session"]
+           "decode_table", "encode_table", "remembered_codec_choices", "run_in_worker", "table_content_sha256",
+           "verify_table", "worker_session"]
 
 
 def __getattr__(name: str) -> Any:

@@ -300,7 +300,7 @@ def decide_codecs(table_path: str | Path, settings: PipelineSettings = DEFAULT_S
     with _Work(settings) as work:
         try:
             _plan(path, None, settings, work=work)
-        except Exception:  # noqa: BLE001 - encode_table meets it again and reports it, or keeps raw files
+        except Exception:  # encode_table meets it again: keeps raw files, or reports it naming the member
             pass
     return decided_codecs()
 
