@@ -166,3 +166,31 @@ def test_a_table_encoded_with_the_choices_its_client_decided_tries_nothing_and_i
         on_worker = encode_table(tables[1], zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
     assert tried == []
     assert on_worker == one_process[1]                      # codecs, stored bytes, checksums
+
+
+def test_a_float_column_the_client_gave_the_delta_filter_is_not_tried_again_on_the_worker(tmp_path, monkeypatch):
+    """Whether the float delta filter is lossless depends on a column's values, so one process
+    tries it on every table; on a cluster the client's check of the table stands, and every
+    attempt at the table writes the same bytes."""
+    from factor_archive.ms.casacore_table import codec_choice, decide_codecs, remembered_codec_choices
+
+    tables = []
+    for i in range(2):
+        tables.append(tmp_path / f"t{i}.tab")
+        with ct.table(str(tables[-1]), ct.maketabdesc([ct.makescacoldesc("TIME", 0.0)]), nrow=20000, ack=False) as t:
+            t.putcol("TIME", 4.87e9 + 1000 * i + 10.0 * np.arange(20000))
+    with remembered_codec_choices():                        # one process archives the run
+        one_process = [encode_table(t, zarr.open_group(zarr.storage.MemoryStore(), mode="w")) for t in tables]
+    assert [info["codecs"] for info in one_process] == [{"TIME": "delta-zstd"}] * 2
+    with remembered_codec_choices():                        # a cluster's client
+        decided = [decide_codecs(t) for t in tables]
+
+    monkeypatch.setattr(codec_choice, "_trials", lambda *a, **kw: pytest.fail("a codec tried on the worker"))
+    for attempt in range(2):                                # a worker killed, the task run again
+        stores = zarr.storage.MemoryStore()
+        with remembered_codec_choices(decided[1]):
+            assert encode_table(tables[1], zarr.open_group(stores, mode="w")) == one_process[1]
+        objects = {k: bytes(v.to_bytes()) for k, v in stores._store_dict.items()}
+        if attempt:
+            assert objects == first_attempt                 # the same keys, the same bytes
+        first_attempt = objects

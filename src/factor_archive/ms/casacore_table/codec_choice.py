@@ -58,12 +58,20 @@ class CodecMemory:
 
     def __init__(self, choices: Mapping[tuple, str] | None = None) -> None:
         self._choices: dict[tuple, str] = dict(choices or {})
+        self._own: dict[tuple, str] = {}  # choices good for their own table only (see note)
         self._lock = threading.Lock()
 
     def snapshot(self) -> dict[tuple, str]:
-        """Every choice made so far, by column kind."""
+        """Every choice made so far, by column kind, and those noted since the last snapshot
+        (the table just planned: its own choices are all there), which it forgets."""
         with self._lock:
-            return dict(self._choices)
+            own, self._own = self._own, {}
+            return {**self._choices, **own}
+
+    def note(self, key: tuple, label: str) -> None:
+        """A choice for this table's column only, that later tables must make again."""
+        with self._lock:
+            self._own[key] = label
 
     def get(self, key: tuple) -> str | None:
         with self._lock:
@@ -102,7 +110,8 @@ def column_kind(table_role: str, col: ColumnSchema, nbytes: int, settings) -> tu
 
 
 def decided_codecs() -> dict[tuple, str]:
-    """The choices remembered so far in this block (none outside one), by column kind."""
+    """The choices remembered so far in this block (none outside one), by column kind, with
+    the table-only choices noted since the last call (see CodecMemory.snapshot)."""
     return _memory.snapshot() if _memory is not None else {}
 
 
@@ -142,9 +151,11 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work, kind: tup
 
     def finish(tb, path) -> str:
         label = choose(tb, path)
-        if kind is not None and _memory is not None and (
-                codec(label).exact_on_floats or col.dtype is None or col.dtype.kind != "f"):
-            _memory.put(kind, label)  # (float delta is checked on every column's values)
+        if kind is not None and _memory is not None:
+            if codec(label).exact_on_floats or col.dtype is None or col.dtype.kind != "f":
+                _memory.put(kind, label)
+            else:  # float delta is checked on every column's values
+                _memory.note(kind, label)
         return label
 
     def choose(tb, path) -> str:

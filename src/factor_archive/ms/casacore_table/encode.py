@@ -295,8 +295,11 @@ def decide_codecs(table_path: str | Path, settings: PipelineSettings = DEFAULT_S
     each table's choices with its task, so the worker encoding it (in
     ``remembered_codec_choices(choices)``) tries no kind the client decided and the archive is
     the single process's. The trials are the single process's: the same planning, in the same
-    order."""
+    order. Included: the choices good for this table only (a float column's delta filter,
+    checked on its values), so the worker tries nothing and every attempt at the table writes
+    the same bytes."""
     path = Path(table_path)
+    decided_codecs()  # forget the table-only choices of a table before
     with _Work(settings) as work:
         try:
             _plan(path, None, settings, work=work)
