@@ -186,11 +186,10 @@ def test_a_float_column_the_client_gave_the_delta_filter_is_not_tried_again_on_t
         decided = [decide_codecs(t) for t in tables]
 
     monkeypatch.setattr(codec_choice, "_trials", lambda *a, **kw: pytest.fail("a codec tried on the worker"))
-    for attempt in range(2):                                # a worker killed, the task run again
-        stores = zarr.storage.MemoryStore()
+    attempts = []
+    for _attempt in range(2):                               # a worker killed, the task run again
+        store = zarr.storage.MemoryStore()
         with remembered_codec_choices(decided[1]):
-            assert encode_table(tables[1], zarr.open_group(stores, mode="w")) == one_process[1]
-        objects = {k: bytes(v.to_bytes()) for k, v in stores._store_dict.items()}
-        if attempt:
-            assert objects == first_attempt                 # the same keys, the same bytes
-        first_attempt = objects
+            assert encode_table(tables[1], zarr.open_group(store, mode="w")) == one_process[1]
+        attempts.append({k: bytes(v.to_bytes()) for k, v in store._store_dict.items()})
+    assert attempts[0] == attempts[1]                       # the same keys, the same bytes
