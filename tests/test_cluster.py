@@ -22,7 +22,7 @@ from factor_archive.archive import plan_archive, write_archive
 from factor_archive.cli import main, unarchivefactor_main
 from factor_archive.cluster import MemberTask, StoreTarget, engine, open_cluster, run_tasks
 from factor_archive.cluster.adapters import prepare_target, remembered_codec_choices, table_content_sha256
-from factor_archive.cluster.runs import member_tasks
+from factor_archive.cluster.runs import with_codec_choices
 from factor_archive.cluster.worker import store_member
 from factor_archive.containers.zarr import ZarrWriter
 from factor_archive.errors import BadInput, FactorArchiveError
@@ -88,10 +88,10 @@ def archive_on_cluster(client, plan, location: str, fn=store_member) -> tuple[Ma
     writer = ZarrWriter(location)
     try:
         target = prepare_target(writer, [item.member for item in plan.items])
-        with remembered_codec_choices():     # the client's codec choices, sent with the tables
-            tasks = member_tasks(plan.items, target)
+        tasks = [MemberTask(item.member.kind, item.member, (str(item.source),), target) for item in plan.items]
         progress: list[int] = []
-        members = run_tasks(client, tasks, fn, progress.append)
+        with remembered_codec_choices():     # the client's codec choices, sent with the tables
+            members = run_tasks(client, tasks, fn, progress.append, prepare=with_codec_choices)
         manifest = Manifest(container="zarr", run=plan.run_info(),
                             options={"resumable": True, "directions": [], "format": "zarr"},
                             members=members, missing=plan.missing, created="2026-01-01T00:00:00+00:00")
