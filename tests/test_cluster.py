@@ -332,6 +332,12 @@ def _restore_environment(saved: dict) -> None:
             os.environ[key] = value
 
 
+def test_local_workers_keep_glibcs_own_memory_trimming(client):
+    """Dask's nannies set MALLOC_TRIM_THRESHOLD_ to 64 KiB; the codec's block buffers then cost
+    a worker far more system CPU than one process (benchmarks/README.md), so local:N unsets it."""
+    assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
+
+
 def test_credentials_never_travel_in_a_task():
     with pytest.raises(BadInput, match="credential"):
         StoreTarget("s3://bucket/run", {"key": "AKIA...", "endpoint_url": "http://s3"})

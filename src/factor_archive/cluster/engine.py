@@ -60,6 +60,18 @@ class Cancelled(FactorArchiveError):
 # ---------------------------------------------------------------------------------------------
 # Clusters
 
+def worker_environ() -> dict:
+    """The environment Dask's nannies give the worker processes they start, without glibc's
+    MALLOC_TRIM_THRESHOLD_ (Dask sets it to 64 KiB to give memory back sooner): the codec
+    allocates and frees block-sized buffers, and with it the single-process archive of
+    bench_run.py's run took 4 s more system CPU (about 9 s against 5 s; benchmarks/README.md)."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
+
+
 @contextmanager
 def open_cluster(spec: str) -> Iterator[Any]:
     """A ``distributed.Client`` for ``spec``, closed (with a cluster it started) on exit.
@@ -69,6 +81,7 @@ def open_cluster(spec: str) -> Iterator[Any]:
     every failure in one line). ``tcp://host:port`` (or
     another Dask scheme): the scheduler running there.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     text = spec.strip()
@@ -80,8 +93,9 @@ def open_cluster(spec: str) -> Iterator[Any]:
         n = int(local.group(1))
         if n < 1:
             raise BadInput(f"--cluster {spec}: a local cluster needs at least one worker")
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.CRITICAL)
         try:
             client = Client(cluster, timeout=CONNECT_TIMEOUT)
         except BaseException:
