@@ -48,8 +48,8 @@ class MemberTask:
 
     ``sources``: the paths read (one, for these kinds). ``member``: the plan's member, filled in
     by the worker and returned as the manifest entry. ``codec_choices``: for a table, the
-    client's codec choice for every column kind decided by the time this table comes in plan
-    order, as ``(kind, codec)`` pairs (see ``runs.member_tasks``); the worker obeys them.
+    client's codec choice for every column kind decided up to and including this table in plan
+    order, as ``(kind, codec)`` pairs (see ``runs.with_codec_choices``); the worker obeys them.
     """
 
     kind: str

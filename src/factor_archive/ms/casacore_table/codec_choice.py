@@ -90,8 +90,9 @@ def remembered_codec_choices(decided: Mapping[tuple, str] | None = None) -> Iter
     """Within this block a column's codec, once chosen, is used for every later column of the
     same kind (see :func:`column_kind`) without trying the candidates again.
 
-    ``decided``: choices made elsewhere (by a cluster's client, for the run's tables before
-    this one): these kinds are never tried here, and an enclosing block's choices are not used."""
+    ``decided``: choices made elsewhere (by a cluster's client, for the run's tables up to and
+    including the one encoded here, see decide_codecs): these kinds are never tried here, and an
+    enclosing block's choices are not used."""
     global _memory
     outer = _memory
     _memory = CodecMemory(decided) if decided is not None else (_memory or CodecMemory())
