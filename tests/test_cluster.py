@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import signal
 import sys
@@ -249,6 +250,24 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_archive_completes(client, 
     assert sum(progress) == reference[1]                      # the rerun's bytes are not counted twice
     assert main(["verify", "-q", str(store)]) == 0
     client.wait_for_workers(2)                                # the nanny replaced the killed worker
+
+
+def test_a_dead_attempts_late_first_group_document_is_found_by_verify(reference, tmp_path, capsys):
+    """The one object a table task writes twice is the table's group document (first with the
+    member's path and kind, last with the table's description). A first version from a dead
+    attempt landing after the rerun's last (docs/cluster.md) is damage that verify reports,
+    naming the member."""
+    import shutil
+
+    store = tmp_path / "run.zarr"
+    shutil.copytree(reference[2], store)
+    document = store / "members" / CHUNK / "zarr.json"
+    final = json.loads(document.read_text())
+    first = {**final, "attributes": {"factor_archive": final["attributes"]["factor_archive"]}}
+    assert first != final
+    document.write_text(json.dumps(first))
+    assert main(["verify", "-q", str(store)]) == 1
+    assert f"{CHUNK}: table checksum in the store differs from the manifest" in capsys.readouterr().out
 
 
 def always_breaks(notes: Path, task, progress):
