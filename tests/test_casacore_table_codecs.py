@@ -190,3 +190,57 @@ def test_the_tables_of_a_run_choose_each_column_kind_codec_once(tmp_path, monkey
     # outside it, every table tries again
     encode_table(tmp_path / "c1.ms", root.create_group("again"))
     assert tried
+
+
+def test_a_table_encoded_with_the_choices_its_client_decided_tries_nothing_and_is_stored_as_in_one_process(
+        tmp_path, monkeypatch):
+    """On a cluster the client decides the run's codecs (decide_codecs, table after table in plan
+    order) and a worker encodes a table with the choices decided by then: it tries no codec and
+    stores the table exactly as one process encoding the whole run does."""
+    from factor_archive.ms.casacore_table import codec_choice, decide_codecs, remembered_codec_choices
+    from factor_archive.ms.synth import write_ms
+
+    for i in range(2):
+        write_ms(tmp_path / f"c{i}.ms", start_time=4.87e9 + i * 1000, ntimes=6 + 4 * i, interval=10.0,
+                 chan_freqs=120e6 + np.arange(4) * 1e5, chan_width=1e5, nant=3)
+    tables = [tmp_path / "c0.ms", tmp_path / "c1.ms"]
+    with remembered_codec_choices():                        # one process archives the run
+        one_process = [encode_table(t, zarr.open_group(zarr.storage.MemoryStore(), mode="w")) for t in tables]
+    with remembered_codec_choices():                        # a cluster's client
+        decided = [decide_codecs(t) for t in tables]
+    assert decided[0].items() <= decided[1].items()         # later tables keep the earlier choices
+
+    tried = []
+    real = codec_choice._trials
+    monkeypatch.setattr(codec_choice, "_trials", lambda cands, *a, **kw: tried.extend(cands) or real(cands, *a, **kw))
+    with remembered_codec_choices(decided[1]):              # the worker given the second table
+        on_worker = encode_table(tables[1], zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
+    assert tried == []
+    assert on_worker == one_process[1]                      # codecs, stored bytes, checksums
+
+
+def test_a_float_column_the_client_gave_the_delta_filter_is_not_tried_again_on_the_worker(tmp_path, monkeypatch):
+    """Whether the float delta filter is lossless depends on a column's values, so one process
+    tries it on every table; on a cluster the client's check of the table stands, and every
+    attempt at the table writes the same bytes."""
+    from factor_archive.ms.casacore_table import codec_choice, decide_codecs, remembered_codec_choices
+
+    tables = []
+    for i in range(2):
+        tables.append(tmp_path / f"t{i}.tab")
+        with ct.table(str(tables[-1]), ct.maketabdesc([ct.makescacoldesc("TIME", 0.0)]), nrow=20000, ack=False) as t:
+            t.putcol("TIME", 4.87e9 + 1000 * i + 10.0 * np.arange(20000))
+    with remembered_codec_choices():                        # one process archives the run
+        one_process = [encode_table(t, zarr.open_group(zarr.storage.MemoryStore(), mode="w")) for t in tables]
+    assert [info["codecs"] for info in one_process] == [{"TIME": "delta-zstd"}] * 2
+    with remembered_codec_choices():                        # a cluster's client
+        decided = [decide_codecs(t) for t in tables]
+
+    monkeypatch.setattr(codec_choice, "_trials", lambda *a, **kw: pytest.fail("a codec tried on the worker"))
+    attempts = []
+    for _attempt in range(2):                               # a worker killed, the task run again
+        store = zarr.storage.MemoryStore()
+        with remembered_codec_choices(decided[1]):
+            assert encode_table(tables[1], zarr.open_group(store, mode="w")) == one_process[1]
+        attempts.append({k: bytes(v.to_bytes()) for k, v in store._store_dict.items()})
+    assert attempts[0] == attempts[1]                       # the same keys, the same bytes

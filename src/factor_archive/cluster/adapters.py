@@ -16,6 +16,7 @@ from ..containers.zarr.writer import close_object_store, open_object_store
 from ..manifest import Member
 from ..ms.casacore_table import (  # noqa: F401  (re-exported: the codec's entry points, one place)
     RawTableRequired,
+    decide_codecs,
     decode_table,
     encode_table,
     remembered_codec_choices,
@@ -87,15 +88,15 @@ def casacore_session() -> Iterator[None]:
     """Around a task's tables: casacore reads and writes in a casacore worker process beside this
     one, as in a single-process archive (the codec overlaps reading and compressing that way;
     in-process it does one after the other). The session stays open for the Dask worker's life,
-    so its casacore worker is reused by later tasks; the codec choices are the task's own."""
+    so its casacore worker is reused by later tasks. (The codec choices are the client's, sent
+    with each table: see ``worker.encode_table_member``.)"""
     global _session
     with _CACHE_LOCK:
         if _session is None:
             _register_close()
             _session = ExitStack()
             _session.enter_context(worker_session())
-    with remembered_codec_choices():
-        yield
+    yield
 
 
 _registered = False

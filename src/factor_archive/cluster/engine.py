@@ -60,6 +60,18 @@ class Cancelled(FactorArchiveError):
 # ---------------------------------------------------------------------------------------------
 # Clusters
 
+def worker_environ() -> dict:
+    """The environment Dask's nannies give the worker processes they start, without glibc's
+    MALLOC_TRIM_THRESHOLD_ (Dask sets it to 64 KiB to give memory back sooner): the codec
+    allocates and frees block-sized buffers, and with it the single-process archive of
+    bench_run.py's run took 4 s more system CPU (about 9 s against 5 s; benchmarks/README.md)."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
+
+
 @contextmanager
 def open_cluster(spec: str) -> Iterator[Any]:
     """A ``distributed.Client`` for ``spec``, closed (with a cluster it started) on exit.
@@ -69,6 +81,7 @@ def open_cluster(spec: str) -> Iterator[Any]:
     every failure in one line). ``tcp://host:port`` (or
     another Dask scheme): the scheduler running there.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     text = spec.strip()
@@ -80,8 +93,9 @@ def open_cluster(spec: str) -> Iterator[Any]:
         n = int(local.group(1))
         if n < 1:
             raise BadInput(f"--cluster {spec}: a local cluster needs at least one worker")
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.CRITICAL)
         try:
             client = Client(cluster, timeout=CONNECT_TIMEOUT)
         except BaseException:
@@ -199,7 +213,8 @@ class _ProgressTally:
 
 
 def run_tasks(client, tasks: Sequence[Any], fn: Callable[[Any, Callable[[int], None]], Any],
-              progress: Callable[[int], None] = lambda _n: None) -> list[Any]:
+              progress: Callable[[int], None] = lambda _n: None,
+              prepare: Callable[[Any], Any] | None = None) -> list[Any]:
     """Run ``fn(task, progress)`` for every task on the cluster; return the results in the order
     of ``tasks``.
 
@@ -207,7 +222,9 @@ def run_tasks(client, tasks: Sequence[Any], fn: Callable[[Any, Callable[[int], N
     this thread with the bytes done on all workers. The first failure stops the run: the other
     tasks are cancelled and the failure is raised as one line naming its task; so is Ctrl-C
     (KeyboardInterrupt, after cancelling). ``fn`` must be importable on the workers (or pickled
-    by value).
+    by value). ``prepare``: the client's last decisions for a task, which take time (a table's
+    codecs): each task is given to it on this thread, in order, just before it is submitted, so
+    the workers start on the first tasks while the client prepares the next.
     """
     from distributed import wait
 
@@ -219,16 +236,24 @@ def run_tasks(client, tasks: Sequence[Any], fn: Callable[[Any, Callable[[int], N
     client.subscribe_topic(topic, tally.on_event)
     keys = [f"factor-archive-{run}-{i}" for i in range(len(tasks))]
     index = {key: i for i, key in enumerate(keys)}
-    futures = []
+    futures: list[Any] = []
     try:
-        futures = [client.submit(_execute, fn, task, topic, key=key, pure=False,
-                                 retries=UNEXPECTED_RETRIES)
-                   for key, task in zip(keys, tasks)]
         results: list[Any] = [None] * len(tasks)
-        pending = set(futures)
-        while pending:
+        pending: set = set()
+        waiting = list(range(len(tasks)))[::-1]     # not yet submitted, the next one last
+        while pending or waiting:
+            if waiting:
+                i = waiting.pop()
+                task = prepare(tasks[i]) if prepare is not None else tasks[i]
+                future = client.submit(_execute, fn, task, topic, key=keys[i], pure=False,
+                                       retries=UNEXPECTED_RETRIES)
+                futures.append(future)
+                pending.add(future)
+            if waiting and (prepare is None or not pending):
+                continue                            # nothing to wait for before the next
             try:
-                finished, pending = wait(pending, timeout=POLL, return_when="FIRST_COMPLETED")
+                finished, pending = wait(pending, timeout=0.01 if waiting else POLL,
+                                         return_when="FIRST_COMPLETED")
             except TimeoutError:
                 finished = set()
             for future in finished:

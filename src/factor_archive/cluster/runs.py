@@ -10,6 +10,7 @@ rewrites paths and writes the parset as without a cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,9 @@ from ..containers.zarr import ZarrWriter
 from ..io.copy import Progress
 from ..manifest import Member
 from ..plan import PlanItem
-from .adapters import prepare_target
+from .adapters import decide_codecs, prepare_target, remembered_codec_choices
 from .engine import run_tasks
-from .tasks import MemberTask, RestoreTask, batches
+from .tasks import Batch, MemberTask, RestoreTask, batches
 from .worker import restore_batch, store_batch
 
 
@@ -36,14 +37,37 @@ def archive_members(client, items: list[PlanItem], writer: ZarrWriter, progress:
     tasks = [MemberTask(items[i].member.kind, items[i].member, (str(items[i].source),), target)
              for i in remote]
     groups = batches(tasks, [items[i].size for i in remote], [items[i].member.kind for i in remote])
-    stored = [m for group in run_tasks(client, groups, store_batch, progress) for m in group]
-    members: list[Member | None] = [None] * len(items)
-    for i, member in zip(remote, stored):
-        members[i] = member
-    here = [i for i, m in enumerate(members) if m is None]
-    for i, member in zip(here, write_here([items[i] for i in here])):
-        members[i] = member
+    # Files first: the workers store them while the client decides the tables' codecs, each
+    # table sent once decided, in plan order (see with_codec_choices).
+    groups.sort(key=lambda batch: any(t.kind == "table" for t in batch.tasks))
+    # One run's codec choices, made here: the workers' tables, then the client's own (-d
+    # concatenations, last in plan order, as in a single process) take them.
+    with remembered_codec_choices():
+        done = run_tasks(client, groups, store_batch, progress, prepare=batch_with_codec_choices)
+        # Batches are not in plan order (a batch of small files is sent when full): by path.
+        stored = {m.path: m for group in done for m in group}
+        members: list[Member | None] = [None] * len(items)
+        for i in remote:
+            members[i] = stored[items[i].member.path]
+        here = [i for i, m in enumerate(members) if m is None]
+        for i, member in zip(here, write_here([items[i] for i in here])):
+            members[i] = member
     return [m for m in members if m is not None]
+
+
+def with_codec_choices(task: MemberTask) -> MemberTask:
+    """``task``, if a table, with the codec choices the client made for the run up to and
+    including it (``decide_codecs``, within the caller's ``remembered_codec_choices``; called for
+    the tables in plan order). These are the trials a single process makes, in its order, so
+    every worker encodes a table as the single process does and the manifests are equal (a
+    worker choosing for itself would choose from its own first table)."""
+    if task.kind != "table":
+        return task
+    return dataclasses.replace(task, codec_choices=tuple(decide_codecs(task.sources[0]).items()))
+
+
+def batch_with_codec_choices(batch: Batch) -> Batch:
+    return Batch(tuple(with_codec_choices(t) for t in batch.tasks))
 
 
 def restore_tables(client, archive: str, members: list[Member],

@@ -47,13 +47,16 @@ class MemberTask:
     """Store one member of the plan: ``kind`` is "file" or "table" (and must be the member's).
 
     ``sources``: the paths read (one, for these kinds). ``member``: the plan's member, filled in
-    by the worker and returned as the manifest entry.
+    by the worker and returned as the manifest entry. ``codec_choices``: for a table, the
+    client's codec choice for every column kind decided up to and including this table in plan
+    order, as ``(kind, codec)`` pairs (see ``runs.with_codec_choices``); the worker obeys them.
     """
 
     kind: str
     member: Member
     sources: tuple[str, ...]
     target: StoreTarget
+    codec_choices: tuple[tuple[tuple, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import FactorArchiveError
 from ..manifest import Member
-from .adapters import archive_reader, attached_writer, casacore_session
+from .adapters import archive_reader, attached_writer, casacore_session, remembered_codec_choices
 from .tasks import Batch, MemberTask, RestoreTask
 
 Progress = Callable[[int], None]
@@ -27,8 +27,10 @@ def store_file(task: MemberTask, progress: Progress) -> Member:
 
 def encode_table_member(task: MemberTask, progress: Progress) -> Member:
     """A casacore table member: encoded column by column by the table codec (or kept as raw files
-    when the codec says so), its content checksum in the member."""
-    return _store(task, "table", progress)
+    when the codec says so), its content checksum in the member. Each column takes the codec the
+    client chose for its kind (the task's ``codec_choices``); only a kind left open is tried here."""
+    with remembered_codec_choices(dict(task.codec_choices)):
+        return _store(task, "table", progress)
 
 
 WORKER_FUNCTIONS: dict[str, Callable[[MemberTask, Progress], Member]] = {

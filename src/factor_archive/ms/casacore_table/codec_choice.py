@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -56,9 +56,22 @@ class CodecMemory:
     the same columns with the same types and cell shapes, so the trials made for the first one
     decide for the others (each array still names its codec; a reader never needs to know)."""
 
-    def __init__(self) -> None:
-        self._choices: dict[tuple, str] = {}
+    def __init__(self, choices: Mapping[tuple, str] | None = None) -> None:
+        self._choices: dict[tuple, str] = dict(choices or {})
+        self._own: dict[tuple, str] = {}  # choices good for their own table only (see note)
         self._lock = threading.Lock()
+
+    def snapshot(self) -> dict[tuple, str]:
+        """Every choice made so far, by column kind, and those noted since the last snapshot
+        (the table just planned: its own choices are all there), which it forgets."""
+        with self._lock:
+            own, self._own = self._own, {}
+            return {**self._choices, **own}
+
+    def note(self, key: tuple, label: str) -> None:
+        """A choice for this table's column only, that later tables must make again."""
+        with self._lock:
+            self._own[key] = label
 
     def get(self, key: tuple) -> str | None:
         with self._lock:
@@ -73,11 +86,16 @@ _memory: CodecMemory | None = None
 
 
 @contextmanager
-def remembered_codec_choices() -> Iterator[CodecMemory]:
+def remembered_codec_choices(decided: Mapping[tuple, str] | None = None) -> Iterator[CodecMemory]:
     """Within this block a column's codec, once chosen, is used for every later column of the
-    same kind (see :func:`column_kind`) without trying the candidates again."""
+    same kind (see :func:`column_kind`) without trying the candidates again.
+
+    ``decided``: choices made elsewhere (by a cluster's client, for the run's tables up to and
+    including the one encoded here, see decide_codecs): these kinds are never tried here, and an
+    enclosing block's choices are not used."""
     global _memory
-    outer, _memory = _memory, _memory or CodecMemory()
+    outer = _memory
+    _memory = CodecMemory(decided) if decided is not None else (_memory or CodecMemory())
     try:
         yield _memory
     finally:
@@ -90,6 +108,12 @@ def column_kind(table_role: str, col: ColumnSchema, nbytes: int, settings) -> tu
     it is big enough to choose by speed."""
     shapes = tuple(col.shapes) if col.layout == "shaped" else tuple(col.cell_shape)
     return (table_role, col.name, col.ctype, col.layout, shapes, nbytes >= settings.speed_min_bytes)
+
+
+def decided_codecs() -> dict[tuple, str]:
+    """The choices remembered so far in this block (none outside one), by column kind, with
+    the table-only choices noted since the last call (see CodecMemory.snapshot)."""
+    return _memory.snapshot() if _memory is not None else {}
 
 
 def remembered(kind: tuple) -> str | None:
@@ -128,9 +152,11 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work, kind: tup
 
     def finish(tb, path) -> str:
         label = choose(tb, path)
-        if kind is not None and _memory is not None and (
-                codec(label).exact_on_floats or col.dtype is None or col.dtype.kind != "f"):
-            _memory.put(kind, label)  # (float delta is checked on every column's values)
+        if kind is not None and _memory is not None:
+            if codec(label).exact_on_floats or col.dtype is None or col.dtype.kind != "f":
+                _memory.put(kind, label)
+            else:  # float delta is checked on every column's values
+                _memory.note(kind, label)
         return label
 
     def choose(tb, path) -> str:

@@ -21,6 +21,7 @@ from .casacore_read import (
     _shape_records,
     _StoredRecords,
 )
+from .codec_choice import decided_codecs
 from .common import (
     _RESERVED,
     ATTR,
@@ -285,6 +286,26 @@ def encode_table(table_path: str | Path, group: zarr.Group, *, row_block: int | 
             raise
     _quiet_attrs_update(group, {ATTR: plan.static(), CONTENT_ATTR: {"version": CONTENT_VERSION, **content}})
     return _info(plan, content, sink)
+
+
+def decide_codecs(table_path: str | Path, settings: PipelineSettings = DEFAULT_SETTINGS) -> dict[tuple, str]:
+    """Make the codec choices :func:`encode_table` would make for this table next in the run
+    (within :func:`remembered_codec_choices`), without encoding it, and return every choice
+    remembered by then. A cluster's client calls it for the run's tables in plan order and sends
+    each table's choices with its task, so the worker encoding it (in
+    ``remembered_codec_choices(choices)``) tries no kind the client decided and the archive is
+    the single process's. The trials are the single process's: the same planning, in the same
+    order. Included: the choices good for this table only (a float column's delta filter,
+    checked on its values), so the worker tries nothing and every attempt at the table writes
+    the same bytes."""
+    path = Path(table_path)
+    decided_codecs()  # forget the table-only choices of a table before
+    with _Work(settings) as work:
+        try:
+            _plan(path, None, settings, work=work)
+        except Exception:  # encode_table meets it again: keeps raw files, or reports it naming the member
+            pass
+    return decided_codecs()
 
 
 def _cleanup(group: zarr.Group, keep: set) -> None:
