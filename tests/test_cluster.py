@@ -357,6 +357,12 @@ def test_local_workers_keep_glibcs_own_memory_trimming(client):
     assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
 
 
+def test_a_local_cluster_leaves_port_8787_to_the_users_own_scheduler(client):
+    """local:N's scheduler serves its health and metrics endpoint on a free loopback port."""
+    address = client.scheduler_info()["services"].get("dashboard")
+    assert address != 8787
+
+
 def test_credentials_never_travel_in_a_task():
     with pytest.raises(BadInput, match="credential"):
         StoreTarget("s3://bucket/run", {"key": "AKIA...", "endpoint_url": "http://s3"})

@@ -94,8 +94,13 @@ def open_cluster(spec: str) -> Iterator[Any]:
         if n < 1:
             raise BadInput(f"--cluster {spec}: a local cluster needs at least one worker")
         with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+            # The scheduler's HTTP endpoint (health and metrics; the dashboard itself needs
+            # bokeh) starts whatever dashboard_address says: a free loopback port, not 8787,
+            # so that a user's own scheduler there is never disturbed.
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.CRITICAL)
+                                   dashboard_address=None, silence_logs=logging.CRITICAL,
+                                   scheduler_kwargs={"dashboard": False,
+                                                     "dashboard_address": "127.0.0.1:0"})
         try:
             client = Client(cluster, timeout=CONNECT_TIMEOUT)
         except BaseException:
