@@ -9,31 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ...errors import BadInput, FactorArchiveError
+from ...io.objectstore import s3_concurrency, s3_storage_options
 from ..locations import Location, parse_location
 
 # ---------------------------------------------------------------------------------------------
 # Locations: a directory, a zip file or a URL
-
-def s3_storage_options() -> dict:
-    """fsspec/s3fs options from the environment.
-
-    Credentials (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-    ``AWS_PROFILE``, ``~/.aws/...``) are found by botocore itself. The endpoint is
-    ``FACTOR_ARCHIVE_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``
-    (passed explicitly, so it works whatever botocore version is installed).
-    """
-    endpoint = (os.environ.get("FACTOR_ARCHIVE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL_S3")
-                or os.environ.get("AWS_ENDPOINT_URL"))
-    # Retries: botocore's "standard" mode (3 attempts, jittered backoff), inside s3fs's own 5,
-    # rides out a blip of a few seconds; a server that is gone is reported within about 10 s
-    # (botocore's default "legacy" mode took minutes).
-    options: dict = {"config_kwargs": {"max_pool_connections": 32, "connect_timeout": 10,
-                                       "retries": {"mode": "standard", "max_attempts": 3}},
-                     "skip_instance_cache": True}
-    if endpoint:
-        options["endpoint_url"] = endpoint
-    return options
-
 
 class _Location:
     """Which kind of zarr store a location is (a directory, a zip file or an object-store URL)
@@ -148,7 +128,7 @@ def _url_error(loc: _Location, exc: BaseException) -> FactorArchiveError:
 # ---------------------------------------------------------------------------------------------
 # Object stores: writing a fresh prefix without waiting for each request
 
-UPLOAD_TASKS = 32                  # objects in flight at once
+UPLOAD_TASKS = 32                  # objects in flight at once (unless --s3-concurrency says)
 ABORT_CLEANUP_SECONDS = 20         # a failed archive gives up removing its objects after this
 UPLOAD_BYTES = 128 << 20           # bytes in flight at once (one larger object may still go alone)
 
@@ -202,6 +182,7 @@ def _fresh_store_class():
             self._known: dict[str, bytes | None] = {}   # key -> bytes kept, or None (ask the store)
             self._inflight: dict[str, asyncio.Task[None]] = {}   # key -> its upload
             self._bytes = 0
+            self._tasks = s3_concurrency(UPLOAD_TASKS)   # --s3-concurrency caps it
             self._error: BaseException | None = None
             self._cond = None
 
@@ -223,7 +204,7 @@ def _fresh_store_class():
             data = value.to_bytes()
             cond = self._condition()
             async with cond:
-                await cond.wait_for(lambda: (len(self._inflight) < UPLOAD_TASKS and (
+                await cond.wait_for(lambda: (len(self._inflight) < self._tasks and (
                     self._bytes + len(data) <= UPLOAD_BYTES or not self._inflight))
                     and key not in self._inflight)
                 self._bytes += len(data)
