@@ -21,6 +21,8 @@ from ..io.copy import Progress, copy_stream, hash_file
 from ..io.durable import fsync_dir, start_writeback, sync_filesystem, write_atomic
 from ..io.failures import io_error
 from ..io.install import discard, install, partial_name, remove, set_meta, set_table_meta
+from ..io.tree import source_mtime as _mtime
+from ..io.tree import source_size as _source_size
 from ..io.tree import stat_entry, walk_table
 from ..manifest import (
     CHECKSUMS_NAME,
@@ -260,18 +262,6 @@ def _ends_in_newline(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
-
-
-def _source_size(path: Path) -> int:
-    if path.is_dir():
-        return sum(os.stat(p).st_size for _rel, p in walk_table(path)[0])
-    return path.stat().st_size
-
-
-def _mtime(path: Path) -> float:
-    if path.is_dir():
-        return max([os.stat(p).st_mtime for _rel, p in walk_table(path)[0]] + [path.stat().st_mtime])
-    return path.stat().st_mtime
 
 
 def _member_dict(member: Member) -> dict:

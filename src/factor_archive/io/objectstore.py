@@ -492,7 +492,7 @@ class S3ReadFile(io.RawIOBase):
         if want <= 0:
             return 0
         offset = self._pos - self._cache_start
-        if not (0 <= offset and offset + want <= len(self._cache)):
+        if not (offset >= 0 and offset + want <= len(self._cache)):
             sequential = self._pos == self._next_sequential
             self._ahead = min(MAX_READ_AHEAD, self._ahead * 2) if sequential else READ_AHEAD
             self._cache_start = self._pos

@@ -38,3 +38,18 @@ def stat_entry(path: Path) -> os.stat_result:
         return os.stat(path)
     except OSError as exc:
         raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def source_size(path: Path) -> int:
+    """The bytes of a file, or of every file of a table: with :func:`source_mtime`, what tells a
+    rerun that a source changed since an interrupted run stored it."""
+    if path.is_dir():
+        return sum(os.stat(p).st_size for _rel, p in walk_table(path)[0])
+    return path.stat().st_size
+
+
+def source_mtime(path: Path) -> float:
+    """The newest mtime of a file, or of a table's files and its directory."""
+    if path.is_dir():
+        return max([os.stat(p).st_mtime for _rel, p in walk_table(path)[0]] + [path.stat().st_mtime])
+    return path.stat().st_mtime

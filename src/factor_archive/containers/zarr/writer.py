@@ -3,7 +3,11 @@
 A local directory or zip store is written under a hidden temporary name beside the output and
 renamed into place when complete, so an interrupted or failed archive never takes the output's
 name. An object store has no rename: there the manifest, written last, is what makes the store
-complete, and a failed archive removes what it wrote.
+complete. Each member stored gets a resume record (``resume``): a rerun of a killed archive (on
+local disk: the partial store of a process that has exited; on an object store: the prefix
+without a manifest) keeps every member whose record checks out and writes only the rest. A
+failure the writer sees removes a local partial store (the disk may be full), but keeps what an
+object store holds so that the rerun continues there.
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ from ...io.copy import HashThread, Progress, no_progress
 from ...io.durable import fsync_dir, fsync_path, sync_filesystem
 from ...io.failures import io_error
 from ...io.install import remove, swap_into_place
-from ...io.leftovers import remove_stale_partials
-from ...io.tree import stat_entry, walk_table
+from ...io.leftovers import _process_gone, remove_stale_partials
+from ...io.tree import source_mtime, source_size, stat_entry, walk_table
 from ...manifest import FileEntry, Manifest, Member, safe_relpath
 from ..base import ArchiveWriter, Capabilities, file_member, table_member
 from ..locations import Location
@@ -47,6 +51,15 @@ from .layout import (
     _write_bytes_array,
     node_component,
     node_path,
+)
+from .resume import (
+    RESUME_DIR,
+    ResumeRecord,
+    below,
+    parse_record,
+    record_bytes,
+    record_key,
+    recording_store,
 )
 from .stores import (
     ABORT_CLEANUP_SECONDS,
@@ -69,7 +82,8 @@ class ZarrWriter(ArchiveWriter):
     form = "zarr"
     # Members are written one after another: zarr compresses on its own thread pool, and
     # encoding two tables at once was measured no faster (the Python side holds the GIL).
-    capabilities = Capabilities(table_workers=True)   # tables go through the casacore codec
+    # Tables go through the casacore codec; a rerun continues a killed archive (resume records).
+    capabilities = Capabilities(table_workers=True, resumable_writes=True)
 
     def __init__(self, location: str | os.PathLike[str] | Location, *, clobber: bool = False):
         import zarr
@@ -81,6 +95,10 @@ class ZarrWriter(ArchiveWriter):
         self._groups_lock = threading.Lock()
         self._closed = False
         self.notices: list[str] = []     # for the user: leftovers of killed runs removed
+        self.continuing = False          # a killed run's store is being completed
+        self.records: dict[str, ResumeRecord] = {}   # member path -> its record from that run
+        self._existing: dict[str, tuple[int, str | None]] = {}   # key -> (size, ETag) found there
+        self._recorded = False           # this run wrote a record (an object store keeps it)
         pid = os.getpid()
         if self.loc.kind == "url":
             self.base_store = self.loc.open_url_store(read_only=False)
@@ -90,6 +108,7 @@ class ZarrWriter(ArchiveWriter):
                 _close_url_store(self.base_store)
                 raise
             self.store = _fresh_store_class()(self.base_store)
+            self.store._known.update({key: None for key in self._existing})
             self.tmp = None
         else:
             final = self.loc.path
@@ -103,20 +122,34 @@ class ZarrWriter(ArchiveWriter):
                 final.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise io_error(final.parent, exc) from None
-            self.notices = remove_stale_partials(final)
             self.tmp = final.with_name(f".{final.name}.partial-{pid}")
+            killed = _killed_partial(final) if self.loc.kind == "dir" else None
+            if killed is not None:
+                try:
+                    os.rename(killed, self.tmp)
+                except OSError as exc:
+                    raise io_error(killed, exc) from None
+                self.continuing = True
+            self.notices = remove_stale_partials(final)
+            if killed is not None:
+                self._existing = _local_keys(self.tmp)
         try:
             if self.tmp is not None:
-                remove(self.tmp)
+                if not self.continuing:
+                    remove(self.tmp)
                 if self.loc.kind == "dir":
                     from zarr.storage import LocalStore
                     self.store = LocalStore(self.tmp)
                 else:
                     self.store = _zip_store(self.tmp, "w")
-            self.root = zarr.create_group(self.store, attributes={ATTR: {
-                "layout": LAYOUT, "layout_version": LAYOUT_VERSION, "members": MEMBERS,
-                "manifest": MANIFEST_NODE}})
-            self._groups[MEMBERS] = self.root.create_group(MEMBERS)
+            self.recorder = recording_store(self.store)   # notes each member's objects
+            if self.continuing:
+                self._continue()
+            else:
+                self.root = zarr.create_group(self.recorder, attributes={ATTR: {
+                    "layout": LAYOUT, "layout_version": LAYOUT_VERSION, "members": MEMBERS,
+                    "manifest": MANIFEST_NODE}})
+                self._groups[MEMBERS] = self.root.create_group(MEMBERS)
         except Exception as exc:
             self.abort()
             raise self._failure(exc, self.tmp or self.loc.text) from None
@@ -129,12 +162,18 @@ class ZarrWriter(ArchiveWriter):
     def _prepare_url(self) -> None:
         fs, path = self.base_store.fs, self.base_store.path
         try:
-            holds = bool(_sync(fs._ls(path)))
+            found = _sync(fs._find(path, detail=True))
         except FileNotFoundError:
-            holds = False
+            found = {}
         except Exception as exc:
             raise self._failure(exc, self.loc.text) from None
-        if not holds:
+        if not found:
+            return
+        existing = {name[len(path):].lstrip("/"): (int(info.get("size") or 0), info.get("ETag"))
+                    for name, info in found.items() if name.startswith(path)}
+        if not self.clobber and _ours_unfinished(existing, self._read_url_key):
+            self._existing = existing          # a killed (or failed) run of ours: continue it
+            self.continuing = True
             return
         if not self.clobber:
             raise BadInput(f"{self.loc.text}: already holds data; use -c to overwrite it")
@@ -144,6 +183,95 @@ class ZarrWriter(ArchiveWriter):
             _remove_objects(fs, path)
         except Exception as exc:
             raise self._failure(exc, self.loc.text) from None
+
+    def _read_url_key(self, key: str) -> bytes:
+        fs, path = self.base_store.fs, self.base_store.path
+        return _sync(fs._cat_file(f"{path}/{key}"))
+
+    # -- continuing a killed run ------------------------------------------------------------------
+    def _continue(self) -> None:
+        """Open the killed run's store, read its resume records, and remove what no record
+        covers below ``members/`` (a member cut off half-way) and any manifest it began."""
+        import zarr
+
+        for key in [k for k in self._existing if k.startswith(RESUME_DIR + "/")]:
+            record = parse_record(self._read_key(key))
+            if record is not None and record_key(record.member.path) == key \
+                    and record.member.kind != "link":
+                self.records[record.member.path] = record
+        keep = {k for r in self.records.values() for k in r.objects}
+        for record in self.records.values():
+            parts = node_path(record.member.path).split("/")
+            keep |= {"/".join(parts[:i]) + "/zarr.json" for i in range(1, len(parts))}
+        stale = [k for k in self._existing if k not in keep and (
+            k.startswith(MEMBERS + "/") or k.startswith(MANIFEST_NODE + "/"))]
+        self._delete_keys(stale)
+        self.root = zarr.open_group(self.recorder, mode="r+")
+        self._groups[MEMBERS] = self._child_group(self.root, MEMBERS)
+        self.notices.append(f"{self.loc.text}: continuing an interrupted archive ({len(self.records)} "
+                            f"members already stored are kept where intact)")
+
+    def _read_key(self, key: str) -> bytes:
+        if self.loc.kind == "url":
+            return self._read_url_key(key)
+        assert self.tmp is not None
+        return (self.tmp / key).read_bytes()
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        if self.loc.kind == "url":
+            fs, path = self.base_store.fs, self.base_store.path
+            _sync(fs._rm([f"{path}/{k}" for k in keys]))
+            for k in keys:
+                self.store._known.pop(k, None)
+        else:
+            assert self.tmp is not None
+            for k in keys:
+                (self.tmp / k).unlink(missing_ok=True)
+        for k in keys:
+            self._existing.pop(k, None)
+
+    def _kept(self, member: Member, source: dict | None) -> Member | None:
+        """The member as the killed run stored it, if its record checks out (see ``resume``);
+        otherwise whatever that run left of it is removed."""
+        record = self.records.pop(member.path, None)
+        node = node_path(member.path)
+        present = {k: v for k, v in self._existing.items() if below(k, node)}
+        if record is not None and record.member.kind == member.kind and record.source == source \
+                and set(present) == set(record.objects) and all(
+                    self._intact(k, present[k], record.objects[k]) for k in record.objects):
+            return dataclasses.replace(
+                member, size=record.member.size, sha256=record.member.sha256, mode=record.member.mode,
+                mtime=record.member.mtime, files=record.member.files, dirs=record.member.dirs,
+                extra=record.member.extra)
+        self._delete_keys(([record_key(member.path)] if record is not None else []) + list(present))
+        return None
+
+    def _intact(self, key: str, found: tuple[int, str | None], want) -> bool:
+        size, etag = found
+        if size != want.size:
+            return False
+        if self.loc.kind == "url":
+            etag = (etag or "").strip('"')
+            return "-" in etag or etag == want.md5   # a multipart object's ETag is no MD5
+        assert self.tmp is not None
+        with open(self.tmp / key, "rb") as f:
+            return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest() == want.md5
+
+    def _store_record(self, member: Member, source: dict | None) -> None:
+        """Once the member's objects are stored (uploads acknowledged), its resume record."""
+        from zarr.core.buffer import default_buffer_prototype
+
+        node = node_path(member.path)
+        if self.loc.kind == "url":
+            _sync(self.store.flush())
+        objects = self.recorder.take(node)
+        data = record_bytes(member, source, objects)
+        _sync(self.store.set(record_key(member.path), default_buffer_prototype().buffer.from_bytes(data)))
+        if self.loc.kind == "url":
+            _sync(self.store.flush())
+        self._recorded = True
 
     def _failure(self, exc: BaseException, path) -> BaseException:
         """The one-line error for a failure while writing, or ``exc`` itself if it is not one
@@ -175,6 +303,13 @@ class ZarrWriter(ArchiveWriter):
         try:
             if member.kind == "link":
                 return dataclasses.replace(member, size=0, sha256=hashlib.sha256(b"").hexdigest())
+            origin = None if staged else {"size": source_size(Path(source)),
+                                          "mtime": source_mtime(Path(source))}
+            if self.continuing:
+                kept = self._kept(member, origin)
+                if kept is not None:
+                    progress(kept.size)
+                    return kept
             parent = self._group(parent_path)
             if member.kind == "table":
                 member = self._write_table(member, Path(source), parent, name, node, progress)
@@ -183,16 +318,32 @@ class ZarrWriter(ArchiveWriter):
                 sha, size = self._write_file(Path(source), parent, name, member.path, st, progress)
                 member = file_member(member, st, sha, size,
                                      extra={**member.extra, "zarr": _file_extra(node, size)})
+            self._store_record(member, origin)
         except Exception as exc:
             raise self._failure(exc, source) from None
         if staged:
             remove(Path(source))  # generated data (calibrated chunks): stored, so free the disk now
         return member
 
+    def already_written(self, member: Member) -> Member | None:
+        """A generated member (calibrated data) the killed run stored, if its record checks out."""
+        if not self.continuing or member.kind == "link":
+            return None
+        try:
+            return self._kept(member, None)
+        except Exception as exc:
+            raise self._failure(exc, self.loc.text) from None
+
     def close(self, manifest: Manifest) -> None:
         manifest.container = self.form
         data = manifest.to_json().encode("utf-8")
         try:
+            listed = {m.path for m in manifest.members}
+            for path in [p for p in self.records if p not in listed]:
+                # stored by the killed run, not part of this archive: removed
+                self._kept(dataclasses.replace(self.records[path].member, kind=""), None)
+            if self.tmp is not None:
+                remove(self.tmp / RESUME_DIR)   # a local store takes its name without them
             if self.loc.kind == "url":
                 _sync(self.store.flush())       # every object is stored before the manifest
             # (A local store only takes its name once everything, manifest included, is synced.)
@@ -210,10 +361,19 @@ class ZarrWriter(ArchiveWriter):
                 swap_into_place(tmp, self.loc.path)
             else:
                 _sync(self.store.flush())
+                self._remove_records()          # complete: the records have done their work
         except Exception as exc:
             raise self._failure(exc, self.loc.text) from None
         self._closed = True
         self._cleanup()
+
+    def _remove_records(self) -> None:
+        """Best effort: records left behind a manifest are ignored by every reader."""
+        fs, path = self.base_store.fs, self.base_store.path
+        try:
+            _remove_objects(fs, f"{path}/{RESUME_DIR}")
+        except Exception:
+            pass
 
     def abort(self) -> None:
         """Remove everything written: nothing is left that looks like an archive."""
@@ -227,9 +387,11 @@ class ZarrWriter(ArchiveWriter):
                 fs, path = self.base_store.fs, self.base_store.path
                 try:
                     _sync(self.store.cancel())
-                    # Best effort, and bounded: the store may be what failed. Without a manifest
-                    # what stays behind is no archive, and a rerun with -c replaces it.
-                    _sync(asyncio.wait_for(_remove_objects_async(fs, path), ABORT_CLEANUP_SECONDS))
+                    if not (self._recorded or self.continuing):
+                        # Nothing worth keeping. Best effort, and bounded: the store may be what
+                        # failed. Without a manifest what stays behind is no archive.
+                        _sync(asyncio.wait_for(_remove_objects_async(fs, path), ABORT_CLEANUP_SECONDS))
+                    # Otherwise the members stored (with their records) stay for the rerun.
                 except Exception:
                     pass
             else:
@@ -289,9 +451,20 @@ class ZarrWriter(ArchiveWriter):
         if group is not None:
             return group
         parent_path, name = path.rsplit("/", 1)
-        group = self._group_locked(parent_path).create_group(name)
+        group = self._child_group(self._group_locked(parent_path), name)
         self._groups[path] = group
         return group
+
+    def _child_group(self, parent, name: str):
+        """``parent``'s group ``name``, created unless a killed run (being continued) made it."""
+        from zarr.errors import ContainsGroupError
+
+        if not self.continuing:
+            return parent.create_group(name)
+        try:
+            return parent.create_group(name)
+        except ContainsGroupError:
+            return parent[name]
 
     def _write_file(self, source: Path, parent, name: str, apath: str, st: os.stat_result,
                     progress: Progress) -> tuple[str, int]:
@@ -380,6 +553,52 @@ class ZarrWriter(ArchiveWriter):
             "raw_reason": reason}})
 
 
+def _killed_partial(final: Path) -> Path | None:
+    """The partial store ``.<name>.partial-<pid>`` of a run of ours that was killed (its process
+    has exited) and that stored at least one member (it holds resume records): the newest."""
+    prefix = f".{final.name}.partial-"
+    try:
+        names = [n for n in os.listdir(final.parent) if n.startswith(prefix)]
+    except OSError:
+        return None
+    found = []
+    for name in names:
+        pid = name[len(prefix):]
+        path = final.parent / name
+        if not pid.isdigit() or not _process_gone(int(pid)):
+            continue
+        try:
+            if (os.lstat(path).st_uid == os.getuid() and path.is_dir() and not path.is_symlink()
+                    and (path / "zarr.json").is_file() and (path / RESUME_DIR).is_dir()):
+                found.append((os.stat(path / RESUME_DIR).st_mtime, path))
+        except OSError:
+            continue
+    return max(found)[1] if found else None
+
+
+def _local_keys(root: Path) -> dict[str, tuple[int, str | None]]:
+    """Every object of a local store: key -> (size, None)."""
+    keys = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            keys[os.path.relpath(full, root).replace(os.sep, "/")] = (os.path.getsize(full), None)
+    return keys
+
+
+def _ours_unfinished(existing: dict[str, tuple[int, str | None]], read) -> bool:
+    """Whether a prefix holds an archive of ours that a run began and never completed: our root
+    group, no stored manifest."""
+    if "zarr.json" not in existing or any(k.startswith(f"{MANIFEST_NODE}/c/") for k in existing):
+        return False
+    try:
+        import json
+
+        return json.loads(read("zarr.json")).get("attributes", {}).get(ATTR, {}).get("layout") == LAYOUT
+    except Exception:
+        return False
+
+
 def _read_exact(f, n: int) -> bytes:
     parts = []
     got = 0
@@ -430,6 +649,10 @@ def attached_writer(location: str, member_path: str, *, object_store: Any = None
     writer._closed = True                # abort() must never remove the shared store
     writer.notices = []
     writer.tmp = None
+    writer.continuing = False            # (the owner removes what a killed run left: below)
+    writer.records = {}
+    writer._existing = {}
+    writer._recorded = False
     node = node_path(member_path)
     parent = node.rsplit("/", 1)[0]
     is_url = writer.loc.kind == "url"
@@ -455,7 +678,8 @@ def attached_writer(location: str, member_path: str, *, object_store: Any = None
                                    f"system shared with the client, at the same path?)")
                 writer.store = LocalStore(root)
                 remove(root / node)
-            writer._groups[parent] = zarr.open_group(writer.store, path=parent, mode="r+")
+            writer.recorder = recording_store(writer.store)   # the member gets its resume record
+            writer._groups[parent] = zarr.open_group(writer.recorder, path=parent, mode="r+")
         except Exception as exc:
             raise writer._failure(exc, location) from None
         yield writer

@@ -1,0 +1,118 @@
+"""Resuming an interrupted zarr archive: a record per member, written once its objects are stored.
+
+While a member is written, every object stored below its node is noted with its size and MD5
+(:class:`RecordingStore`). Once they are all durable (an object store: every upload acknowledged;
+a local store: the rerun re-reads them anyway), the member's record is written at
+``.factor-archive-resume/<sha256 of the member path>.json`` inside the store: the member's
+manifest entry, the source's size and mtime, and the objects. A rerun keeps a member only when its
+record parses, names the same member, the source is unchanged, and the objects below the node are
+exactly the recorded ones with the recorded sizes and MD5s (an object store's ETag of a single PUT
+is its MD5, so this costs no download; a local file is read and hashed). Anything else below the
+node is removed and the member written again. formats/zarr.md ("Resuming") says the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ...manifest import FileEntry, Member
+
+RESUME_DIR = ".factor-archive-resume"
+RECORD_VERSION = 1
+
+
+def record_key(member_path: str) -> str:
+    return f"{RESUME_DIR}/{hashlib.sha256(member_path.encode('utf-8')).hexdigest()}.json"
+
+
+def below(key: str, node: str) -> bool:
+    """Whether ``key`` is one of the objects of the node ``node`` (its zarr.json included)."""
+    return key.startswith(node + "/")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    md5: str
+
+
+def _recording_store_class():
+    from zarr.storage import WrapperStore
+
+    class RecordingStore(WrapperStore):
+        """Passes everything through, noting the size and MD5 of each object set (the last
+        value of a key counts; a deleted key is forgotten)."""
+
+        def __init__(self, store):
+            super().__init__(store)
+            self.objects: dict[str, StoredObject] = {}
+
+        def _note(self, key: str, value) -> None:
+            data = value.as_numpy_array().tobytes() if not hasattr(value, "to_bytes") else value.to_bytes()
+            self.objects[key] = StoredObject(len(data), hashlib.md5(data, usedforsecurity=False).hexdigest())
+
+        async def set(self, key, value) -> None:
+            self._note(key, value)
+            await self._store.set(key, value)
+
+        async def set_if_not_exists(self, key, value) -> None:
+            if not await self._store.exists(key):
+                await self.set(key, value)
+
+        async def _set_many(self, values) -> None:
+            for key, value in values:
+                await self.set(key, value)
+
+        async def delete(self, key) -> None:
+            self.objects.pop(key, None)
+            await self._store.delete(key)
+
+        async def delete_dir(self, prefix) -> None:
+            for key in [k for k in self.objects if k.startswith(prefix.rstrip("/") + "/")]:
+                self.objects.pop(key, None)
+            await self._store.delete_dir(prefix)
+
+        def take(self, node: str) -> dict[str, StoredObject]:
+            """The objects noted below ``node``, forgetting them."""
+            taken = {k: v for k, v in self.objects.items() if below(k, node)}
+            for k in taken:
+                del self.objects[k]
+            return taken
+
+    return RecordingStore
+
+
+def recording_store(store) -> Any:
+    return _recording_store_class()(store)
+
+
+def record_bytes(member: Member, source: dict | None, objects: dict[str, StoredObject]) -> bytes:
+    return json.dumps({"version": RECORD_VERSION, "member": asdict(member), "source": source,
+                       "objects": {k: [o.size, o.md5] for k, o in sorted(objects.items())}},
+                      separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class ResumeRecord:
+    member: Member
+    source: dict | None                   # {"size", "mtime"} of the source, None if generated
+    objects: dict[str, StoredObject]
+
+
+def parse_record(data: bytes) -> ResumeRecord | None:
+    """The record, or None for anything that is not one we wrote (torn, foreign, newer)."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+        if doc.get("version") != RECORD_VERSION:
+            return None
+        m = doc["member"]
+        member = Member(**{**m, "files": [FileEntry(**f) for f in m.get("files", [])]})
+        objects = {str(k): StoredObject(int(v[0]), str(v[1])) for k, v in doc["objects"].items()}
+        source = doc.get("source")
+        if source is not None and not isinstance(source, dict):
+            return None
+        return ResumeRecord(member, source, objects)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
+        return None
