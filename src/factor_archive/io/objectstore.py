@@ -33,7 +33,7 @@ DEFAULT_CONCURRENCY = 8            # parts (or zarr objects) uploaded at once
 PART_SIZE = 16 << 20               # multipart part size: memory is at most (concurrency + 1) parts
 MIN_PART_SIZE = 5 << 20            # S3's smallest part but the last
 MAX_PARTS = 10_000                 # S3's most parts in one upload
-READ_AHEAD = 256 << 10             # first ranged GET of a reader; doubles while reads are sequential
+READ_AHEAD = 64 << 10              # first ranged GET of a reader; doubles while reads are sequential
 MAX_READ_AHEAD = 16 << 20
 
 
@@ -143,8 +143,9 @@ def s3_error(url: str, exc: BaseException, *, attempts: int = 1) -> FactorArchiv
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if code == "NoSuchBucket":
         return BadInput(f"{url}: no such bucket")
-    if code in CREDENTIAL_CODES:
-        return FactorArchiveError(f"{url}: access denied ({code}); check AWS_ACCESS_KEY_ID / "
+    if code in CREDENTIAL_CODES or code == "403":     # (a HEAD answer has no body: no code)
+        why = "HTTP 403" if code == "403" else code
+        return FactorArchiveError(f"{url}: access denied ({why}); check AWS_ACCESS_KEY_ID / "
                                   f"AWS_SECRET_ACCESS_KEY and the bucket's permissions")
     if code in ("NoSuchKey", "404", "NotFound"):
         return BadInput(f"{url}: not found")
