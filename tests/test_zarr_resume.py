@@ -1,0 +1,147 @@
+"""User stories: a zarr archive killed half-way, on local disk and on S3, is completed by running
+the same command again, which keeps what the killed run stored (each member's resume record
+checked against the store and the source) and writes only the rest; the manifest comes last."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import faults
+from factor_archive.cli import archivefactor_main, main
+from factor_archive.containers.zarr.resume import RESUME_DIR
+
+KILL_AT = 0.5        # the killed run is stopped once records cover half the archive's bytes
+AT_MOST = 0.6        # the rerun may write at most this share of the bytes again
+
+
+def recorded_bytes(records: dict[str, bytes]) -> int:
+    """The bytes of stored objects the resume records read so far vouch for."""
+    total = 0
+    for data in records.values():
+        try:
+            total += sum(size for size, _md5 in json.loads(data)["objects"].values())
+        except (ValueError, KeyError, TypeError):
+            pass                        # being written: counted next time
+    return total
+
+
+def member_checksums(manifest: dict) -> dict[str, tuple[str, int]]:
+    return {m["path"]: (m["sha256"], m["size"]) for m in manifest["members"]}
+
+
+def zarr_manifest(location) -> dict:
+    from factor_archive.containers.zarr import ZarrReader
+
+    with ZarrReader(str(location)) as reader:
+        return json.loads(reader.manifest.to_json())
+
+
+def kill_when_half_recorded(argv, read_records, total: int, env: dict | None = None) -> faults.Outcome:
+    """Run the archive command and kill -9 it once its records vouch for KILL_AT of ``total``."""
+    seen: dict[str, bytes] = {}
+    last = [0.0]
+
+    def half_way(_at, _proc) -> bool:
+        if time.monotonic() - last[0] < 0.05:
+            return False
+        last[0] = time.monotonic()
+        seen.update(read_records(set(seen)))
+        return recorded_bytes(seen) >= KILL_AT * total
+
+    return faults.run(argv, when=half_way, sig=signal.SIGKILL, env=env)
+
+
+def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_missing(
+        sample_run, tmp_path, capfd):
+    # The same run archived once without interruption: what a complete store holds.
+    whole = tmp_path / "whole.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(whole)]) == 0
+    total = faults.tree_bytes(whole)
+    expected = member_checksums(zarr_manifest(whole))
+
+    out = tmp_path / "run.zarr"
+
+    def read_records(known: set[str]) -> dict[str, bytes]:
+        found = {}
+        for path in tmp_path.glob(f".run.zarr.partial-*/{RESUME_DIR}/*.json"):
+            if str(path) not in known:
+                try:
+                    found[str(path)] = path.read_bytes()
+                except OSError:
+                    pass
+        return found
+
+    killed = kill_when_half_recorded(faults.command("archivefactor") + ["-q", "-r", str(sample_run),
+                                                                          str(out)], read_records, total)
+    assert killed.interrupted and killed.returncode == -signal.SIGKILL, killed.stderr
+    [partial] = tmp_path.glob(".run.zarr.partial-*")
+    assert not out.exists() and not (partial / "manifest.json").exists()
+    left = {str(p.relative_to(partial)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in partial.rglob("*") if p.is_file()}
+
+    capfd.readouterr()
+    assert archivefactor_main(["-r", str(sample_run), str(out)]) == 0
+    err = capfd.readouterr().err
+    assert f"{out}: continuing an interrupted archive" in err
+
+    written_again = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and left.get(
+        str(p.relative_to(out))) != (p.stat().st_ino, p.stat().st_mtime_ns))
+    assert 0 < written_again < AT_MOST * total, (written_again, total)
+    assert member_checksums(zarr_manifest(out)) == expected
+    assert main(["verify", "-q", str(out)]) == 0
+    assert not (out / RESUME_DIR).exists() and list(tmp_path.glob(".run.zarr.*")) == []
+
+
+def test_a_killed_zarr_upload_is_completed_uploading_only_what_is_missing(sample_run, tmp_path,
+                                                                          monkeypatch, capfd):
+    from s3server import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the SeaweedFS 'weed' binary is not installed")
+    whole = tmp_path / "whole.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(whole)]) == 0
+    total = faults.tree_bytes(whole)
+    expected = member_checksums(zarr_manifest(whole))
+    with SeaweedS3(tmp_path / "seaweed") as s3:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        monkeypatch.delenv("FACTOR_ARCHIVE_S3_ENDPOINT", raising=False)
+        s3.make_bucket("archives")
+        url, prefix = "s3://archives/runs/L123456", "archives/runs/L123456"
+        fs = s3.filesystem()
+
+        def read_records(known: set[str]) -> dict[str, bytes]:
+            try:
+                keys = [k for k in fs.find(f"{prefix}/{RESUME_DIR}") if k not in known]
+                return fs.cat(keys) if keys else {}
+            except (OSError, FileNotFoundError):
+                return {}
+
+        def listing() -> dict[str, tuple]:
+            fs.invalidate_cache()
+            return {k: (v["size"], v["ETag"], v["LastModified"])
+                    for k, v in fs.find(prefix, detail=True).items()}
+
+        killed = kill_when_half_recorded(faults.command("archivefactor") + ["-q", "-r", str(sample_run),
+                                                                              url], read_records, total)
+        assert killed.interrupted and killed.returncode == -signal.SIGKILL, killed.stderr
+        left = listing()
+        assert not any(k.startswith(f"{prefix}/manifest.json/") for k in left)
+        time.sleep(1.1)                 # an object sent again gets a later LastModified (1 s steps)
+
+        capfd.readouterr()
+        assert archivefactor_main(["-r", str(sample_run), url]) == 0
+        assert f"{url}: continuing an interrupted archive" in capfd.readouterr().err
+
+        now = listing()
+        uploaded_again = sum(size for k, (size, etag, when) in now.items() if left.get(k) != (size, etag, when))
+        assert 0 < uploaded_again < AT_MOST * total, (uploaded_again, total)
+        assert member_checksums(zarr_manifest(url)) == expected
+        assert main(["verify", "-q", url]) == 0
+        assert not any(RESUME_DIR in k for k in now)
