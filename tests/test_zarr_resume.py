@@ -4,10 +4,8 @@ checked against the store and the source) and writes only the rest; the manifest
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -54,6 +52,28 @@ def kill_when_half_recorded(argv, read_records, total: int, env: dict | None = N
         return recorded_bytes(seen) >= KILL_AT * total
 
     return faults.run(argv, when=half_way, sig=signal.SIGKILL, env=env)
+
+
+def watch_uploads(monkeypatch) -> dict:
+    """Note the most zarr objects being uploaded at once (each upload takes a little longer)."""
+    import asyncio
+
+    from zarr.storage import FsspecStore
+
+    state = {"now": 0, "most": 0}
+    real = FsspecStore.set
+
+    async def watched(self, key, value):
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        try:
+            await asyncio.sleep(0.01)
+            return await real(self, key, value)
+        finally:
+            state["now"] -= 1
+
+    monkeypatch.setattr(FsspecStore, "set", watched)
+    return state
 
 
 def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_missing(
@@ -136,8 +156,10 @@ def test_a_killed_zarr_upload_is_completed_uploading_only_what_is_missing(sample
         time.sleep(1.1)                 # an object sent again gets a later LastModified (1 s steps)
 
         capfd.readouterr()
-        assert archivefactor_main(["-r", str(sample_run), url]) == 0
+        in_flight = watch_uploads(monkeypatch)
+        assert archivefactor_main(["-r", "--s3-concurrency", "2", str(sample_run), url]) == 0
         assert f"{url}: continuing an interrupted archive" in capfd.readouterr().err
+        assert in_flight["most"] == 2        # --s3-concurrency caps the zarr objects in flight
 
         now = listing()
         uploaded_again = sum(size for k, (size, etag, when) in now.items() if left.get(k) != (size, etag, when))

@@ -12,6 +12,7 @@ if __name__ == "__main__" or os.path.basename(getattr(sys.modules.get("__main__"
     signals.remember_early()  # run as a program: a Ctrl-C from here on ends as "interrupted"
 
 import argparse
+import contextlib
 import errno
 import signal
 from collections.abc import Callable, Sequence
@@ -141,6 +142,40 @@ def _archive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--dry-run", action="store_true", help="print what would be archived and stop")
     _cluster_argument(p, "store the members on a Dask cluster (zarr form; see docs/cluster.md)")
+    _s3_concurrency_argument(p)
+
+
+def _s3_concurrency_argument(p: argparse.ArgumentParser) -> None:
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text}: must be a whole number of at least 1")
+        return int(text)
+
+    p.add_argument("--s3-concurrency", metavar="N", type=positive, default=None,
+                   help="at most N requests at once to an object store (uploads of multipart parts "
+                        "or zarr objects, connections while restoring); default: "
+                        "$FACTOR_ARCHIVE_S3_CONCURRENCY, else 8 parts / 32 zarr objects")
+
+
+@contextlib.contextmanager
+def _s3_concurrency(args: argparse.Namespace):
+    """--s3-concurrency as FACTOR_ARCHIVE_S3_CONCURRENCY, the one setting every S3 writer (and
+    worker process) reads, for the duration of the command."""
+    from .io.objectstore import CONCURRENCY_ENV
+
+    value = getattr(args, "s3_concurrency", None)
+    if value is None:
+        yield
+        return
+    before = os.environ.get(CONCURRENCY_ENV)
+    os.environ[CONCURRENCY_ENV] = str(value)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CONCURRENCY_ENV, None)
+        else:
+            os.environ[CONCURRENCY_ENV] = before
 
 
 def _cluster_argument(p: argparse.ArgumentParser, what: str) -> None:
@@ -158,8 +193,12 @@ def _archive_hint(args: argparse.Namespace) -> str:
     """What an interrupted archive leaves, as docs/usage.md describes it."""
     if args.output == "-":
         return "the tar written to standard output is incomplete (it has no index)"
-    if (args.format or _guess_form(args.output)) == "dir" or getattr(args, "volume_size", None):
+    form = args.format or _guess_form(args.output)
+    if form == "dir" or getattr(args, "volume_size", None):
         return "the archive is incomplete: run the same command again to complete it (-c starts over)"
+    if form == "zarr" and "://" in args.output:
+        return ("the members uploaded so far are kept: run the same command again to complete the "
+                "archive (-c starts over)")
     return "nothing was kept; run the same command again"
 
 
@@ -182,8 +221,9 @@ def _run_archive(args: argparse.Namespace) -> int:
         for line in describe_plan(plan):
             print(line, file=out)
         return 0
-    manifest = write_archive(plan, args.output, clobber=args.clobber, quiet=args.quiet,
-                             cluster=args.cluster)
+    with _s3_concurrency(args):
+        manifest = write_archive(plan, args.output, clobber=args.clobber, quiet=args.quiet,
+                                 cluster=args.cluster)
     if not args.quiet:
         total = sum(m.size for m in manifest.members)
         print(f"archived {len(manifest.members)} members ({human(total)}) from {plan.run.working_dir} "
@@ -208,6 +248,7 @@ def _unarchive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _cluster_argument(p, "decode the tables on a Dask cluster into the output (zarr archives; see "
                          "docs/cluster.md)")
+    _s3_concurrency_argument(p)
 
 
 RESTORE_MARKER = ".factor-archive-restore-incomplete"  # restore.unarchive.MARKER, not imported:
@@ -222,8 +263,9 @@ def _unarchive_hint(args: argparse.Namespace) -> str:
 def _run_unarchive(args: argparse.Namespace) -> int:
     from .restore.unarchive import unarchive
 
-    manifest = unarchive(args.archive, args.output, symlink=args.symlink, clobber=args.clobber,
-                         quiet=args.quiet, store=args.store, cluster=args.cluster)
+    with _s3_concurrency(args):
+        manifest = unarchive(args.archive, args.output, symlink=args.symlink, clobber=args.clobber,
+                             quiet=args.quiet, store=args.store, cluster=args.cluster)
     if not args.quiet:
         name = manifest.run.get("parset_name", "factor.parset")
         print(f"restored {len(manifest.members)} members into {args.output}; resume with "

@@ -84,9 +84,10 @@ def s3_storage_options() -> dict:
     ``AWS_PROFILE``, ``~/.aws/...``) are found by botocore itself; the endpoint is
     :func:`s3_endpoint`. Retries follow DEFAULT_RETRY's number of attempts in botocore's
     "standard" mode (exponential backoff with jitter; SlowDown, 5xx and connection errors are
-    retried, AccessDenied and NoSuchBucket are not); connections follow :func:`s3_concurrency`.
+    retried, AccessDenied and NoSuchBucket are not); at most :func:`s3_concurrency` connections
+    (32 unless set), so ``--s3-concurrency`` caps a restore's requests too.
     """
-    options: dict = {"config_kwargs": {"max_pool_connections": max(32, s3_concurrency() + 4),
+    options: dict = {"config_kwargs": {"max_pool_connections": s3_concurrency(32),
                                        "connect_timeout": 10,
                                        "retries": {"mode": "standard",
                                                    "max_attempts": DEFAULT_RETRY.attempts}},
