@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 import faults
 from factor_archive.cli import archivefactor_main, main
 from factor_archive.containers.zarr.resume import RESUME_DIR
 
+RECORD_SCHEMA = json.loads((Path(__file__).parents[1] / "formats" /
+                            "zarr-resume-record.schema.json").read_text())
 KILL_AT = 0.5        # the killed run is stopped once records cover half the archive's bytes
 AT_MOST = 0.6        # the rerun may write at most this share of the bytes again
 
@@ -101,6 +105,10 @@ def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_m
     assert killed.interrupted and killed.returncode == -signal.SIGKILL, killed.stderr
     [partial] = tmp_path.glob(".run.zarr.partial-*")
     assert not out.exists() and not (partial / "manifest.json").exists()
+    records = list((partial / RESUME_DIR).glob("*.json"))
+    assert records
+    for record in records:              # what formats/zarr-resume-record.schema.json says
+        jsonschema.validate(json.loads(record.read_bytes()), RECORD_SCHEMA)
     left = {str(p.relative_to(partial)): (p.stat().st_ino, p.stat().st_mtime_ns)
             for p in partial.rglob("*") if p.is_file()}
 

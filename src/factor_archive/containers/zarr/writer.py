@@ -197,7 +197,7 @@ class ZarrWriter(ArchiveWriter):
         for key in [k for k in self._existing if k.startswith(RESUME_DIR + "/")]:
             record = parse_record(self._read_key(key))
             if record is not None and record_key(record.member.path) == key \
-                    and record.member.kind != "link":
+                    and record.member.kind != "link" and _safe_path(record.member.path):
                 self.records[record.member.path] = record
         keep = {k for r in self.records.values() for k in r.objects}
         for record in self.records.values():
@@ -551,6 +551,14 @@ class ZarrWriter(ArchiveWriter):
         return table_member(member, entries, dirs, extra={**member.extra, "zarr": {
             "node": node, "stored": "raw-files", "raw_group": raw_name, "checksum": "tree-digest",
             "raw_reason": reason}})
+
+
+def _safe_path(path: str) -> bool:
+    try:
+        safe_relpath(path)
+        return True
+    except BadInput:
+        return False
 
 
 def _killed_partial(final: Path) -> Path | None:
