@@ -4,6 +4,7 @@ checked against the store and the source) and writes only the rest; the manifest
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -82,6 +83,7 @@ def watch_uploads(monkeypatch) -> dict:
 
 def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_missing(
         sample_run, tmp_path, capfd):
+    """... and a member whose stored object was damaged, or whose source changed, is written again."""
     # The same run archived once without interruption: what a complete store holds.
     whole = tmp_path / "whole.zarr"
     assert archivefactor_main(["-q", "-r", str(sample_run), str(whole)]) == 0
@@ -112,6 +114,21 @@ def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_m
     left = {str(p.relative_to(partial)): (p.stat().st_ino, p.stat().st_mtime_ns)
             for p in partial.rglob("*") if p.is_file()}
 
+    # Meanwhile one stored object was damaged (same size) and one source file was touched:
+    # neither member may be kept.
+    recorded = sorted((json.loads(r.read_bytes()) for r in records),
+                      key=lambda r: sum(size for size, _ in r["objects"].values()))
+    damaged = next(r for r in recorded if r["objects"])          # small members: the rerun
+    shard = max(damaged["objects"], key=lambda k: damaged["objects"][k][0])   # stays cheap
+    with open(partial / shard, "r+b") as f:
+        f.seek(damaged["objects"][shard][0] // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    touched = next(r for r in recorded if r["member"]["kind"] == "file" and r is not damaged)
+    source = Path(touched["member"]["source"])
+    os.utime(source, (source.stat().st_atime, source.stat().st_mtime + 10))
+
     capfd.readouterr()
     assert archivefactor_main(["-r", str(sample_run), str(out)]) == 0
     err = capfd.readouterr().err
@@ -120,7 +137,12 @@ def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_m
     written_again = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and left.get(
         str(p.relative_to(out))) != (p.stat().st_ino, p.stat().st_mtime_ns))
     assert 0 < written_again < AT_MOST * total, (written_again, total)
-    assert member_checksums(zarr_manifest(out)) == expected
+    manifest = zarr_manifest(out)
+    assert member_checksums(manifest) == expected
+    for key in [shard, *touched["objects"]]:      # both written again
+        assert left[key] != ((out / key).stat().st_ino, (out / key).stat().st_mtime_ns), key
+    [member] = [m for m in manifest["members"] if m["path"] == touched["member"]["path"]]
+    assert member["mtime"] == source.stat().st_mtime
     assert main(["verify", "-q", str(out)]) == 0
     assert not (out / RESUME_DIR).exists() and list(tmp_path.glob(".run.zarr.*")) == []
 

@@ -50,7 +50,7 @@ def _recording_store_class():
             self.objects: dict[str, StoredObject] = {}
 
         def _note(self, key: str, value) -> None:
-            data = value.as_numpy_array().tobytes() if not hasattr(value, "to_bytes") else value.to_bytes()
+            data = value.to_bytes()
             self.objects[key] = StoredObject(len(data), hashlib.md5(data, usedforsecurity=False).hexdigest())
 
         async def set(self, key, value) -> None:

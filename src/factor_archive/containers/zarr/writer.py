@@ -99,6 +99,7 @@ class ZarrWriter(ArchiveWriter):
         self.records: dict[str, ResumeRecord] = {}   # member path -> its record from that run
         self._existing: dict[str, tuple[int, str | None]] = {}   # key -> (size, ETag) found there
         self._recorded = False           # this run wrote a record (an object store keeps it)
+        self._continued_from: Path | None = None   # the killed run's partial store, renamed
         pid = os.getpid()
         if self.loc.kind == "url":
             self.base_store = self.loc.open_url_store(read_only=False)
@@ -123,7 +124,7 @@ class ZarrWriter(ArchiveWriter):
             except OSError as exc:
                 raise io_error(final.parent, exc) from None
             self.tmp = final.with_name(f".{final.name}.partial-{pid}")
-            killed = _killed_partial(final) if self.loc.kind == "dir" else None
+            killed = _killed_partial(final) if self.loc.kind == "dir" and not clobber else None
             if killed is not None:
                 try:
                     os.rename(killed, self.tmp)
@@ -133,6 +134,7 @@ class ZarrWriter(ArchiveWriter):
             self.notices = remove_stale_partials(final)
             if killed is not None:
                 self._existing = _local_keys(self.tmp)
+                self._continued_from = killed
         try:
             if self.tmp is not None:
                 if not self.continuing:
@@ -208,8 +210,10 @@ class ZarrWriter(ArchiveWriter):
         self._delete_keys(stale)
         self.root = zarr.open_group(self.recorder, mode="r+")
         self._groups[MEMBERS] = self._child_group(self.root, MEMBERS)
-        self.notices.append(f"{self.loc.text}: continuing an interrupted archive ({len(self.records)} "
-                            f"members already stored are kept where intact)")
+        left = self._continued_from
+        where = f" left in {left}" if left is not None else ""
+        self.notices.append(f"{self.loc.text}: continuing an interrupted archive{where} "
+                            f"({len(self.records)} members already stored are kept where intact)")
 
     def _read_key(self, key: str) -> bytes:
         if self.loc.kind == "url":
