@@ -346,12 +346,12 @@ class S3BlobWriter:
             self._buffer += view[:room]
             view = view[room:]
             if len(self._buffer) >= part:
-                self._send_part(bytes(self._buffer))
-                self._buffer = bytearray()
+                full, self._buffer = self._buffer, bytearray()   # handed over, not copied
+                self._send_part(full)
         self.size += n
         return n
 
-    def _send_part(self, data: bytes) -> None:
+    def _send_part(self, data: bytearray) -> None:
         if self._upload_id is None:
             self.store.abort_unfinished_uploads(self._blob)
             started = self.store.call("create_multipart_upload", self.name,
@@ -367,7 +367,7 @@ class S3BlobWriter:
         assert self._pool is not None
         self._parts.append(self._pool.submit(self._upload_part, number, data))
 
-    def _upload_part(self, number: int, data: bytes) -> dict:
+    def _upload_part(self, number: int, data: bytearray) -> dict:
         try:
             answer = self.store.call("upload_part", self.name, sent=len(data), Bucket=self.store.bucket,
                                      Key=self.key, UploadId=self._upload_id, PartNumber=number,
@@ -398,7 +398,8 @@ class S3BlobWriter:
                                 Key=self.key, Body=data)
             else:
                 if self._buffer:
-                    self._send_part(bytes(self._buffer))
+                    full, self._buffer = self._buffer, bytearray()
+                    self._send_part(full)
                 parts = [f.result() for f in self._parts]
                 self.store.call("complete_multipart_upload", self.name, Bucket=self.store.bucket,
                                 Key=self.key, UploadId=self._upload_id,
