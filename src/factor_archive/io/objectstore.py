@@ -327,6 +327,7 @@ class S3BlobWriter:
         self.size = 0
         self.parts_sent = 0
         self._buffer = bytearray()
+        self._filled = 0                 # bytes of _buffer written so far
         self._upload_id: str | None = None
         self._parts: list[Future[dict]] = []
         self._slots = threading.BoundedSemaphore(store.concurrency)
@@ -342,10 +343,14 @@ class S3BlobWriter:
         n = len(view)
         part = self.store.part_size
         while len(view):
-            room = part - len(self._buffer)
-            self._buffer += view[:room]
-            view = view[room:]
-            if len(self._buffer) >= part:
+            if not self._buffer:
+                self._buffer = bytearray(part)      # one allocation per part, filled in place
+                self._filled = 0
+            take = min(part - self._filled, len(view))
+            self._buffer[self._filled:self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == part:
                 full, self._buffer = self._buffer, bytearray()   # handed over, not copied
                 self._send_part(full)
         self.size += n
@@ -393,12 +398,13 @@ class S3BlobWriter:
         self._raise_failure()
         try:
             if self._upload_id is None:             # smaller than one part: one PUT
-                data = bytes(self._buffer)
+                data = bytes(self._buffer[:self._filled])
                 self.store.call("put_object", self.name, sent=len(data), Bucket=self.store.bucket,
                                 Key=self.key, Body=data)
             else:
                 if self._buffer:
                     full, self._buffer = self._buffer, bytearray()
+                    del full[self._filled:]             # the last part: what was written
                     self._send_part(full)
                 parts = [f.result() for f in self._parts]
                 self.store.call("complete_multipart_upload", self.name, Bucket=self.store.bucket,
