@@ -197,3 +197,49 @@ def test_a_killed_zarr_upload_is_completed_uploading_only_what_is_missing(sample
         assert member_checksums(zarr_manifest(url)) == expected
         assert main(["verify", "-q", url]) == 0
         assert not any(RESUME_DIR in k for k in now)
+
+
+@pytest.mark.full
+def test_a_zarr_upload_cut_off_by_a_stopped_server_is_completed_after_it_restarts(
+        sample_run, tmp_path, monkeypatch, capfd):
+    """The server stops mid-upload: one line saying the uploaded members are kept; once the
+    server is back, the same command completes the archive from there."""
+    import subprocess
+
+    from s3server import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the SeaweedFS 'weed' binary is not installed")
+    s3 = SeaweedS3(tmp_path / "seaweed").start()
+    try:
+        s3.make_bucket("archives")
+        url, prefix = "s3://archives/runs/L123456", "archives/runs/L123456"
+        fs = s3.filesystem()
+        upload = subprocess.Popen(faults.command("archivefactor") + ["-q", "-r", str(sample_run), url],
+                                  stderr=subprocess.PIPE, text=True, env={**os.environ, **s3.env})
+        deadline = time.monotonic() + 120
+        while upload.poll() is None and time.monotonic() < deadline:
+            fs.invalidate_cache()
+            try:
+                if len(fs.find(f"{prefix}/{RESUME_DIR}")) >= 5:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        s3.stop()
+        _out, err = upload.communicate(timeout=120)
+        lines = err.strip().splitlines()
+        assert upload.returncode != 0 and len(lines) == 1 and "Traceback" not in err, err
+        assert url in err and "the members uploaded so far are kept" in err
+
+        s3.start()                               # the same data, a new port
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        monkeypatch.delenv("FACTOR_ARCHIVE_S3_ENDPOINT", raising=False)
+        capfd.readouterr()
+        assert archivefactor_main(["-r", str(sample_run), url]) == 0
+        assert f"{url}: continuing an interrupted archive" in capfd.readouterr().err
+        assert main(["verify", "-q", url]) == 0
+    finally:
+        s3.stop()

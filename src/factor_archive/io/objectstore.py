@@ -325,7 +325,6 @@ class S3BlobWriter:
         self.key = store.key(name)
         self._blob = name
         self.size = 0
-        self.parts_sent = 0
         self._buffer = bytearray()
         self._filled = 0                 # bytes of _buffer written so far
         self._upload_id: str | None = None
@@ -377,7 +376,6 @@ class S3BlobWriter:
             answer = self.store.call("upload_part", self.name, sent=len(data), Bucket=self.store.bucket,
                                      Key=self.key, UploadId=self._upload_id, PartNumber=number,
                                      Body=data)
-            self.parts_sent += 1
             return {"PartNumber": number, "ETag": answer["ETag"]}
         except BaseException as exc:
             if self._failed is None:

@@ -82,8 +82,10 @@ class ZarrWriter(ArchiveWriter):
     form = "zarr"
     # Members are written one after another: zarr compresses on its own thread pool, and
     # encoding two tables at once was measured no faster (the Python side holds the GIL).
-    # Tables go through the casacore codec; a rerun continues a killed archive (resume records).
-    capabilities = Capabilities(table_workers=True, resumable_writes=True)
+    # Tables go through the casacore codec. resumable_writes (a rerun after abort() keeps what
+    # was stored) holds on an object store, and for a local store this writer continues (one a
+    # killed run left); a fresh local store is removed by abort(), so it is set per writer.
+    capabilities = Capabilities(table_workers=True)
 
     def __init__(self, location: str | os.PathLike[str] | Location, *, clobber: bool = False):
         import zarr
@@ -135,6 +137,8 @@ class ZarrWriter(ArchiveWriter):
             if killed is not None:
                 self._existing = _local_keys(self.tmp)
                 self._continued_from = killed
+        if self.loc.kind == "url" or self.continuing:
+            self.capabilities = dataclasses.replace(self.capabilities, resumable_writes=True)
         try:
             if self.tmp is not None:
                 if not self.continuing:
