@@ -287,7 +287,11 @@ class ZarrWriter(ArchiveWriter):
         if isinstance(exc, FactorArchiveError):
             return exc
         if self.loc.kind == "url" and _is_transport(exc) and getattr(exc, "filename", None) is None:
-            return _url_error(self.loc, exc)
+            error = _url_error(self.loc, exc)
+            if self._recorded or self.continuing:      # abort() keeps them (see the module)
+                error = type(error)(f"{error}; the members uploaded so far are kept: run the same "
+                                    f"command again to complete the archive")
+            return error
         if isinstance(exc, OSError):
             return io_error(exc.filename or path, exc)
         return exc
