@@ -75,6 +75,7 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
+ZARR_ATTEMPTS = 3                  # botocore attempts of the zarr form's s3fs store (see below)
 
 
 def s3_storage_options() -> dict:
@@ -82,15 +83,18 @@ def s3_storage_options() -> dict:
 
     Credentials (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
     ``AWS_PROFILE``, ``~/.aws/...``) are found by botocore itself; the endpoint is
-    :func:`s3_endpoint`. Retries follow DEFAULT_RETRY's number of attempts in botocore's
-    "standard" mode (exponential backoff with jitter; SlowDown, 5xx and connection errors are
-    retried, AccessDenied and NoSuchBucket are not); at most :func:`s3_concurrency` connections
-    (32 unless set), so ``--s3-concurrency`` caps a restore's requests too.
+    :func:`s3_endpoint`. Retries: botocore's "standard" mode, the same kind of policy as
+    :func:`call_with_retries` (exponential backoff with jitter; SlowDown, 5xx and connection
+    errors are retried, AccessDenied and NoSuchBucket are not), with ZARR_ATTEMPTS attempts:
+    s3fs retries some errors again around it, and with these numbers a store that is gone is
+    reported in about 10 s (botocore's own backoff and s3fs's loop are not ours to replace).
+    At most :func:`s3_concurrency` connections (32 unless set), so ``--s3-concurrency`` caps a
+    restore's requests too.
     """
     options: dict = {"config_kwargs": {"max_pool_connections": s3_concurrency(32),
                                        "connect_timeout": 10,
                                        "retries": {"mode": "standard",
-                                                   "max_attempts": DEFAULT_RETRY.attempts}},
+                                                   "max_attempts": ZARR_ATTEMPTS}},
                      "skip_instance_cache": True}
     endpoint = s3_endpoint()
     if endpoint:
