@@ -291,7 +291,7 @@ class S3Blobs:
         found: list[str] = []
         token: str | None = None
         while True:
-            extra = {"ContinuationToken": token} if token else {}
+            extra: dict[str, Any] = {"ContinuationToken": token} if token else {}
             page = self.call("list_objects_v2", self.location, Bucket=self.bucket, Prefix=start,
                              Delimiter="/", **extra)
             found += [o["Key"][len(start):] for o in page.get("Contents", [])]

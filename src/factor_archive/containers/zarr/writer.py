@@ -598,7 +598,7 @@ def _killed_partial(final: Path) -> Path | None:
 
 def _local_keys(root: Path) -> dict[str, tuple[int, str | None]]:
     """Every object of a local store: key -> (size, None)."""
-    keys = {}
+    keys: dict[str, tuple[int, str | None]] = {}
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             full = os.path.join(dirpath, name)
