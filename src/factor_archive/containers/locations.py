@@ -37,8 +37,16 @@ class Location:
         return self.path
 
     def has_suffix(self, suffix: str) -> bool:
-        """Whether a local path's name ends with ``suffix`` (case-insensitive)."""
-        return self.kind == "path" and self.text.rstrip("/").lower().endswith(suffix)
+        """Whether a local path's or a URL's name ends with ``suffix`` (case-insensitive)."""
+        return self.kind in ("path", "url") and self.text.rstrip("/").lower().endswith(suffix)
+
+    def parent_and_name(self) -> tuple[str, str]:
+        """A URL's prefix and last name (``s3://b/runs/run.tar`` -> ``s3://b/runs``, ``run.tar``)."""
+        assert self.url is not None, f"{self.text}: not a URL"
+        parent, _slash, name = self.url.rpartition("/")
+        if not name or parent.endswith(":/"):
+            raise BadInput(f"{self.text}: needs a bucket and a name (s3://bucket/run.tar)")
+        return parent, name
 
 
 def parse_location(text: str | os.PathLike[str]) -> Location:

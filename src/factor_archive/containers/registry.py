@@ -33,6 +33,10 @@ class Backend:
     sniff_file: Callable[[Path, bytes], bool] = lambda _path, _head: False  # a file starting so?
     suffixes: tuple[str, ...] = ()    # output names that choose this form
     url_schemes: tuple[str, ...] = () # object-store URLs this form reads and writes
+    # Object-store URLs this form reads and writes only when their name says so (one of
+    # ``suffixes``, e.g. s3://bucket/run.tar), or a prefix this form recognises (sniff_url).
+    url_suffix_schemes: tuple[str, ...] = ()
+    sniff_url: Callable[[Location], bool] = lambda _loc: False
     stdio: bool = False               # streams through standard input and output ("-")
 
 
@@ -48,18 +52,31 @@ def _dir_reader(loc: Location, staging: Path | None) -> ArchiveReader:
     return DirectoryReader(loc.local_path(), staging=staging)
 
 
+def _object_blobs(url: str) -> Any:
+    from ..io.objectstore import S3Blobs
+    return S3Blobs(url)
+
+
 def _tar_writer(loc: Location, clobber: bool) -> ArchiveWriter:
     from .tar import TarWriter
+    if loc.kind == "url":       # one object, uploaded in parts as it is written
+        parent, name = loc.parent_and_name()
+        return TarWriter(name, clobber=clobber, blobs=_object_blobs(parent))
     return TarWriter(loc.text, clobber=clobber)
 
 
 def _tar_reader(loc: Location, staging: Path | None) -> ArchiveReader:
     from .tar import TarReader
-    from .tar.volume_reader import open_volume_set
+    from .tar.volume_reader import VolumeSetReader, open_tar_blob, open_volume_set
     from .tar.volumes import is_volume
 
     if loc.kind == "stdio":
         return TarReader(loc.text, staging=staging)
+    if loc.kind == "url":       # read by ranged GETs: the index, the manifest, the members asked for
+        if loc.has_suffix(".tar"):
+            parent, name = loc.parent_and_name()
+            return open_tar_blob(_object_blobs(parent), name, staging)
+        return VolumeSetReader(_object_blobs(loc.text), None)    # the prefix holding a set
     path = loc.local_path()
     if path.is_dir():
         return open_volume_set(path)
@@ -74,6 +91,14 @@ def _tar_reader(loc: Location, staging: Path | None) -> ArchiveReader:
 def _holds_volumes(path: Path) -> bool:
     from .tar.volume_reader import holds_volumes
     return holds_volumes(path)
+
+
+def _url_holds_tar(loc: Location) -> bool:
+    """An object named *.tar, or a prefix holding the volumes of a set (one listing)."""
+    if loc.has_suffix(".tar"):
+        return True
+    from .tar.volume_reader import blobs_hold_volumes
+    return blobs_hold_volumes(_object_blobs(loc.text))
 
 
 def _is_tar(_path: Path, head: bytes) -> bool:
@@ -106,7 +131,7 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("dir", _dir_writer, _dir_reader,
             sniff_dir=lambda path: (path / MANIFEST_NAME).is_file()),
     Backend("tar", _tar_writer, _tar_reader, sniff_dir=_holds_volumes, sniff_file=_is_tar,
-            suffixes=(".tar",), stdio=True),
+            suffixes=(".tar",), stdio=True, url_suffix_schemes=("s3", "s3a"), sniff_url=_url_holds_tar),
     Backend("zarr", _zarr_writer, _zarr_reader,
             sniff_dir=lambda path: (path / "zarr.json").is_file(), sniff_file=_is_zarr_zip,
             suffixes=(".zarr", ".zarr.zip"), url_schemes=("s3", "s3a", "gs", "gcs", "memory", "file")),
@@ -129,8 +154,12 @@ def form_for_output(location: str | Location) -> str:
     """The form an output gets when none is asked for: from ``-``, a URL's scheme or the name."""
     loc = location if isinstance(location, Location) else parse_location(location)
     for b in BACKENDS:
+        if loc.kind == "url" and loc.scheme in b.url_suffix_schemes \
+                and any(loc.has_suffix(s) for s in b.suffixes):
+            return b.name
+    for b in BACKENDS:
         if (loc.kind == "stdio" and b.stdio) or (loc.kind == "url" and loc.scheme in b.url_schemes) \
-                or any(loc.has_suffix(s) for s in b.suffixes):
+                or (loc.kind == "path" and any(loc.has_suffix(s) for s in b.suffixes)):
             return b.name
     return DEFAULT_FORM
 
@@ -141,6 +170,9 @@ def detect(location: str | Location) -> str:
     if loc.kind == "stdio":
         return _streaming().name
     if loc.kind == "url":
+        for b in BACKENDS:
+            if loc.scheme in b.url_suffix_schemes and b.sniff_url(loc):
+                return b.name
         for b in BACKENDS:
             if loc.scheme in b.url_schemes:
                 return b.name
@@ -191,14 +223,17 @@ def open_writer(form: str, location: str | Location, *, clobber: bool,
     if volumes is not None:
         if b.name != "tar":
             raise BadInput(f"--volume-size: only the tar form is written in volumes, not {form}")
-        if loc.kind != "path":
-            raise BadInput(f"{loc.text}: tar volumes are written to a local directory (not to "
-                           "standard output or a URL)")
-        from .tar.volume_writer import open_volume_writer
+        if loc.kind == "stdio" or (loc.kind == "url" and loc.scheme not in b.url_suffix_schemes):
+            raise BadInput(f"{loc.text}: tar volumes are written to a local directory or an "
+                           "s3:// URL (not to standard output)")
+        from .tar.volume_writer import VolumeWriter, open_volume_writer
+        if loc.kind == "url":   # each volume one object beside the first
+            parent, name = loc.parent_and_name()
+            return VolumeWriter(_object_blobs(parent), name, volumes, clobber=clobber)
         return open_volume_writer(str(loc.local_path()), volumes, clobber=clobber)
     if loc.kind == "stdio" and not b.stdio:
         raise BadInput(f"-: the {form} form cannot be written to standard output "
                        f"(use --format {_streaming().name})")
-    if loc.kind == "url" and loc.scheme not in b.url_schemes:
+    if loc.kind == "url" and loc.scheme not in b.url_schemes + b.url_suffix_schemes:
         raise BadInput(f"{loc.text}: the {form} form cannot be written to a {loc.scheme}:// URL")
     return b.writer(loc, clobber)

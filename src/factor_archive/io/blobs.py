@@ -36,7 +36,8 @@ class BlobStore(Protocol):
     def create(self, name: str) -> BlobWriter: ...
 
     def open(self, name: str) -> BinaryIO:
-        """A seekable, read-only file over the blob (ranged reads on an object store)."""
+        """A seekable, read-only file over the blob (ranged reads on an object store);
+        FileNotFoundError when there is no such blob, as the built-in open says."""
 
     def size(self, name: str) -> int | None:
         """The blob's size in bytes, or None when there is no such blob."""

@@ -14,6 +14,7 @@ find credentials, endpoint, concurrency and retry limits the same way.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
@@ -274,7 +275,7 @@ class S3Blobs:
     def open(self, name: str) -> S3ReadFile:
         size = self.size(name)
         if size is None:
-            raise BadInput(f"{self.url(name)}: not found")
+            raise FileNotFoundError(errno.ENOENT, "no such object", self.url(name))  # as open() says
         return S3ReadFile(self, name, size)
 
     def size(self, name: str) -> int | None:

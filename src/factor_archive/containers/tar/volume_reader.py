@@ -405,7 +405,15 @@ def holds_volumes(directory: Path) -> bool:
         names = sorted(n for n in os.listdir(directory) if n.endswith(".tar"))
     except OSError:
         return False
-    blobs = LocalBlobs(directory)
+    return _holds_volumes(LocalBlobs(directory), names)
+
+
+def blobs_hold_volumes(blobs: BlobStore) -> bool:
+    """A blob store (an object-store prefix) holding the volumes of a set."""
+    return _holds_volumes(blobs, [n for n in blobs.names() if n.endswith(".tar")])
+
+
+def _holds_volumes(blobs: BlobStore, names: list[str]) -> bool:
     for base in base_candidates(names):
         try:
             if volume_index_of(blobs, base) is not None:
