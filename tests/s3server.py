@@ -61,7 +61,9 @@ def _answers(port: int) -> bool:
 class SeaweedS3:
     """One ``weed server`` with an S3 gateway; a context manager that stops it on exit."""
 
-    def __init__(self, workdir: Path, binary: str | None = None):
+    def __init__(self, workdir: Path, binary: str | None = None, *, max_volumes: int = 32):
+        """``max_volumes``: SeaweedFS volumes of 64 MB each, so 32 hold 2 GB (benchmarks ask more)."""
+        self.max_volumes = max_volumes
         self.binary = binary or weed_binary()
         if self.binary is None:
             raise RuntimeError("weed binary not found")
@@ -96,7 +98,7 @@ class SeaweedS3:
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
             f"-master.port={master}", f"-master.port.grpc={master_g}", "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64", "-master.raftHashicorp",
-            f"-volume.port={volume}", f"-volume.port.grpc={volume_g}", "-volume.max=32",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_g}", f"-volume.max={self.max_volumes}",
             "-volume.preStopSeconds=0",
             f"-filer.port={filer}", f"-filer.port.grpc={filer_g}",
             f"-s3.port={s3}", f"-s3.port.grpc={s3_g}", f"-s3.config={config}",
