@@ -150,6 +150,11 @@ def store_get(store, key: str) -> np.ndarray | None:
     return None if got is None else got.as_numpy_array().reshape(-1).view(np.uint8)
 
 
+def is_local_directory(store) -> bool:
+    """Whether objects of ``store`` are files this package writes and reads itself."""
+    return _local_root(store) is not None
+
+
 def _local_root(store) -> str | None:
     """The directory of a zarr LocalStore (exactly that class: a subclass may read otherwise)."""
     from zarr.storage import LocalStore
