@@ -84,7 +84,7 @@ def chunk_key(doc: dict, coords: tuple) -> str:
 
 def store_set(store, key: str, data) -> None:
     """Store ``data`` (a uint8 array or bytes) under ``key``."""
-    root = _local_root(store)
+    root = _writable_root(store)
     if root is not None:
         _put_local(root, key, data)
     else:
@@ -94,7 +94,7 @@ def store_set(store, key: str, data) -> None:
 def store_many(store, items: list[tuple[str, Any]]) -> None:
     """Store ``(key, bytes)`` pairs: concurrently on an object store (one round trip), one after
     another in this thread for a local directory."""
-    root = _local_root(store)
+    root = _writable_root(store)
     if root is not None:
         for k, v in items:
             _put_local(root, k, v)
@@ -151,8 +151,9 @@ def store_get(store, key: str) -> np.ndarray | None:
 
 
 def is_local_directory(store) -> bool:
-    """Whether objects of ``store`` are files this package writes and reads itself."""
-    return _local_root(store) is not None
+    """Whether objects of ``store`` are files this package writes itself (a local directory
+    store opened for writing)."""
+    return _writable_root(store) is not None
 
 
 def _local_root(store) -> str | None:
@@ -160,6 +161,12 @@ def _local_root(store) -> str | None:
     from zarr.storage import LocalStore
 
     return str(store.root) if type(store) is LocalStore else None
+
+
+def _writable_root(store) -> str | None:
+    """_local_root of a store opened for writing (a read-only one is left to zarr, which refuses)."""
+    root = _local_root(store)
+    return None if root is None or store.read_only else root
 
 
 def store_exists(store, key: str) -> bool:
