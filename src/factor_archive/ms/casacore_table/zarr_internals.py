@@ -84,9 +84,9 @@ def chunk_key(doc: dict, coords: tuple) -> str:
 
 def store_set(store, key: str, data) -> None:
     """Store ``data`` (a uint8 array or bytes) under ``key``."""
-    root = _writable_root(store)
-    if root is not None:
-        _put_local(root, key, data)
+    direct = _direct_target(store)
+    if direct is not None:
+        _put_local(direct[0], key, data, direct[1])
     else:
         _sync(store.set(key, _buffer(data)))
 
@@ -94,10 +94,10 @@ def store_set(store, key: str, data) -> None:
 def store_many(store, items: list[tuple[str, Any]]) -> None:
     """Store ``(key, bytes)`` pairs: concurrently on an object store (one round trip), one after
     another in this thread for a local directory."""
-    root = _writable_root(store)
-    if root is not None:
+    direct = _direct_target(store)
+    if direct is not None:
         for k, v in items:
-            _put_local(root, k, v)
+            _put_local(direct[0], k, v, direct[1])
         return
 
     async def put_all():
@@ -110,7 +110,7 @@ def _buffer(data):
     return _prototype().buffer.from_array_like(np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data)
 
 
-def _put_local(root: str, key: str, data) -> None:
+def _put_local(root: str, key: str, data, note=None) -> None:
     """Write an object of a local directory store as zarr's LocalStore does (its parent
     directories made, a temporary file renamed over the name, so a reader never sees half an
     object), without the round trip to zarr's event loop and a thread of its own."""
@@ -125,6 +125,8 @@ def _put_local(root: str, key: str, data) -> None:
         with f:
             f.write(memoryview(data).cast("B") if not isinstance(data, bytes) else data)
         os.replace(tmp, path)
+        if note is not None:
+            note(key, data)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -152,8 +154,23 @@ def store_get(store, key: str) -> np.ndarray | None:
 
 def is_local_directory(store) -> bool:
     """Whether objects of ``store`` are files this package writes itself (a local directory
-    store opened for writing)."""
-    return _writable_root(store) is not None
+    store opened for writing, possibly behind a wrapper that notes what is stored)."""
+    return _direct_target(store) is not None
+
+
+def _direct_target(store) -> tuple[str, Any] | None:
+    """(directory, note) for a store whose objects are written here: a LocalStore opened for
+    writing, or a wrapper of one that is told of each object stored past it (``note_stored``,
+    the zarr writer's resume recorder); None for any other store (written through zarr)."""
+    from zarr.storage import LocalStore
+
+    note = None
+    inner = getattr(store, "_store", None)
+    if type(store) is not LocalStore and inner is not None and hasattr(store, "note_stored"):
+        store, note = inner, store.note_stored
+    if type(store) is not LocalStore or store.read_only:
+        return None
+    return str(store.root), note
 
 
 def _local_root(store) -> str | None:
@@ -161,12 +178,6 @@ def _local_root(store) -> str | None:
     from zarr.storage import LocalStore
 
     return str(store.root) if type(store) is LocalStore else None
-
-
-def _writable_root(store) -> str | None:
-    """_local_root of a store opened for writing (a read-only one is left to zarr, which refuses)."""
-    root = _local_root(store)
-    return None if root is None or store.read_only else root
 
 
 def store_exists(store, key: str) -> bool:
