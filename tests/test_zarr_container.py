@@ -431,3 +431,36 @@ def test_awkward_member_names_become_safe_node_names(tmp_path):
     for name in ("zarr.json", "__init__", "100%.txt", "a b ø", "c", "_x"):
         assert node_component(name) != "zarr.json" and not node_component(name).startswith("__")
         assert archive_path_of(node_path(f"misc/{name}")) == f"misc/{name}"
+
+
+@pytest.mark.parametrize("size", [0, 1, 4, 5, 16, 37])
+def test_a_file_member_in_a_local_directory_is_stored_as_zarr_would_store_it(size, tmp_path, monkeypatch):
+    """A file's array in a local .zarr directory is written without zarr's Array (its
+    zarr.json and shards by the codec), byte for byte what zarr writes into any other store,
+    and plain zarr reads the file back; sizes around a chunk (4 B here) and a shard (16 B)."""
+    import zarr
+
+    from factor_archive.containers.zarr import layout, writer
+
+    monkeypatch.setattr(layout, "FILE_CHUNK", 4)
+    monkeypatch.setattr(layout, "FILE_SHARD", 16)
+    data = bytes(range(7, 7 + size))
+    chunk, shard = layout._file_layout(size)
+    attrs = {"factor_archive": {"path": "f.txt", "kind": "file", "size": size}}
+    local = zarr.open_group(zarr.storage.LocalStore(str(tmp_path / "a.zarr")), mode="w")
+    memory_store = zarr.storage.MemoryStore()
+    memory = zarr.open_group(memory_store, mode="w")
+
+    direct = writer._direct_file(local, "f", size, chunk, shard, attrs)
+    through_zarr = writer._direct_file(memory, "f", size, chunk, shard, attrs)
+    arr = writer._create_file_array(memory, "f", size, chunk, shard, attrs)
+    assert direct is not None and through_zarr is None
+    for pos in range(0, size, shard):
+        direct.write(pos, np.frombuffer(data[pos:pos + shard], np.uint8))
+        arr[pos:pos + shard] = np.frombuffer(data[pos:pos + shard], np.uint8)
+
+    on_disk = {str(p.relative_to(tmp_path / "a.zarr")): p.read_bytes()
+               for p in (tmp_path / "a.zarr").rglob("*") if p.is_file()}
+    assert on_disk == {k: v.to_bytes() for k, v in memory_store._store_dict.items()}
+    back = zarr.open_array(zarr.storage.LocalStore(str(tmp_path / "a.zarr"), read_only=True), path="f", mode="r")
+    assert back[:].tobytes() == data and back.attrs.asdict() == attrs

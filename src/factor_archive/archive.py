@@ -15,6 +15,7 @@ from .containers.registry import open_writer
 from .errors import BadInput, FactorArchiveError
 from .io.copy import Progress
 from .io.failures import disk_full, is_disk_full, written_path
+from .io.memory import one_malloc_arena
 from .manifest import Manifest, Member
 from .plan import ArchivePlan, Options, PlanItem, make_plan
 from .progress import Reporter, human
@@ -58,6 +59,7 @@ def write_archive(plan: ArchivePlan, output: str, *, clobber: bool = False,
     cluster's workers (the zarr form only, see docs/cluster.md); the client still writes the
     manifest last."""
     _check_output(plan, output)
+    one_malloc_arena()
     if cluster is None:
         return _write_archive(plan, output, clobber, quiet, None)
     if plan.options.form != "zarr":

@@ -17,6 +17,7 @@ from ..containers.registry import open_reader
 from ..errors import BadInput, FactorArchiveError
 from ..io.durable import fsync_dir, sync_filesystem, write_atomic
 from ..io.failures import disk_full, is_disk_full, written_path
+from ..io.memory import one_malloc_arena
 from ..manifest import Manifest, Member, safe_relpath
 from ..progress import Reporter
 from ..run.mapfile import MapfileError, rewrite_mapfile
@@ -83,7 +84,7 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
     """Restore ``archive`` into ``output``. ``cluster`` (``local:N`` or a Dask scheduler's
     address, zarr archives only): the tables are decoded by the cluster's workers into
     ``output``, which they must see at the same path (docs/cluster.md)."""
-    _one_malloc_arena()
+    one_malloc_arena()
     if cluster is None:
         return _unarchive(archive, output, symlink, clobber, quiet, store, None)
     from ..cluster import open_cluster
@@ -95,23 +96,6 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
                        f"read by one process")
     with open_cluster(cluster) as client:
         return _unarchive(archive, output, symlink, clobber, quiet, store, client)
-
-
-def _one_malloc_arena() -> None:
-    """Let every thread of this process allocate from one malloc arena.
-
-    A zarr restore reads shards of tens of MB in one thread and frees them in others, and
-    glibc gives each thread an arena of its own: memory freed there stays resident, unused by
-    the other threads (on the real-shape run of benchmarks/README.md the restoring process
-    peaked at 400-440 MiB, 290-300 MiB with one arena, at the same CPU). A no-op where the C
-    library is not glibc.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def _unarchive(archive: str, output: str, symlink: bool, clobber: bool, quiet: bool,

@@ -50,8 +50,12 @@ def _recording_store_class():
             self.objects: dict[str, StoredObject] = {}
 
         def _note(self, key: str, value) -> None:
-            data = value.to_bytes()
-            self.objects[key] = StoredObject(len(data), hashlib.md5(data, usedforsecurity=False).hexdigest())
+            self.note_stored(key, value.to_bytes())
+
+        def note_stored(self, key: str, data) -> None:
+            """Note an object the caller stored in the wrapped store itself (bytes-like)."""
+            view = memoryview(data).cast("B")
+            self.objects[key] = StoredObject(len(view), hashlib.md5(view, usedforsecurity=False).hexdigest())
 
         async def set(self, key, value) -> None:
             self._note(key, value)

@@ -24,8 +24,11 @@ def _block_shapes(tb, name, start, n, cache) -> tuple[np.ndarray, list]:
             strs = strs * n
     except Exception:
         defined = _defined(tb, name, start, n)
-        strs = [tb.getcolshapestring(name, start + i, 1)[0] if d else None
-                for i, d in enumerate(defined)]
+        if not defined.any():  # a column never written (FLAG_CATEGORY of every MS): no loop per row
+            strs = [None] * n
+        else:
+            strs = [tb.getcolshapestring(name, start + i, 1)[0] if d else None
+                    for i, d in enumerate(defined)]
     if len(strs) != n:
         raise _ReadFailure(f"column {name}: {len(strs)} shapes for {n} rows")
     return defined, [None if s is None else _parse_shape(s, cache) for s in strs]

@@ -258,7 +258,11 @@ def _scan_shapes(tb, path, col: ColumnSchema, nrows, desc, row_block, track_runs
         except Exception as e:
             raise RawTableRequired(path, f"column {col.name}: cannot read cell shapes: {e}") from e
         undefined += int(n - defined.sum())
-        for i, s in enumerate(shapes):
+        if shapes and shapes.count(shapes[0]) == len(shapes):
+            cells = [(0, shapes[0], len(shapes))]  # one shape (or none) for the whole block
+        else:
+            cells = [(i, s, 1) for i, s in enumerate(shapes)]
+        for i, s, m in cells:
             if s != last:
                 runs += 1
                 if first_run is not None and first_run[1] is None:
@@ -269,15 +273,12 @@ def _scan_shapes(tb, path, col: ColumnSchema, nrows, desc, row_block, track_runs
             runs_defined = runs
             if first_run is None:
                 first_run = [start + i, None]
-            if s in counts:
-                counts[s] += 1
-            else:
-                counts[s] = 1
+            counts[s] = counts.get(s, 0) + m
             if track_runs:
                 if defined_runs and defined_runs[-1][0] == s:
-                    defined_runs[-1][1] += 1
+                    defined_runs[-1][1] += m
                 else:
-                    defined_runs.append([s, 1])
+                    defined_runs.append([s, m])
     if first_run is not None and first_run[1] is None:
         first_run[1] = nrows - first_run[0]
     for s, k in counts.items():

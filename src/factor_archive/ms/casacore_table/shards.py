@@ -95,28 +95,11 @@ class _ArrayOut:
         self.inflight.append(self.work.store(self._store_shard, s, parts))
 
     def _store_shard(self, s: int, parts: list) -> None:
-        import google_crc32c
-
         done = [f.result() for f in parts]
         parts.clear()
-        total = sum(len(d) + 4 for d, _ in done) + 16 * self.cps + 4
-        buf = np.empty(total, np.uint8)
-        index = np.full((self.cps, 2), _MAX_U64, dtype="<u8")
-        off = 0
-        for j in range(len(done)):
-            data, crc = done[j]
-            done[j] = None  # compressed chunks are freed as they are copied
-            n = len(data)
-            buf[off:off + n] = np.frombuffer(data, np.uint8)
-            buf[off + n:off + n + 4] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
-            index[j] = (off, n + 4)
-            off += n + 4
-            del data
-        raw = index.tobytes()
-        buf[off:off + len(raw)] = np.frombuffer(raw, np.uint8)
-        buf[off + len(raw):] = np.frombuffer(google_crc32c.value(raw).to_bytes(4, "little"), np.uint8)
+        buf = _shard_bytes(done, self.cps)
         zarr_internals.store_set(self.store, self.node.shard_key(s), buf)
-        self.stored += total
+        self.stored += len(buf)
 
     def close(self) -> None:
         if self.pos != self.nrows:
@@ -124,6 +107,53 @@ class _ArrayOut:
 
     def stored_bytes(self) -> int | None:
         return self.stored
+
+
+def _shard_bytes(done: list, cps: int) -> np.ndarray:
+    """A shard as zarr's ``sharding_indexed`` lays it out: the ``(compressed bytes, crc32c)``
+    chunks in order, then the index of (offset, length) uint64 pairs (absent chunks all ones)
+    and its crc32c. ``done`` is emptied as it is copied."""
+    import google_crc32c
+
+    total = sum(len(d) + 4 for d, _ in done) + 16 * cps + 4
+    buf = np.empty(total, np.uint8)
+    index = np.full((cps, 2), _MAX_U64, dtype="<u8")
+    off = 0
+    for j in range(len(done)):
+        data, crc = done[j]
+        done[j] = None  # compressed chunks are freed as they are copied
+        n = len(data)
+        buf[off:off + n] = np.frombuffer(data, np.uint8)
+        buf[off + n:off + n + 4] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
+        index[j] = (off, n + 4)
+        off += n + 4
+        del data
+    raw = index.tobytes()
+    buf[off:off + len(raw)] = np.frombuffer(raw, np.uint8)
+    buf[off + len(raw):] = np.frombuffer(google_crc32c.value(raw).to_bytes(4, "little"), np.uint8)
+    return buf
+
+
+class BytesShards:
+    """A 1-D uint8 array (a file member) written shard by shard in the calling thread, straight
+    to the store, with the bytes zarr writes for its document: no zarr Array to create (an
+    existence check) and no round trips through zarr's event loop per shard."""
+
+    def __init__(self, store, path: str, doc: dict):
+        self.store, self.path, self.doc = store, path, doc
+        probe = _StoredArray(store, path, tuple(doc["shape"]), np.dtype(doc["data_type"]), doc, (None, 0, 0))
+        got = _codec_from_metadata(probe, doc)
+        if got is None:
+            raise ValueError(f"{path}: not a layout BytesShards writes")
+        self.codec, self.chunk, self.shard = got
+
+    def write(self, pos: int, block: np.ndarray) -> None:
+        """Store the shard starting at byte ``pos`` (a whole shard, or the array's last)."""
+        if pos % self.shard or (len(block) != self.shard and pos + len(block) != self.doc["shape"][0]):
+            raise ValueError(f"{self.path}: bytes {pos}+{len(block)} are not one shard")
+        done = [self.codec.encode(block[i:i + self.chunk]) for i in range(0, len(block), self.chunk)]
+        zarr_internals.store_set(self.store, _shard_key(self.doc, self.path, pos // self.shard, 1),
+                                 _shard_bytes(done, self.shard // self.chunk))
 
 
 class _ZarrOut:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 import warnings
 from typing import Any
 
@@ -41,14 +42,35 @@ def array_document(arr) -> dict:
 
 def node_bytes(doc: dict | None, attrs: dict | None = None):
     """zarr's serialisation of an array document (validated by zarr), or of a group with
-    ``attrs``: the bytes zarr itself would store as the node's ``zarr.json``."""
+    ``attrs``: the bytes zarr itself would store as the node's ``zarr.json``.
+
+    Remembered by the document's JSON: the chunk MSs of a run lay out the same nodes again and
+    again, and zarr's validation and serialisation cost about 1 ms of interpreter time each."""
+    try:
+        key = json.dumps([doc, attrs], sort_keys=True)
+    except (TypeError, ValueError):  # not plain JSON: zarr decides what it means
+        return _serialised_node(doc, attrs)
+    got = _NODE_BYTES.get(key)
+    if got is None:
+        got = _serialised_node(doc, attrs)
+        if len(_NODE_BYTES) >= _NODE_BYTES_MAX:
+            _NODE_BYTES.clear()
+        _NODE_BYTES[key] = got
+    return got
+
+
+_NODE_BYTES: dict[str, bytes] = {}
+_NODE_BYTES_MAX = 4096  # documents are < 2 kB: at most a few MB
+
+
+def _serialised_node(doc: dict | None, attrs: dict | None) -> bytes:
     from zarr.core.group import GroupMetadata
     from zarr.core.metadata.v3 import ArrayV3Metadata
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         md = ArrayV3Metadata.from_dict(doc) if doc is not None else GroupMetadata(attributes=attrs or {})
-        return md.to_buffer_dict(_prototype())["zarr.json"]
+        return md.to_buffer_dict(_prototype())["zarr.json"].to_bytes()
 
 
 def chunk_key(doc: dict, coords: tuple) -> str:
@@ -60,17 +82,57 @@ def chunk_key(doc: dict, coords: tuple) -> str:
     return ("c" + sep + sep.join(parts)) if enc["name"] == "default" else sep.join(parts)
 
 
-def store_set(store, key: str, data: np.ndarray) -> None:
-    """Store the bytes of a uint8 array under ``key``."""
-    _sync(store.set(key, _prototype().buffer.from_array_like(data)))
+def store_set(store, key: str, data) -> None:
+    """Store ``data`` (a uint8 array or bytes) under ``key``."""
+    direct = _direct_target(store)
+    if direct is not None:
+        _put_local(direct[0], key, data, direct[1])
+    else:
+        _sync(store.set(key, _buffer(data)))
 
 
 def store_many(store, items: list[tuple[str, Any]]) -> None:
-    """Store ``(key, zarr buffer)`` pairs concurrently (one round trip on an object store)."""
+    """Store ``(key, bytes)`` pairs: concurrently on an object store (one round trip), one after
+    another in this thread for a local directory."""
+    direct = _direct_target(store)
+    if direct is not None:
+        for k, v in items:
+            _put_local(direct[0], k, v, direct[1])
+        return
+
     async def put_all():
-        await asyncio.gather(*(store.set(k, v) for k, v in items))
+        await asyncio.gather(*(store.set(k, _buffer(v)) for k, v in items))
 
     _sync(put_all())
+
+
+def _buffer(data):
+    return _prototype().buffer.from_array_like(np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data)
+
+
+def _put_local(root: str, key: str, data, note=None) -> None:
+    """Write an object of a local directory store as zarr's LocalStore does (its parent
+    directories made, a temporary file renamed over the name, so a reader never sees half an
+    object), without the round trip to zarr's event loop and a thread of its own."""
+    path = os.path.join(root, key)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    try:
+        f = open(tmp, "wb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(tmp, "wb")  # noqa: SIM115
+    try:
+        with f:
+            f.write(memoryview(data).cast("B") if not isinstance(data, bytes) else data)
+        os.replace(tmp, path)
+        if note is not None:
+            note(key, data)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def store_get(store, key: str) -> np.ndarray | None:
@@ -88,6 +150,27 @@ def store_get(store, key: str) -> np.ndarray | None:
             return None  # as zarr's LocalStore.get
     got = _sync(store.get(key, prototype=_prototype()))
     return None if got is None else got.as_numpy_array().reshape(-1).view(np.uint8)
+
+
+def is_local_directory(store) -> bool:
+    """Whether objects of ``store`` are files this package writes itself (a local directory
+    store opened for writing, possibly behind a wrapper that notes what is stored)."""
+    return _direct_target(store) is not None
+
+
+def _direct_target(store) -> tuple[str, Any] | None:
+    """(directory, note) for a store whose objects are written here: a LocalStore opened for
+    writing, or a wrapper of one that is told of each object stored past it (``note_stored``,
+    the zarr writer's resume recorder); None for any other store (written through zarr)."""
+    from zarr.storage import LocalStore
+
+    note = None
+    inner = getattr(store, "_store", None)
+    if type(store) is not LocalStore and inner is not None and hasattr(store, "note_stored"):
+        store, note = inner, store.note_stored
+    if type(store) is not LocalStore or store.read_only:
+        return None
+    return str(store.root), note
 
 
 def _local_root(store) -> str | None:
