@@ -500,6 +500,7 @@ class ZarrWriter(ArchiveWriter):
                         if direct is not None:
                             direct.write(pos, np.frombuffer(block, dtype=np.uint8))
                         else:
+                            assert arr is not None
                             arr[pos:pos + want] = np.frombuffer(block, dtype=np.uint8)
                     finally:
                         hasher.wait()       # one shard in memory at a time
