@@ -15,23 +15,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from common import timed_step  # noqa: E402
+
 NOT_COMPARED = ("created",)      # the time each archive was made
-
-
-def run(what: str, argv: list[str], env: dict) -> None:
-    start = time.monotonic()
-    subprocess.run(argv, check=True, env=env)
-    print(f"{what}: {time.monotonic() - start:.1f} s", flush=True)
 
 
 def comparable(location: str) -> dict:
@@ -96,18 +90,20 @@ def main() -> int:
         env = {**os.environ, **s3.env}
         os.environ.update(s3.env)
         one, here, there = str(tmp / "one.zarr"), str(tmp / "cluster.zarr"), "s3://runs/cluster"
-        run("archive, one process, local zarr", [archive, "-q", "-r", "--format", "zarr", str(args.parset), one], env)
-        run(f"archive, local:{args.workers}, local zarr",
+        timed_step("archive, one process, local zarr",
+                   [archive, "-q", "-r", "--format", "zarr", str(args.parset), one], env)
+        timed_step(f"archive, local:{args.workers}, local zarr",
             [archive, "-q", "-r", *cluster, "--format", "zarr", str(args.parset), here], env)
-        run(f"archive, local:{args.workers}, S3 zarr", [archive, "-q", "-r", *cluster, str(args.parset), there], env)
+        timed_step(f"archive, local:{args.workers}, S3 zarr",
+                   [archive, "-q", "-r", *cluster, str(args.parset), there], env)
         reference = comparable(one)
         for name, location in (("local", here), ("S3", there)):
             equal = comparable(location) == reference
             ok &= equal
             print(f"manifest of the {name} cluster archive equal to one process's: {'yes' if equal else 'NO'}")
-        run("restore, one process, from the local zarr", [unarchive, "-q", one, str(tmp / "r_one")], env)
+        timed_step("restore, one process, from the local zarr", [unarchive, "-q", one, str(tmp / "r_one")], env)
         for name, location, out in (("local", here, "r_loc"), ("S3", there, "r_s3x")):
-            run(f"restore, local:{args.workers}, from the {name} zarr",
+            timed_step(f"restore, local:{args.workers}, from the {name} zarr",
                 [unarchive, "-q", *cluster, location, str(tmp / out)], env)
             equal = same_restore(one, tmp / out, tmp / "r_one")
             ok &= equal

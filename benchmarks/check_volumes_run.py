@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -24,12 +23,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_tar_s3 import counted_ls  # noqa: E402
-
-
-def run(what: str, argv: list[str], env: dict) -> None:
-    start = time.monotonic()
-    subprocess.run(argv, check=True, env=env)
-    print(f"{what}: {time.monotonic() - start:.1f} s", flush=True)
+from common import timed_step  # noqa: E402
 
 
 def tree(out: Path) -> dict[str, str]:
@@ -64,8 +58,8 @@ def main() -> int:
         env = {**os.environ, **s3.env}
         os.environ.update(s3.env)
         (tmp / "set").mkdir()
-        run("archive to local volumes", [archive, *options, str(args.parset), str(tmp / "set" / "run.tar")], env)
-        run("archive to S3 volumes", [archive, *options, str(args.parset), "s3://tapes/L1/run.tar"], env)
+        timed_step("archive to local volumes", [archive, *options, str(args.parset), str(tmp / "set" / "run.tar")], env)
+        timed_step("archive to S3 volumes", [archive, *options, str(args.parset), "s3://tapes/L1/run.tar"], env)
         local = sorted(tmp.joinpath("set").iterdir())
         client = make_client(1)
         listing = client.list_objects_v2(Bucket="tapes", Prefix="L1/").get("Contents", [])
@@ -88,8 +82,9 @@ def main() -> int:
         ok &= set(remote) == {p.name for p in local}
         lines, gets, got = counted_ls("s3://tapes/L1")
         print(f"ls of the set on S3: {lines} lines, {gets} GETs, {got} bytes read")
-        run("restore from the local set (first volume)", [unarchive, "-q", str(local[0]), str(tmp / "r_loc")], env)
-        run("restore from the S3 set (its prefix)", [unarchive, "-q", "s3://tapes/L1", str(tmp / "r_s3x")], env)
+        timed_step("restore from the local set (first volume)",
+                   [unarchive, "-q", str(local[0]), str(tmp / "r_loc")], env)
+        timed_step("restore from the S3 set (its prefix)", [unarchive, "-q", "s3://tapes/L1", str(tmp / "r_s3x")], env)
         equal = tree(tmp / "r_loc") == tree(tmp / "r_s3x")
         ok &= equal
         print(f"the two restores equal: {'yes' if equal else 'NO'}")

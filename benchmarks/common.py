@@ -413,3 +413,10 @@ def realistic_columns(ms: Path, seed: int = 7) -> None:
             t.putcol("SIGMA", (1.0 / np.sqrt(weight)).astype(np.float32), start, n)
     finally:
         t.close()
+
+
+def timed_step(what: str, argv: list[str], env: dict) -> None:
+    """Run one step of a check (a user's command), stopping on failure; print its wall time."""
+    start = time.monotonic()
+    subprocess.run(argv, check=True, env=env)
+    print(f"{what}: {time.monotonic() - start:.1f} s", flush=True)

@@ -103,6 +103,28 @@ def clean_restore(archived_run, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory):
+    """A SeaweedFS S3 server on loopback for this test module; skips when 'weed' is absent.
+    A module makes its buckets in its own ``s3`` fixture, which ``s3_env`` uses."""
+    from s3server import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the SeaweedFS 'weed' binary is not installed")
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """The environment a user of the module's ``s3`` server has: its keys and endpoint only."""
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_ENDPOINT_URL_S3", "FACTOR_ARCHIVE_S3_ENDPOINT", "FACTOR_ARCHIVE_S3_CONCURRENCY"):
+        monkeypatch.delenv(key, raising=False)
+    return s3
+
+
 @pytest.fixture
 def sample_run(tmp_path, dp3_ms_cache) -> Path:
     """A fresh sample run below a path with spaces and non-ASCII characters; returns its parset.

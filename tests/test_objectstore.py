@@ -20,23 +20,9 @@ QUICK = RetryPolicy(attempts=3, base=0.05, cap=0.2)   # a stopped server is repo
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    from s3server import SeaweedS3, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("the SeaweedFS 'weed' binary is not installed")
-    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
-        server.make_bucket("blobs")
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_ENDPOINT_URL_S3", "FACTOR_ARCHIVE_S3_ENDPOINT", "FACTOR_ARCHIVE_S3_CONCURRENCY"):
-        monkeypatch.delenv(key, raising=False)
-    return s3
+def s3(seaweed):
+    seaweed.make_bucket("blobs")
+    return seaweed
 
 
 class PartWatcher:

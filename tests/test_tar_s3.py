@@ -23,24 +23,14 @@ EPOCH = "1700000000"            # SOURCE_DATE_EPOCH: the same run gives the same
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    from s3server import SeaweedS3, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("the SeaweedFS 'weed' binary is not installed")
-    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
-        server.make_bucket("tars")
-        yield server
+def s3(seaweed):
+    seaweed.make_bucket("tars")
+    return seaweed
 
 
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_ENDPOINT_URL_S3", "FACTOR_ARCHIVE_S3_ENDPOINT", "FACTOR_ARCHIVE_S3_CONCURRENCY"):
-        monkeypatch.delenv(key, raising=False)
+@pytest.fixture(autouse=True)
+def same_bytes_every_time(monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    return s3
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ from .volumes import (
     VolumeIndex,
     VolumeRecord,
     base_candidates,
+    entry_intact,
     first_volume_name,
     is_volume,
     read_tail_index,
@@ -297,18 +298,7 @@ class VolumeSetReader(ArchiveReader):
                     problems += self._metadata_problems(f, record.name)
                 for entry in sorted((e for e in self.last.entries if e.volume == number),
                                     key=lambda e: e.offset):
-                    f.seek(entry.offset)
-                    piece = hashlib.sha256()
-                    left = entry.size
-                    while left:
-                        data = f.read(min(CHUNK, left))
-                        if not data:
-                            break
-                        piece.update(data)
-                        digests[entry.file].update(data)
-                        progress(len(data))
-                        left -= len(data)
-                    if left or piece.hexdigest() != entry.sha256:
+                    if not entry_intact(f, entry, digests[entry.file], progress):
                         problems.append(f"{self._where(record.name)}: entry {entry.name!r} is "
                                         "damaged (sha256 mismatch)")
                         damaged.add(entry.file)

@@ -37,6 +37,7 @@ from .volumes import (
     VolumeIndex,
     VolumeRecord,
     category_group,
+    entry_intact,
     volume_index_of,
     volume_name,
 )
@@ -162,18 +163,8 @@ class VolumeWriter(ArchiveWriter):
     def _entries_intact(self, name: str, index: VolumeIndex) -> bool:
         try:
             with self.blobs.open(name) as f:
-                for entry in index.entries:
-                    f.seek(entry.offset)
-                    digest = hashlib.sha256()
-                    left = entry.size
-                    while left:
-                        data = f.read(min(CHUNK, left))
-                        if not data:
-                            return False
-                        digest.update(data)
-                        left -= len(data)
-                    if digest.hexdigest() != entry.sha256:
-                        return False
+                if not all(entry_intact(f, entry) for entry in index.entries):
+                    return False
         except OSError:
             return False
         return True

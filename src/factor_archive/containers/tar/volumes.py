@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
@@ -19,6 +20,8 @@ from ...errors import BadInput, DamagedArchive
 from ...io.blobs import BlobStore
 from ...manifest import FileEntry, Member
 from .format import BLOCKSIZE, INDEX_NAME, TRAILER_SIZE, ZERO_BLOCK, parse_header, parse_index
+
+READ_CHUNK = 1 << 20                 # bytes read at a time when an entry is checked
 
 VOLUME_INDEX_NAME = "factor-archive-volume.json"
 VOLUME_FORMAT = "factor-archive-volume"
@@ -228,3 +231,24 @@ def is_volume(f: BinaryIO) -> bool:
         return found
     except (OSError, ValueError, DamagedArchive):
         return False
+
+
+def entry_intact(f: BinaryIO, entry: Entry, also: Any = None,
+                 progress: Callable[[int], None] | None = None) -> bool:
+    """Whether the entry's bytes in its volume (``f``) hash to its recorded sha256 (False when
+    the volume ends first); ``also`` (a hash) and ``progress`` see the same bytes."""
+    f.seek(entry.offset)
+    digest = hashlib.sha256()
+    left = entry.size
+    while left:
+        data = f.read(min(READ_CHUNK, left))
+        if not data:
+            return False
+        digest.update(data)
+        if also is not None:
+            also.update(data)
+        if progress is not None:
+            progress(len(data))
+        left -= len(data)
+    return digest.hexdigest() == entry.sha256
+
