@@ -131,8 +131,8 @@ def _archive_arguments(p: argparse.ArgumentParser) -> None:
     from .containers.registry import names
 
     p.add_argument("--format", choices=names(), default=None,
-                   help="archive form (default: tar for '-' or *.tar, zarr for *.zarr, *.zarr.zip and "
-                        "s3://, dir otherwise)")
+                   help="archive form (default: tar for '-', *.tar and s3://.../*.tar, zarr for *.zarr, "
+                        "*.zarr.zip and other s3:// URLs, dir otherwise)")
     p.add_argument("--volume-size", metavar="SIZE", default=None,
                    help="tar form: write volumes NAME.tar, NAME.001.tar, ... of at most SIZE bytes "
                         "of data each (K, M, G, T: powers of 1024; e.g. 4G); see docs/usage.md")
