@@ -148,13 +148,14 @@ def _unarchive(archive: str, output: str, symlink: bool, clobber: bool, quiet: b
             links.finish(manifest, new_wd)
 
         _rewrite_paths(manifest, new_wd)
-        if parset_member is not None:
-            _write_parset(manifest, scratch / "parset", new_wd)
         # Everything restored reaches the disk before the marker goes: a restore without its
         # marker is complete even after a power cut (and `sync` afterwards has nothing to do).
+        # The parset comes after (fsync'd itself): a restore interrupted before has none.
         for root in {new_wd, *([Path(os.path.abspath(store))] if store else [])}:
             if root.exists():
                 sync_filesystem(root)
+        if parset_member is not None:
+            _write_parset(manifest, scratch / "parset", new_wd)
         signals.hold()  # the restore is complete once the marker goes: a signal now is reported after
         (new_wd / MARKER).unlink()
         fsync_dir(new_wd)
