@@ -137,6 +137,27 @@ def test_a_file_larger_than_a_volume_is_cut_into_parts_that_cat_joins(run_and_se
     assert joined == source.read_bytes()
 
 
+def test_every_member_is_announced_once_even_when_spread_over_volumes(run_and_sets):
+    """formats/tar.md: a member's first entry carries its announcement; a table or file cut
+    across volumes is no exception (its root directory entry, or its first part)."""
+    import tarfile
+
+    from factor_archive.containers.tar.format import MEMBER_MAGIC
+
+    announced = []
+    for v in volumes(run_and_sets["set"]):
+        with tarfile.open(v) as t:
+            announced += [json.loads(m.pax_headers["comment"][len(MEMBER_MAGIC):])["path"]
+                          for m in t.getmembers() if "comment" in m.pax_headers]
+    manifest = open_reader(str(run_and_sets["set"])).manifest
+    stored = [m.path for m in manifest.members if m.kind != "link"]
+    assert sorted(announced) == sorted(stored)
+    spread = {m.path for m in manifest.members if m.kind == "table"
+              and len({e.volume for e in own_index(volumes(run_and_sets["set"])[-1]).entries
+                       if e.member == m.path}) > 1}
+    assert spread, "the sample's Measurement Sets are larger than a 1 MiB volume"
+
+
 def test_gnu_tar_alone_rebuilds_the_directory_form_tree(run_and_sets, tmp_path):
     """The recipe of formats/tar.md: every volume extracted in order, the parts joined."""
     script = r"""

@@ -339,19 +339,12 @@ class VolumeWriter(ArchiveWriter):
                                    files=[dataclasses.replace(e, offset=None) for e in stored.files])
 
     def _spread_file(self, member: Member, source: Path, progress: Progress) -> Member:
-        st, sha = self._write_in_parts(member.path, source, member.path, progress)
+        st, sha = self._write_in_parts(member.path, source, member.path, progress, announcement(member))
         return file_member(member, st, sha, st.st_size, offset=None)
 
     def _spread_table(self, member: Member, root: Path, progress: Progress) -> Member:
         assert self._tar is not None
-        try:
-            st_root = os.stat(root)
-        except OSError as exc:
-            raise io_error(root, exc) from None
-        files, dirs = walk_table(root)
-        self._tar._write_dir(member.path, st_root)
-        for d in dirs:
-            self._tar._write_dir(f"{member.path}/{d}", os.stat(root / d))
+        st_root, files, dirs = self._tar._table_head(member, root)
         entries = []
         for rel, full in files:
             path = f"{member.path}/{rel}"
@@ -369,9 +362,10 @@ class VolumeWriter(ArchiveWriter):
         return table_member(member, entries, dirs, mode=stat.S_IMODE(st_root.st_mode),
                             mtime=st_root.st_mtime, offset=None)
 
-    def _write_in_parts(self, path: str, source: Path, member: str,
-                        progress: Progress) -> tuple[os.stat_result, str]:
-        """A file larger than a volume: parts ``path.part000``, ... filling each volume."""
+    def _write_in_parts(self, path: str, source: Path, member: str, progress: Progress,
+                        comment: str | None = None) -> tuple[os.stat_result, str]:
+        """A file larger than a volume: parts ``path.part000``, ... filling each volume; the
+        first part carries ``comment`` (the member's announcement, for a file member)."""
         try:
             f = open(source, "rb")  # noqa: SIM115 - opened apart from its with, so an OSError names the file
         except OSError as exc:
@@ -382,8 +376,9 @@ class VolumeWriter(ArchiveWriter):
             left, part = st.st_size, 0
             while left > 0 or part == 0:
                 name = f"{path}.part{part:03d}"
+                said = comment if part == 0 else None
                 headers = len(entry_headers(name, b"0", self.options.size,
-                                            stat.S_IMODE(st.st_mode), st.st_mtime_ns))
+                                            stat.S_IMODE(st.st_mode), st.st_mtime_ns, said))
                 room = (self.options.size - self._used() - headers) // BLOCKSIZE * BLOCKSIZE
                 if room < BLOCKSIZE:
                     self._next_volume(self._index.group if self._index else None)
@@ -392,7 +387,7 @@ class VolumeWriter(ArchiveWriter):
                 size = min(left, room)
                 sink = self._tar._sink
                 sink.write(entry_headers(name, b"0", size, stat.S_IMODE(st.st_mode),
-                                         st.st_mtime_ns))
+                                         st.st_mtime_ns, said))
                 offset = sink.pos
                 piece = hashlib.sha256()
                 todo = size

@@ -246,7 +246,10 @@ class TarWriter(ArchiveWriter):
         self._sink.write(entry_headers(apath + "/", b"5", 0, stat.S_IMODE(st.st_mode),
                                        st.st_mtime_ns, comment))
 
-    def _write_table(self, member: Member, root: Path, progress: Progress) -> Member:
+    def _table_head(self, member: Member, root: Path) -> tuple[os.stat_result, list[tuple[str, Path]],
+                                                                list[str]]:
+        """A table's directory entries, the root's announcing the member; returns the root's
+        stat and the table's files and sub-directories (the files are the caller's to write)."""
         try:
             st_root = os.stat(root)
         except OSError as exc:
@@ -261,6 +264,10 @@ class TarWriter(ArchiveWriter):
             except OSError as exc:
                 raise io_error(root / d, exc) from None
             self._write_dir(f"{member.path}/{d}", st)
+        return st_root, files, dirs
+
+    def _write_table(self, member: Member, root: Path, progress: Progress) -> Member:
+        st_root, files, dirs = self._table_head(member, root)
         # A file is hashed (from the page cache, on a second core) while the next is copied.
         written: list[tuple[str, Path, os.stat_result, Callable[[], str], int]] = []
         try:
