@@ -202,6 +202,11 @@ class RequestCounts:
         with self._lock:
             self.retries += 1
 
+    def got(self, n: int) -> None:
+        """``n`` bytes of an answer received (counted once the whole body is read)."""
+        with self._lock:
+            self.bytes_received += n
+
     def __getitem__(self, op: str) -> int:
         return self.requests.get(op, 0)
 
@@ -494,8 +499,7 @@ class S3ReadFile(io.RawIOBase):
             raise FactorArchiveError(f"{url}: asked for bytes {start}-{end}, got {len(data)} bytes "
                                      f"(the object changed while being read?)")
         self.bytes_fetched += len(data)
-        with self.store.counts._lock:
-            self.store.counts.bytes_received += len(data)
+        self.store.counts.got(len(data))
         return data
 
     def readinto(self, buffer: Any) -> int:

@@ -286,7 +286,7 @@ class VolumeWriter(ArchiveWriter):
         return kept
 
     def _used(self) -> int:
-        return 0 if self._tar is None else self._tar._sink.pos
+        return 0 if self._tar is None else self._tar.size
 
     def _next_volume(self, group: str | None) -> None:
         """Close the volume being written (if any) and start the next."""
@@ -295,7 +295,7 @@ class VolumeWriter(ArchiveWriter):
             data = self._index.to_bytes()
             self._tar.finish({VOLUME_INDEX_NAME: data}, time.time_ns())
             name = volume_name(self.name, self._index.volume)
-            self._done.append(VolumeRecord(name, self._tar._sink.pos,
+            self._done.append(VolumeRecord(name, self._tar.size,
                                            hashlib.sha256(data).hexdigest()))
             self._entries += self._index.entries
         number = len(self._done)

@@ -121,6 +121,11 @@ class TarWriter(ArchiveWriter):
             self._blob.abort()
             raise
 
+    @property
+    def size(self) -> int:
+        """Bytes written so far (a volume set decides by it when the next volume starts)."""
+        return self._sink.pos
+
     # -- ArchiveWriter -------------------------------------------------------------------------
 
     def write(self, member: Member, source: Path, progress: Progress = no_progress, *,
