@@ -70,6 +70,20 @@ def test_a_limit_copies_only_that_many_bytes_and_leaves_the_source_after_them(tm
     assert (tmp_path / "dst.bin").read_bytes() == data[:limit]
 
 
+@pytest.mark.parametrize("size", [1, 4096, 3 * BLOCK + 5])
+def test_members_read_from_a_buffered_archive_after_their_headers_are_copied_exactly(tmp_path, size):
+    """A tar reader reads a member's 512-byte header through its buffer, then copies the data:
+    the buffer has read ahead of the data's start, and the copy must still begin at the data."""
+    header, data, after = _data(512, seed=1), _data(size, seed=2), _data(8192, seed=3)
+    (tmp_path / "archive").write_bytes(header + data + after)
+    with open(tmp_path / "archive", "rb") as fin, open(tmp_path / "member", "w+b") as fout:
+        assert fin.read(512) == header
+        finish, n = copy_stream_later(fin, fout, limit=size)
+        assert (n, finish()) == (size, hashlib.sha256(data).hexdigest())
+        assert fin.read(16) == after[:16]  # and the archive goes on right after the member
+    assert (tmp_path / "member").read_bytes() == data
+
+
 def test_members_copied_back_to_back_while_the_last_is_still_hashed_keep_their_checksums(tmp_path):
     """The tar writer copies the next file while the previous one is hashed from the page cache."""
     datas = [_data(3 * BLOCK + i, seed=i) for i in range(3)]

@@ -227,7 +227,10 @@ _NO_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EB
 
 
 def _kernel_copy_possible(src: Any, dst: Any) -> bool:
-    """Both plain regular files, the destination readable, and no read-ahead pending in ``src``."""
+    """Both plain regular files and the destination readable. The copy goes by explicit offsets
+    from ``src.tell()``, so a buffered source's read-ahead does not matter: a tar reader has just
+    read the member's header through its buffer (without this, 947 of a run's 1015 members were
+    copied through Python buffers)."""
     if not hasattr(os, "copy_file_range") or dst is None:
         return False
     if type(src) not in (io.FileIO, io.BufferedReader) or type(dst) not in (io.FileIO, io.BufferedRandom):
@@ -236,9 +239,7 @@ def _kernel_copy_possible(src: Any, dst: Any) -> bool:
         if not dst.readable():
             return False
         fin, fout = src.fileno(), dst.fileno()
-        if not (stat.S_ISREG(os.fstat(fin).st_mode) and stat.S_ISREG(os.fstat(fout).st_mode)):
-            return False
-        return bool(src.tell() == os.lseek(fin, 0, os.SEEK_CUR))
+        return stat.S_ISREG(os.fstat(fin).st_mode) and stat.S_ISREG(os.fstat(fout).st_mode)
     except (OSError, ValueError):
         return False
 

@@ -52,6 +52,8 @@ def _split(file: str) -> list[str]:
 
 
 def _literal(node: ast.expr) -> object:
+    if type(node) is ast.Constant:  # what literal_eval would return, without its walk
+        return node.value
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -111,10 +113,15 @@ def parse_mapfile(text: str) -> list[MapEntry]:
     return [entry for entry, _ in _entries(text)]
 
 
+_PLAIN = re.compile(r"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but the backslash
+
+
 def py2_literal(value: str, quote: str, unicode_ok: bool) -> str:
     """A literal Python 2 evaluates back to ``value`` (``repr`` style, preferring ``quote``)."""
     if quote in value and ('"' if quote == "'" else "'") not in value:
         quote = '"' if quote == "'" else "'"
+    if _PLAIN.fullmatch(value) and quote not in value:  # nearly every path: nothing to escape
+        return quote + value + quote
     out = [quote]
     for ch in value:
         c = ord(ch)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ...errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
-from ...io.copy import Progress, copy_stream, no_progress
+from ...io.copy import Progress, copy_stream, copy_stream_later, no_progress
 from ...io.failures import io_error
 from ...io.install import Undo, discard, install, partial_name, set_meta, set_table_meta
 from ...manifest import (
@@ -32,6 +34,41 @@ from .format import (
     ustar_names,
 )
 from .stream import OnePass, _Scanner
+
+# How many copied files of a table may still be hashing while the next is copied: the copy runs in
+# the kernel on this thread, the read-back hashing on others, so both cores stay busy.
+_CHECKS_BEHIND = 2
+
+
+class _PendingCheck:
+    """A member file copied, its checksum perhaps still computing; the file is open until then."""
+
+    def __init__(self, archive: str, out: BinaryIO, dst: Path, finish: Callable[[], str], n: int,
+                 size: int, sha: str, what: str) -> None:
+        self.archive, self.out, self.dst, self.finish = archive, out, dst, finish
+        self.n, self.size, self.sha, self.what = n, size, sha, what
+
+    def check(self) -> None:
+        try:
+            try:
+                got = self.finish()
+            except OSError as exc:
+                raise io_error(self.dst, exc) from None
+        finally:
+            self.out.close()
+        if self.n != self.size:
+            raise DamagedArchive(f"{self.archive}: archive truncated in member {self.what}")
+        if got != self.sha:
+            raise DamagedArchive(f"{self.archive}: member {self.what} is damaged (sha256 mismatch)")
+
+    def abandon(self) -> None:
+        """After an error elsewhere: wait for the hashing thread (it reads the open file), close."""
+        try:
+            self.finish()
+        except BaseException:
+            pass
+        finally:
+            self.out.close()
 
 
 class TarReader(OnePass, ArchiveReader):
@@ -258,21 +295,27 @@ class TarReader(OnePass, ArchiveReader):
 
     def _copy_checked(self, path: str, offset: int | None, size: int, sha: str, dst: Path,
                       progress: Progress, what: str) -> None:
+        self._start_copy(path, offset, size, sha, dst, progress, what).check()
+
+    def _start_copy(self, path: str, offset: int | None, size: int, sha: str, dst: Path,
+                    progress: Progress, what: str) -> _PendingCheck:
+        """Copy a member's data to ``dst``; its checksum may still be computing on return (the
+        file stays open for it until :meth:`_PendingCheck.check`)."""
         offset = self._check_header(path, offset, size, what)
         try:
-            out = open(dst, "w+b")  # noqa: SIM115 - opened apart from its with, so an OSError names the file
+            out = open(dst, "w+b")  # noqa: SIM115 - open until its check, so an OSError names the file
         except OSError as exc:
             raise io_error(dst, exc) from None
-        with out:
+        try:
             self._f.seek(self._base + offset)
             try:
-                got, n = copy_stream(self._f, out, progress, limit=size)
+                finish, n = copy_stream_later(self._f, out, progress, limit=size)
             except OSError as exc:
                 raise io_error(dst, exc) from None
-        if n != size:
-            raise DamagedArchive(f"{self.name}: archive truncated in member {what}")
-        if got != sha:
-            raise DamagedArchive(f"{self.name}: member {what} is damaged (sha256 mismatch)")
+        except BaseException:
+            out.close()
+            raise
+        return _PendingCheck(self.name, out, dst, finish, n, size, sha, what)
 
     def _extract_file(self, member: Member, dest: Path, progress: Progress) -> None:
         cleanup = Undo()
@@ -300,12 +343,23 @@ class TarReader(OnePass, ArchiveReader):
             os.mkdir(root, 0o700)
             for d in member.dirs:
                 (root / d).mkdir(parents=True, exist_ok=True)
-            for entry in member.files:
-                target = root / entry.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._copy_checked(f"{member.path}/{entry.path}", entry.offset, entry.size,
-                                   entry.sha256, target, progress,
-                                   f"{member.path!r} (file {entry.path!r})")
+            # A file's checksum is read back and computed on another thread while the next
+            # files are copied; each is checked before the table is installed.
+            lagging: deque[_PendingCheck] = deque()
+            try:
+                for entry in member.files:
+                    target = root / entry.path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    lagging.append(self._start_copy(
+                        f"{member.path}/{entry.path}", entry.offset, entry.size, entry.sha256,
+                        target, progress, f"{member.path!r} (file {entry.path!r})"))
+                    while len(lagging) > _CHECKS_BEHIND:
+                        lagging.popleft().check()
+                while lagging:
+                    lagging.popleft().check()
+            finally:
+                for pending in lagging:
+                    pending.abandon()
             set_table_meta(root, [(e.path, e.mode, e.mtime) for e in member.files], member.dirs,
                            member.mode, member.mtime)
             install(root, dest)
