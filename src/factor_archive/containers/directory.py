@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
 from ..io.copy import Progress, copy_stream, hash_file
-from ..io.durable import fsync_dir, start_writeback, sync_filesystem, write_atomic
+from ..io.durable import WRITEBACK_MIN, fsync_dir, start_writeback, sync_filesystem, write_atomic
 from ..io.failures import io_error
 from ..io.install import discard, install, partial_name, remove, set_meta, set_table_meta
 from ..io.tree import source_mtime as _mtime
@@ -41,7 +41,6 @@ from ..manifest import (
 from .base import ArchiveReader, ArchiveWriter, Capabilities, DestFor, file_member, table_member
 
 JOURNAL_NAME = ".factor-archive-journal.jsonl"
-WRITEBACK_MIN = 1 << 20  # smaller files are left to the final sync, which batches them
 STAGING_NAME = ".factor-archive-staging"
 
 

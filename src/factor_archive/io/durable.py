@@ -10,6 +10,7 @@ from typing import Any
 
 _libc: Any = None
 _SYNC_FILE_RANGE_WRITE = 2
+WRITEBACK_MIN = 1 << 20  # smaller files are left to the final sync, which batches them
 
 
 def _load_libc() -> Any:

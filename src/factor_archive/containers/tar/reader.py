@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 
 from ...errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
 from ...io.copy import Progress, copy_stream, copy_stream_later, no_progress
+from ...io.durable import WRITEBACK_MIN, start_writeback
 from ...io.failures import io_error
 from ...io.install import Undo, discard, install, partial_name, set_meta, set_table_meta
 from ...manifest import (
@@ -54,6 +55,9 @@ class _PendingCheck:
                 got = self.finish()
             except OSError as exc:
                 raise io_error(self.dst, exc) from None
+            if self.n >= WRITEBACK_MIN:  # the restore is synced at its end: let the disk start now
+                self.out.flush()
+                start_writeback(self.out.fileno())
         finally:
             self.out.close()
         if self.n != self.size:
