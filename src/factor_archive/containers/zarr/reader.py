@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from ...io.copy import Progress, no_progress
 from ...io.failures import io_error
 from ...io.install import discard, install, partial_name, remove, set_meta, set_table_meta
 from ...manifest import Manifest, Member, safe_relpath, tree_digest
+from ...ms.casacore_table.pipeline import DEFAULT_SETTINGS, PipelineSettings
 from ..base import ArchiveReader, Capabilities, DestFor
 from ..locations import Location
 from .layout import (
@@ -37,6 +40,11 @@ from .stores import (
 
 # ---------------------------------------------------------------------------------------------
 # Reader
+
+_MEMBERS_AT_ONCE = 2  # members extracted at once (see ZarrReader.extract)
+# ... each table then with half the row-block memory (shared with its casacore worker) and half
+# the queue of commands of a table decoded alone: two tables at once hold what one did.
+_TABLES_AT_ONCE_SETTINGS = PipelineSettings(block_bytes=8 << 20, worker_queue_bytes=16 << 20)
 
 class ZarrReader(ArchiveReader):
     form = "zarr"
@@ -160,31 +168,64 @@ class ZarrReader(ArchiveReader):
 
     def extract(self, members: list[Member] | None, dest_for: DestFor,
                 progress: Progress = no_progress) -> None:
+        jobs = []
         for member in self.manifest.members if members is None else members:
             dest = dest_for(member)
             if dest is None:
                 continue
             stored = self._stored(member)
-            if stored == "link":
-                continue
+            if stored != "link":
+                jobs.append((member, dest, stored))
+        if sum(stored == "columns" for _m, _d, stored in jobs) < 2:
+            for member, dest, stored in jobs:
+                self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS)
+            return
+        # Two members at once, in order, as the writer stores them: one table's casacore worker
+        # writes (about one core) while the other table is read, decompressed and hashed,
+        # instead of each waiting for the other. After a failure no further member is started;
+        # the first failure in member order is raised once both threads are done.
+        failed = threading.Event()
+
+        def one(member: Member, dest: Path, stored: str) -> None:
+            if failed.is_set():
+                return
             try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if stored == "file":
-                    self._extract_file(member, dest, progress)
-                elif stored == "columns":
-                    self._extract_table(member, dest, progress)
-                else:
-                    self._extract_raw_table(member, dest, progress)
-            except OSError as exc:
-                if self.loc.kind == "url" and exc.filename is None:
-                    raise _url_error(self.loc, exc) from None
-                raise io_error(exc.filename or dest, exc) from None
-            except FactorArchiveError:
-                self._check_reachable()
+                self._extract_one(member, dest, stored, progress, _TABLES_AT_ONCE_SETTINGS)
+            except BaseException:
+                failed.set()
                 raise
-            except Exception as exc:
-                self._check_reachable()
-                raise _read_failure(self.loc, exc, member.path) from None
+
+        with ThreadPoolExecutor(max_workers=_MEMBERS_AT_ONCE, thread_name_prefix="zarr-extract") as pool:
+            futures = [pool.submit(one, *job) for job in jobs]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                failed.set()
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _extract_one(self, member: Member, dest: Path, stored: str, progress: Progress,
+                     settings: PipelineSettings) -> None:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if stored == "file":
+                self._extract_file(member, dest, progress)
+            elif stored == "columns":
+                self._extract_table(member, dest, progress, settings)
+            else:
+                self._extract_raw_table(member, dest, progress)
+        except OSError as exc:
+            if self.loc.kind == "url" and exc.filename is None:
+                raise _url_error(self.loc, exc) from None
+            raise io_error(exc.filename or dest, exc) from None
+        except FactorArchiveError:
+            self._check_reachable()
+            raise
+        except Exception as exc:
+            self._check_reachable()
+            raise _read_failure(self.loc, exc, member.path) from None
 
     def _file_array(self, member: Member):
         """A file member's array: read from its document when it is laid out as the table codec
@@ -209,7 +250,8 @@ class ZarrReader(ArchiveReader):
             discard(partial)
             raise
 
-    def _extract_table(self, member: Member, dest: Path, progress: Progress) -> None:
+    def _extract_table(self, member: Member, dest: Path, progress: Progress,
+                       settings: PipelineSettings = DEFAULT_SETTINGS) -> None:
         from ...ms.casacore_table import decode_table
 
         group = self._node(member)
@@ -223,7 +265,7 @@ class ZarrReader(ArchiveReader):
         work.mkdir()
         try:
             try:
-                decode_table(group, work / dest.name, progress=progress)
+                decode_table(group, work / dest.name, progress=progress, settings=settings)
             except FactorArchiveError as exc:
                 raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
             set_meta(work / dest.name, member.mode, member.mtime)

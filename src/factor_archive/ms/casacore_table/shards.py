@@ -309,19 +309,34 @@ class _ArrayIn:
 
         first, last = self._range(s)
         key = _shard_key(self.doc, self.path, s, len(self.shape))
+        isz = 16 * self.cps + 4
         try:
-            data = zarr_internals.store_get(self.store, key)
+            data = zarr_internals.store_open(self.store, key)
+            if data is None:
+                raise _Damage(first, last, "missing")
+            if data.size < isz:
+                raise _Damage(first, last, "damaged", "shard too short")
+            idx = data.read(data.size - isz, isz)
+        except _Damage:
+            raise
         except Exception as e:
             raise _Damage(first, last, "damaged", f"cannot read it: {_first_line(e)}") from None
-        if data is None:
-            raise _Damage(first, last, "missing")
-        isz = 16 * self.cps + 4
-        if len(data) < isz:
+        if len(idx) < isz:
             raise _Damage(first, last, "damaged", "shard too short")
-        idx = data[-isz:]
         if google_crc32c.value(idx[:-4]) != int.from_bytes(idx[-4:].tobytes(), "little"):
             raise _Damage(first, last, "damaged", "shard index checksum mismatch")
-        return data, np.frombuffer(idx[:-4].tobytes(), "<u8").reshape(self.cps, 2), len(data) - isz
+        return data, np.frombuffer(idx[:-4].tobytes(), "<u8").reshape(self.cps, 2), data.size - isz
+
+    @staticmethod
+    def _bytes(data, off: int, length: int, r0: int, r1: int) -> np.ndarray:
+        """Bytes [off, off + length) of a shard (a zarr_internals.StoredObject)."""
+        try:
+            got = data.read(off, length)
+        except Exception as e:
+            raise _Damage(r0, r1, "damaged", f"cannot read it: {_first_line(e)}") from None
+        if len(got) != length:
+            raise _Damage(r0, r1, "damaged", "chunk outside its shard")
+        return got
 
     def _chunk(self, shard_fut, s: int, j: int, out: np.ndarray, skip: int = 0) -> None:
         """Decode inner chunk j of shard s; put its rows skip.. into ``out``."""
@@ -337,7 +352,7 @@ class _ArrayIn:
         assert self.codec is not None
         target = out if (skip == 0 and out.shape == whole) else np.empty(whole, self.dtype)
         try:
-            self.codec.decode(data[off:off + length], target)
+            self.codec.decode(self._bytes(data, off, length, r0, r1), target)
         except _BadChunk as e:
             raise _Damage(r0, r1, "damaged", str(e)) from None
         if target is not out:
@@ -455,8 +470,9 @@ class _StringsIn(_ArrayIn):
             return np.full(self.chunk, "", dtype=object)
         if off + length > end or length < 4:
             raise _Damage(r0, r1, "damaged", "chunk outside its shard")
-        body = data[off:off + length - 4]
-        if google_crc32c.value(body) != int.from_bytes(data[off + length - 4:off + length].tobytes(), "little"):
+        stored = self._bytes(data, off, length, r0, r1)
+        body = stored[:-4]
+        if google_crc32c.value(body) != int.from_bytes(stored[-4:].tobytes(), "little"):
             raise _Damage(r0, r1, "damaged", "crc32c checksum mismatch")
         try:
             values = numcodecs.VLenUTF8().decode(numcodecs.Zstd().decode(body))

@@ -152,6 +152,36 @@ def store_get(store, key: str) -> np.ndarray | None:
     return None if got is None else got.as_numpy_array().reshape(-1).view(np.uint8)
 
 
+class StoredObject:
+    """An object of a store read by byte range (``read``): a file of a local directory store is
+    read piece by piece (a reader of one inner chunk at a time then holds that chunk, not its
+    whole shard of tens of MB); from any other store the object is fetched whole once."""
+
+    def __init__(self, size: int, path: str | None = None, data: np.ndarray | None = None):
+        self.size, self.path, self.data = size, path, data
+
+    def read(self, offset: int, length: int) -> np.ndarray:
+        """Bytes [offset, offset + length) (fewer if the object is shorter)."""
+        if self.data is not None:
+            return self.data[offset:offset + length]
+        with open(self.path, "rb") as f:  # type: ignore[arg-type]
+            return np.frombuffer(os.pread(f.fileno(), length, offset), np.uint8)
+
+
+def store_open(store, key: str) -> StoredObject | None:
+    """The object under ``key``, to be read by byte range, or None when there is no such object."""
+    root = _local_root(store)
+    if root is not None:
+        path = os.path.join(root, key)
+        try:
+            with open(path, "rb") as f:
+                return StoredObject(os.fstat(f.fileno()).st_size, path=path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None  # as zarr's LocalStore.get
+    data = store_get(store, key)
+    return None if data is None else StoredObject(len(data), data=data)
+
+
 def is_local_directory(store) -> bool:
     """Whether objects of ``store`` are files this package writes itself (a local directory
     store opened for writing, possibly behind a wrapper that notes what is stored)."""
