@@ -421,7 +421,7 @@ def run_in_worker(name: str, *args, stop: Callable[[], bool] = lambda: False):
 
 
 class _RemoteTable:
-    """The casacore table calls decode makes (put*, flush, close), run by the worker. All but
+    """The casacore table calls decode makes (put*, setdmprop, flush, close), run by the worker. All but
     close return a future at once; the first failure is raised by the next call and by close."""
 
     def __init__(self, worker: _Worker, tid: int, created=None):
@@ -440,7 +440,7 @@ class _RemoteTable:
             self.pending = [f for f in self.pending if not f.done()]
 
     def __getattr__(self, method):
-        if not method.startswith("put") and method != "flush":
+        if not method.startswith("put") and method not in ("flush", "setdmprop"):
             raise AttributeError(method)
 
         def call(*args):
