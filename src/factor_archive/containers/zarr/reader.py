@@ -42,9 +42,11 @@ from .stores import (
 # Reader
 
 _MEMBERS_AT_ONCE = 2  # members extracted at once (see ZarrReader.extract)
-# ... each table then with half the row-block memory (shared with its casacore worker) and half
-# the queue of commands of a table decoded alone: two tables at once hold what one did.
-_TABLES_AT_ONCE_SETTINGS = PipelineSettings(block_bytes=8 << 20, worker_queue_bytes=16 << 20)
+# ... each table then with smaller row blocks (shared memory with its casacore worker) and a
+# shorter queue of commands than a table decoded alone, so that two tables at once, with their
+# two workers, stay within the memory one used to take: on the 8-chunk run of bench_run.py the
+# process tree peaked at 391-398 MiB with these, 466-477 MiB with 8 MiB blocks, at the same CPU.
+_TABLES_AT_ONCE_SETTINGS = PipelineSettings(block_bytes=4 << 20, worker_queue_bytes=8 << 20)
 
 class ZarrReader(ArchiveReader):
     form = "zarr"
