@@ -48,6 +48,7 @@ _MEMBERS_AT_ONCE = 2  # members extracted at once (see ZarrReader.extract)
 # process tree peaked at 391-398 MiB with these, 466-477 MiB with 8 MiB blocks, at the same CPU.
 _TABLES_AT_ONCE_SETTINGS = PipelineSettings(block_bytes=4 << 20, worker_queue_bytes=8 << 20)
 
+
 class ZarrReader(ArchiveReader):
     form = "zarr"
     capabilities = Capabilities(table_workers=True)   # tables go through the casacore codec
