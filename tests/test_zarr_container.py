@@ -273,6 +273,38 @@ def test_corrupt_chunk_is_named_by_table_column_and_rows(sample_run, tmp_path, c
     assert not (restored / "factor.parset").exists()
 
 
+def test_tables_restored_two_at_once_report_the_first_damaged_one(sample_run, tmp_path, capsys):
+    """Restore decodes two members at once; when several tables are damaged, the one named is
+    the first in the archive's order, every time, and the restore is left incomplete."""
+    store = tmp_path / "run.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
+    members = [m for m in zarr_manifest(store)["members"]
+               if m["kind"] == "table" and (m.get("extra", {}).get("zarr") or {}).get("stored") == "columns"]
+    tables = [m["path"] for m in members]
+    assert len(tables) >= 3, tables
+    damaged = tables[1:]                     # all but the first: two of them decode side by side
+    for path in damaged:
+        for shard in sorted((store / "members" / path).glob("*/c/0")) + \
+                sorted((store / "members" / path).glob("*/c/0/0")):
+            if shard.is_file() and shard.stat().st_size > 64:
+                data = bytearray(shard.read_bytes())
+                data[len(data) // 3] ^= 0xFF
+                shard.write_bytes(bytes(data))
+                break
+        else:
+            pytest.fail(f"no shard to damage in {path}")
+    for attempt in range(2):
+        restored = tmp_path / f"r{attempt}"
+        capsys.readouterr()
+        assert unarchivefactor_main(["-q", str(store), str(restored)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert damaged[0] in err and "damaged" in err, (damaged, err)
+        assert not (restored / "factor.parset").exists()
+        assert (restored / ".factor-archive-restore-incomplete").exists()
+        assert not (restored / members[1]["restore_path"]).exists()  # nothing half-written there
+
+
 def test_missing_subtable_shard_is_named(sample_run, tmp_path, capsys):
     store = tmp_path / "run.zarr"
     assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
