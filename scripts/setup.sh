@@ -16,5 +16,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+# Byte-compile the package as a regular (non-editable) install would: where bytecode writing is
+# off (PYTHONDONTWRITEBYTECODE), every command and casacore worker compiled it from source again.
+.venv/bin/python -m compileall -q src/factor_archive >/dev/null || true
 .venv/bin/python -c "import factor_archive, casacore.tables, zarr" \
     || { echo "setup failed: factor_archive did not install" >&2; exit 1; }
