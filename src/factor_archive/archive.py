@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from . import signals
 from .containers.base import ArchiveWriter, table_worker_session
@@ -198,16 +200,31 @@ def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progr
 
     if not writer.capabilities.parallel_members:
         return [one(item) for item in items]
-    pool = ThreadPoolExecutor(max_workers=2)
-    futures = [pool.submit(one, item) for item in items]
-    try:
-        return [f.result() for f in futures]
-    except BaseException:
-        failed.set()
-        raise
-    finally:
-        # Never leave with a thread still writing: the caller's clean-up comes next.
-        pool.shutdown(wait=True, cancel_futures=True)
+    turns = None
+    in_order: Any = nullcontext()
+    if writer.capabilities.table_workers:  # tables encoded two at a time plan in the run's order
+        from .ms.casacore_table.codec_choice import PlanningTurns, planning_in_order
+
+        turns = PlanningTurns()
+        in_order = planning_in_order(turns)
+
+    def nth(index: int, item: PlanItem) -> Member:
+        if turns is None:
+            return one(item)
+        with turns.item(index):
+            return one(item)
+
+    with in_order:
+        pool = ThreadPoolExecutor(max_workers=2)
+        futures = [pool.submit(nth, i, item) for i, item in enumerate(items)]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            # Never leave with a thread still writing: the caller's clean-up comes next.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _stamp_like_inputs(table: Path, inputs: list[Path]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ def _recording_store_class():
         def __init__(self, store):
             super().__init__(store)
             self.objects: dict[str, StoredObject] = {}
+            self._lock = threading.Lock()  # two members may be written at once
 
         def _note(self, key: str, value) -> None:
             self.note_stored(key, value.to_bytes())
@@ -55,7 +57,14 @@ def _recording_store_class():
         def note_stored(self, key: str, data) -> None:
             """Note an object the caller stored in the wrapped store itself (bytes-like)."""
             view = memoryview(data).cast("B")
-            self.objects[key] = StoredObject(len(view), hashlib.md5(view, usedforsecurity=False).hexdigest())
+            noted = StoredObject(len(view), hashlib.md5(view, usedforsecurity=False).hexdigest())
+            with self._lock:
+                self.objects[key] = noted
+
+        def note_digest(self, key: str, size: int, md5: str) -> None:
+            """Note an object the caller stored itself and hashed as it went (LocalObject)."""
+            with self._lock:
+                self.objects[key] = StoredObject(size, md5)
 
         async def set(self, key, value) -> None:
             self._note(key, value)
@@ -70,19 +79,22 @@ def _recording_store_class():
                 await self.set(key, value)
 
         async def delete(self, key) -> None:
-            self.objects.pop(key, None)
+            with self._lock:
+                self.objects.pop(key, None)
             await self._store.delete(key)
 
         async def delete_dir(self, prefix) -> None:
-            for key in [k for k in self.objects if k.startswith(prefix.rstrip("/") + "/")]:
-                self.objects.pop(key, None)
+            with self._lock:
+                for key in [k for k in self.objects if k.startswith(prefix.rstrip("/") + "/")]:
+                    self.objects.pop(key, None)
             await self._store.delete_dir(prefix)
 
         def take(self, node: str) -> dict[str, StoredObject]:
             """The objects noted below ``node``, forgetting them."""
-            taken = {k: v for k, v in self.objects.items() if below(k, node)}
-            for k in taken:
-                del self.objects[k]
+            with self._lock:
+                taken = {k: v for k, v in self.objects.items() if below(k, node)}
+                for k in taken:
+                    del self.objects[k]
             return taken
 
     return RecordingStore

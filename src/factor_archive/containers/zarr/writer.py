@@ -80,9 +80,12 @@ from .stores import (
 
 class ZarrWriter(ArchiveWriter):
     form = "zarr"
-    # Members are written one after another: zarr compresses on its own thread pool, and
-    # encoding two tables at once was measured no faster (the Python side holds the GIL).
-    # Tables go through the casacore codec. resumable_writes (a rerun after abort() keeps what
+    # Tables go through the casacore codec. Into a local directory two members are written at
+    # once (parallel_members, set per writer): the tables' reading, hashing and compressing then
+    # keep both cores busy where one table alone left gaps (planning, the tail of its last
+    # column, the small files); the tables still plan in the run's order (PlanningTurns), so the
+    # objects are those one member at a time writes. A zip is one stream written in order, and
+    # an object store's writes go through its own queue: there members go one after another. resumable_writes (a rerun after abort() keeps what
     # was stored) holds on an object store, and for a local store this writer continues (one a
     # killed run left); a fresh local store is removed by abort(), so it is set per writer.
     capabilities = Capabilities(table_workers=True)
@@ -139,6 +142,8 @@ class ZarrWriter(ArchiveWriter):
                 self._continued_from = killed
         if self.loc.kind == "url" or self.continuing:
             self.capabilities = dataclasses.replace(self.capabilities, resumable_writes=True)
+        if self.loc.kind == "dir":
+            self.capabilities = dataclasses.replace(self.capabilities, parallel_members=True)
         try:
             if self.tmp is not None:
                 if not self.continuing:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -100,6 +100,82 @@ def remembered_codec_choices(decided: Mapping[tuple, str] | None = None) -> Iter
         yield _memory
     finally:
         _memory = outer
+
+
+class PlanningTurns:
+    """Members written two at a time still plan their tables in the run's order: a table's
+    codec choices depend on the choices remembered from the tables before it (and a big
+    column's trials are timed), so table k plans only once every member before it has planned
+    or finished. Then the archive is the one a single writer makes, byte for byte.
+
+    ``item(i)`` (around the whole of member i's write, in the thread writing it) gives the
+    member its place; ``planning()`` (around a table's planning, by encode_table) waits for
+    the turn and passes it on. Outside ``item`` both do nothing."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._passed: set[int] = set()  # members that planned or finished
+        self._next = 0                  # every member below this one passed
+        self._mine = threading.local()
+
+    @contextmanager
+    def item(self, index: int) -> Iterator[None]:
+        self._mine.index = index
+        try:
+            yield
+        finally:
+            self._mine.index = None
+            self._pass(index)
+
+    @contextmanager
+    def planning(self) -> Iterator[None]:
+        index = getattr(self._mine, "index", None)
+        if index is None:
+            yield
+            return
+        with self._cond:
+            while self._next < index:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            self._pass(index)
+
+    def _pass(self, index: int) -> None:
+        with self._cond:
+            if index < self._next:
+                return  # passed already (planned, now finished)
+            self._passed.add(index)
+            while self._next in self._passed:
+                self._passed.discard(self._next)
+                self._next += 1
+            self._cond.notify_all()
+
+
+_turns: PlanningTurns | None = None
+
+
+@contextmanager
+def planning_in_order(turns: PlanningTurns | None) -> Iterator[None]:
+    """Within this block encode_table plans in the order ``turns`` gives (see PlanningTurns)."""
+    global _turns
+    outer, _turns = _turns, turns
+    try:
+        yield
+    finally:
+        _turns = outer
+
+
+def tables_two_at_once() -> bool:
+    """Whether this thread writes a member while another thread may write the next one (within
+    planning_in_order)."""
+    return _turns is not None and getattr(_turns._mine, "index", None) is not None
+
+
+def planning_turn():
+    """The context encode_table plans in: its member's turn, when members are written in order
+    two at a time (see planning_in_order), else nothing."""
+    return _turns.planning() if _turns is not None else nullcontext()
 
 
 def column_kind(table_role: str, col: ColumnSchema, nbytes: int, settings) -> tuple:

@@ -4,6 +4,7 @@ straight from casacore (``table_content_sha256``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from .casacore_read import (
     _shape_records,
     _StoredRecords,
 )
-from .codec_choice import decided_codecs
+from .codec_choice import decided_codecs, planning_turn, tables_two_at_once
 from .common import (
     _RESERVED,
     ATTR,
@@ -265,9 +266,12 @@ def encode_table(table_path: str | Path, group: zarr.Group, *, row_block: int | 
     if row_block is not None and row_block < 1:
         raise ValueError("row_block must be at least 1")
     path = Path(table_path)
+    if tables_two_at_once():  # two tables in the memory one takes: each reads half the rows at once
+        settings = dataclasses.replace(settings, block_bytes=max(settings.chunk_bytes, settings.block_bytes // 2))
     with _worker_for(_table_file_bytes(path), settings) as worker, \
             _Work(settings, worker and worker.buf) as work:
-        plan = _plan(path, row_block, settings, work=work)
+        with planning_turn():  # members written two at a time still plan in the run's order
+            plan = _plan(path, row_block, settings, work=work)
         existing = set(group.keys())
         if existing & ({c.node.split("/")[0] for c in plan.columns} | _RESERVED):
             raise FactorArchiveError(f"zarr group {group.path!r} is not empty")

@@ -49,6 +49,10 @@ class _ArrayOut:
     with the shard index (zarr's sharding format: chunks, then (offset, length) uint64 pairs
     and their crc32c) and stores the shard: every shard is written once, and at most
     settings.shards_in_flight of them are waiting to be stored.
+
+    Into a local directory the io thread instead appends each block's chunks to the shard's file
+    as they are compressed (``_ShardFile``, the same bytes): no shard is held in memory, so two
+    tables can be encoded at once within the memory one took, and the shard is not copied.
     """
 
     def __init__(self, node: _Node, work: _Work):
@@ -67,6 +71,8 @@ class _ArrayOut:
         self.parts: list = []
         self.inflight: deque = deque()
         self.stored = 0
+        self.local = zarr_internals.local_object_target(self.store)
+        self.shard_file: _ShardFile | None = None  # the shard being appended to (local stores)
 
     def write(self, block: np.ndarray) -> list:
         """Queue rows [pos, pos + len(block)); returns the futures still reading ``block``."""
@@ -79,6 +85,12 @@ class _ArrayOut:
             return []
         if start % self.chunk or (n % self.chunk and start + n != self.nrows):
             raise ValueError(f"{self.path}: block {start}+{n} is not made of whole chunks")
+        if self.local is not None:
+            futs = [self.work.pool.submit(self.codec.encode, block[i:i + self.chunk]) for i in range(0, n, self.chunk)]
+            while len(self.inflight) > self.work.settings.shards_in_flight:
+                self.inflight.popleft().result()  # compressed blocks waiting to be appended: bounded
+            self.inflight.append(self.work.store(self._append, start // self.chunk, list(futs)))
+            return futs
         futs = []
         for i in range(0, n, self.chunk):
             futs.append(self.work.pool.submit(self.codec.encode, block[i:i + self.chunk]))
@@ -101,12 +113,60 @@ class _ArrayOut:
         zarr_internals.store_set(self.store, self.node.shard_key(s), buf)
         self.stored += len(buf)
 
+    def _append(self, first: int, futs: list) -> None:
+        """(io thread) Append the compressed chunks ``first``, ``first + 1``, ... to their shard
+        files, each finished (index appended, renamed into place) with its last chunk."""
+        assert self.local is not None
+        try:
+            for c, fut in enumerate(futs, first):
+                s, j = divmod(c, self.cps)
+                if self.shard_file is None:
+                    self.shard_file = _ShardFile(zarr_internals.LocalObject(
+                        self.local[0], self.node.shard_key(s), self.local[1]), self.cps)
+                data, crc = fut.result()
+                futs[c - first] = None  # the compressed chunk is freed once written
+                self.shard_file.add(j, data, crc)
+                del data
+                if j == self.cps - 1 or (c + 1) * self.chunk >= self.nrows:
+                    self.stored += self.shard_file.finish()
+                    self.shard_file = None
+        except BaseException:
+            if self.shard_file is not None:
+                self.shard_file.out.discard()
+                self.shard_file = None
+            raise
+
     def close(self) -> None:
         if self.pos != self.nrows:
             raise _ReadFailure(f"wrote {self.pos} of {self.nrows} elements")
 
     def stored_bytes(self) -> int | None:
         return self.stored
+
+
+class _ShardFile:
+    """A shard laid out as ``_shard_bytes`` lays it out, written chunk by chunk to a LocalObject."""
+
+    def __init__(self, out, cps: int):
+        self.out = out
+        self.index = np.full((cps, 2), _MAX_U64, dtype="<u8")
+        self.off = 0
+
+    def add(self, j: int, data, crc: int) -> None:
+        n = len(data)
+        self.out.write(data)
+        self.out.write(crc.to_bytes(4, "little"))
+        self.index[j] = (self.off, n + 4)
+        self.off += n + 4
+
+    def finish(self) -> int:
+        import google_crc32c
+
+        raw = self.index.tobytes()
+        self.out.write(raw)
+        self.out.write(google_crc32c.value(raw).to_bytes(4, "little"))
+        self.out.finish()
+        return self.off + len(raw) + 4
 
 
 def _shard_bytes(done: list, cps: int) -> np.ndarray:

@@ -22,6 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ...io.durable import start_writeback
+
+WRITEBACK_MIN = 1 << 20  # objects this big start their write-back at once (as the directory form's copies)
+
 
 def _sync(coro) -> Any:
     from zarr.core.sync import sync
@@ -123,7 +127,10 @@ def _put_local(root: str, key: str, data, note=None) -> None:
         f = open(tmp, "wb")  # noqa: SIM115
     try:
         with f:
-            f.write(memoryview(data).cast("B") if not isinstance(data, bytes) else data)
+            view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+            f.write(view)
+            if len(view) >= WRITEBACK_MIN:  # a shard: the disk starts on it now, not at the final sync
+                start_writeback(f.fileno())
         os.replace(tmp, path)
         if note is not None:
             note(key, data)
@@ -133,6 +140,66 @@ def _put_local(root: str, key: str, data, note=None) -> None:
         except OSError:
             pass
         raise
+
+
+class LocalObject:
+    """An object of a local directory store written part by part (a shard, chunk by chunk, as
+    each is compressed): no buffer holds the whole object. Like ``_put_local`` it is written under
+    a temporary name and renamed once complete, and a recorder wrapping the store (see
+    ``_direct_target``) is told of it: with its MD5, computed as the parts go by, when the
+    recorder takes one (``note_digest``)."""
+
+    def __init__(self, root: str, key: str, recorder=None):
+        import hashlib
+
+        self.key, self.recorder = key, recorder
+        self.path = os.path.join(root, key)
+        self.tmp = f"{self.path}.{uuid.uuid4().hex}.partial"
+        try:
+            self.f = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish or discard
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.f = open(self.tmp, "wb")  # noqa: SIM115
+        self.md5 = hashlib.md5(usedforsecurity=False) if hasattr(recorder, "note_digest") else None
+        self.size = 0
+
+    def write(self, data) -> None:
+        self.f.write(data)
+        if self.md5 is not None:
+            self.md5.update(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        try:
+            if self.size >= WRITEBACK_MIN:  # the disk starts on it now, not at the final sync
+                start_writeback(self.f.fileno())
+            self.f.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        if self.md5 is not None:
+            self.recorder.note_digest(self.key, self.size, self.md5.hexdigest())
+        elif self.recorder is not None:
+            with open(self.path, "rb") as f:
+                self.recorder.note_stored(self.key, f.read())
+
+    def discard(self) -> None:
+        self.f.close()
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def local_object_target(store) -> tuple[str, Any] | None:
+    """(directory, recorder or None) when objects of ``store`` can be written as LocalObjects."""
+    from zarr.storage import LocalStore
+
+    direct = _direct_target(store)
+    if direct is None:
+        return None
+    return direct[0], (store if type(store) is not LocalStore else None)
 
 
 def store_get(store, key: str) -> np.ndarray | None:
