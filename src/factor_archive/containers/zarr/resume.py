@@ -6,9 +6,11 @@ a local store: the rerun re-reads them anyway), the member's record is written a
 ``.factor-archive-resume/<sha256 of the member path>.json`` inside the store: the member's
 manifest entry, the source's size and mtime, and the objects. A rerun keeps a member only when its
 record parses, names the same member, the source is unchanged, and the objects below the node are
-exactly the recorded ones with the recorded sizes and MD5s (an object store's ETag of a single PUT
-is its MD5, so this costs no download; a local file is read and hashed). Anything else below the
-node is removed and the member written again. formats/zarr.md ("Resuming") says the same.
+exactly the recorded ones with the recorded sizes and digests (on an object store the MD5: its
+ETag of a single PUT is the MD5, so this costs no download; in a local directory, where every file
+is read and hashed again anyway, the SHA-256, written ``sha256:<hex>``, which this machine computes
+twice as fast). Anything else below the node is removed and the member written again.
+formats/zarr.md ("Resuming") says the same.
 """
 from __future__ import annotations
 
@@ -33,38 +35,64 @@ def below(key: str, node: str) -> bool:
     return key.startswith(node + "/")
 
 
+SHA256_PREFIX = "sha256:"  # a digest without a prefix is an MD5 (object stores, older records)
+
+
 @dataclass(frozen=True)
 class StoredObject:
     size: int
-    md5: str
+    digest: str  # MD5 in hex, or "sha256:" and the SHA-256 in hex
+
+
+def digest_of(kind: str, data) -> str:
+    """The digest of ``data`` as a record writes it: kind "md5" or "sha256"."""
+    return digest_text(hashlib.new(kind, memoryview(data).cast("B"), usedforsecurity=False))
+
+
+def digest_text(h) -> str:
+    return h.hexdigest() if h.name == "md5" else SHA256_PREFIX + h.hexdigest()
+
+
+def file_matches(f, digest: str) -> bool:
+    """Whether the bytes read from ``f`` have the recorded ``digest`` (of either kind)."""
+    kind = "sha256" if digest.startswith(SHA256_PREFIX) else "md5"
+    return digest_text(hashlib.file_digest(f, lambda: hashlib.new(kind, usedforsecurity=False))) == digest
 
 
 def _recording_store_class():
     from zarr.storage import WrapperStore
 
     class RecordingStore(WrapperStore):
-        """Passes everything through, noting the size and MD5 of each object set (the last
-        value of a key counts; a deleted key is forgotten)."""
+        """Passes everything through, noting the size and digest of each object set (the last
+        value of a key counts; a deleted key is forgotten): the MD5 on an object store (its
+        ETag), the SHA-256 on a local directory."""
 
         def __init__(self, store):
+            from zarr.storage import LocalStore
+
             super().__init__(store)
             self.objects: dict[str, StoredObject] = {}
             self._lock = threading.Lock()  # two members may be written at once
+            self.digest_kind = "sha256" if isinstance(store, LocalStore) else "md5"
 
         def _note(self, key: str, value) -> None:
             self.note_stored(key, value.to_bytes())
 
         def note_stored(self, key: str, data) -> None:
             """Note an object the caller stored in the wrapped store itself (bytes-like)."""
-            view = memoryview(data).cast("B")
-            noted = StoredObject(len(view), hashlib.md5(view, usedforsecurity=False).hexdigest())
+            noted = StoredObject(memoryview(data).nbytes, digest_of(self.digest_kind, data))
             with self._lock:
                 self.objects[key] = noted
 
-        def note_digest(self, key: str, size: int, md5: str) -> None:
-            """Note an object the caller stored itself and hashed as it went (LocalObject)."""
+        def new_hash(self):
+            """A hash object for an object the caller stores part by part (LocalObject)."""
+            return hashlib.new(self.digest_kind, usedforsecurity=False)
+
+        def note_hash(self, key: str, size: int, h) -> None:
+            """Note an object the caller stored itself, hashed with ``new_hash`` as it went."""
+            noted = StoredObject(size, digest_text(h))
             with self._lock:
-                self.objects[key] = StoredObject(size, md5)
+                self.objects[key] = noted
 
         async def set(self, key, value) -> None:
             self._note(key, value)
@@ -106,7 +134,7 @@ def recording_store(store) -> Any:
 
 def record_bytes(member: Member, source: dict | None, objects: dict[str, StoredObject]) -> bytes:
     return json.dumps({"version": RECORD_VERSION, "member": asdict(member), "source": source,
-                       "objects": {k: [o.size, o.md5] for k, o in sorted(objects.items())}},
+                       "objects": {k: [o.size, o.digest] for k, o in sorted(objects.items())}},
                       separators=(",", ":")).encode("utf-8")
 
 

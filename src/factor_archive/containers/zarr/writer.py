@@ -56,6 +56,7 @@ from .resume import (
     RESUME_DIR,
     ResumeRecord,
     below,
+    file_matches,
     parse_record,
     record_bytes,
     record_key,
@@ -267,10 +268,10 @@ class ZarrWriter(ArchiveWriter):
             return False
         if self.loc.kind == "url":
             etag = (etag or "").strip('"')
-            return "-" in etag or etag == want.md5   # a multipart object's ETag is no MD5
+            return "-" in etag or etag == want.digest   # a multipart object's ETag is no MD5
         assert self.tmp is not None
         with open(self.tmp / key, "rb") as f:
-            return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest() == want.md5
+            return file_matches(f, want.digest)
 
     def _store_record(self, member: Member, source: dict | None) -> None:
         """Once the member's objects are stored (uploads acknowledged), its resume record."""

@@ -146,12 +146,10 @@ class LocalObject:
     """An object of a local directory store written part by part (a shard, chunk by chunk, as
     each is compressed): no buffer holds the whole object. Like ``_put_local`` it is written under
     a temporary name and renamed once complete, and a recorder wrapping the store (see
-    ``_direct_target``) is told of it: with its MD5, computed as the parts go by, when the
-    recorder takes one (``note_digest``)."""
+    ``_direct_target``) is told of it: with its digest, computed as the parts go by, when the
+    recorder takes one (``new_hash``/``note_hash``)."""
 
     def __init__(self, root: str, key: str, recorder=None):
-        import hashlib
-
         self.key, self.recorder = key, recorder
         self.path = os.path.join(root, key)
         self.tmp = f"{self.path}.{uuid.uuid4().hex}.partial"
@@ -160,13 +158,13 @@ class LocalObject:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self.f = open(self.tmp, "wb")  # noqa: SIM115
-        self.md5 = hashlib.md5(usedforsecurity=False) if hasattr(recorder, "note_digest") else None
+        self.hash = recorder.new_hash() if hasattr(recorder, "new_hash") else None
         self.size = 0
 
     def write(self, data) -> None:
         self.f.write(data)
-        if self.md5 is not None:
-            self.md5.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         self.size += len(data)
 
     def finish(self) -> None:
@@ -178,8 +176,8 @@ class LocalObject:
         except BaseException:
             self.discard()
             raise
-        if self.md5 is not None:
-            self.recorder.note_digest(self.key, self.size, self.md5.hexdigest())
+        if self.hash is not None:
+            self.recorder.note_hash(self.key, self.size, self.hash)
         elif self.recorder is not None:
             with open(self.path, "rb") as f:
                 self.recorder.note_stored(self.key, f.read())
