@@ -282,7 +282,12 @@ class ZarrWriter(ArchiveWriter):
             _sync(self.store.flush())
         objects = self.recorder.take(node)
         data = record_bytes(member, source, objects)
-        _sync(self.store.set(record_key(member.path), default_buffer_prototype().buffer.from_bytes(data)))
+        if self.loc.kind == "dir":  # written here: no round trip through zarr's event loop
+            from ...ms.casacore_table import zarr_internals
+
+            zarr_internals.store_set(self.store, record_key(member.path), data)
+        else:
+            _sync(self.store.set(record_key(member.path), default_buffer_prototype().buffer.from_bytes(data)))
         if self.loc.kind == "url":
             _sync(self.store.flush())
         self._recorded = True
