@@ -266,13 +266,12 @@ def _delta_exact(tb, path, col: ColumnSchema, nrows: int) -> bool:
     numcodecs computes them: the first value, then the differences, in the column's type)."""
     for start in range(0, nrows, col.block_rows):
         n = min(col.block_rows, nrows - start)
-        try:
-            block = _read_uniform(tb, col, start, n)
-        except _ReadFailure as e:
-            raise RawTableRequired(path, str(e)) from e
         k = -(-n // col.chunk_rows)
         flat = np.zeros(k * col.chunk_rows, col.dtype)  # zero padded, like the last chunk
-        flat[:n] = block
+        try:  # read straight into it (getcolnp: several times faster than getcol)
+            _read_uniform(tb, col, start, n, out=flat[:n].reshape((n,) + tuple(col.cell_shape)))
+        except _ReadFailure as e:
+            raise RawTableRequired(path, str(e)) from e
         chunks = flat.reshape(k, col.chunk_rows)
         enc = np.empty_like(chunks)
         enc[:, 0] = chunks[:, 0]
