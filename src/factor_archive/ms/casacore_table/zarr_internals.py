@@ -22,9 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...io.durable import start_writeback
-
-WRITEBACK_MIN = 1 << 20  # objects this big start their write-back at once (as the directory form's copies)
+from ...io.durable import WRITEBACK_MIN, start_writeback
 
 
 def _sync(coro) -> Any:
