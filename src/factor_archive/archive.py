@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
-from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 

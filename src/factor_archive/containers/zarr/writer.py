@@ -86,9 +86,10 @@ class ZarrWriter(ArchiveWriter):
     # keep both cores busy where one table alone left gaps (planning, the tail of its last
     # column, the small files); the tables still plan in the run's order (PlanningTurns), so the
     # objects are those one member at a time writes. A zip is one stream written in order, and
-    # an object store's writes go through its own queue: there members go one after another. resumable_writes (a rerun after abort() keeps what
-    # was stored) holds on an object store, and for a local store this writer continues (one a
-    # killed run left); a fresh local store is removed by abort(), so it is set per writer.
+    # an object store's writes go through its own queue: there members go one after another.
+    # resumable_writes (a rerun after abort() keeps what was stored) holds on an object store,
+    # and for a local store this writer continues (one a killed run left); a fresh local store
+    # is removed by abort(), so it is set per writer.
     capabilities = Capabilities(table_workers=True)
 
     def __init__(self, location: str | os.PathLike[str] | Location, *, clobber: bool = False):
