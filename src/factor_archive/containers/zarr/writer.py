@@ -244,15 +244,17 @@ class ZarrWriter(ArchiveWriter):
             assert self.tmp is not None
             for k in keys:
                 (self.tmp / k).unlink(missing_ok=True)
-        for k in keys:
-            self._existing.pop(k, None)
+        with self._groups_lock:  # another member's _kept may be reading it
+            for k in keys:
+                self._existing.pop(k, None)
 
     def _kept(self, member: Member, source: dict | None) -> Member | None:
         """The member as the killed run stored it, if its record checks out (see ``resume``);
         otherwise whatever that run left of it is removed."""
         record = self.records.pop(member.path, None)
         node = node_path(member.path)
-        present = {k: v for k, v in self._existing.items() if below(k, node)}
+        with self._groups_lock:  # two members at once: another may be removing its keys
+            present = {k: v for k, v in self._existing.items() if below(k, node)}
         if record is not None and record.member.kind == member.kind and record.source == source \
                 and set(present) == set(record.objects) and all(
                     self._intact(k, present[k], record.objects[k]) for k in record.objects):
@@ -310,6 +312,10 @@ class ZarrWriter(ArchiveWriter):
 
     # -- protocol -------------------------------------------------------------------------------
     def staging_dir(self) -> Path:
+        with self._groups_lock:  # two members at once: made once
+            return self._staging_dir()
+
+    def _staging_dir(self) -> Path:
         if self._staging is None:
             if self.loc.kind == "url":
                 self._staging = Path(tempfile.mkdtemp(prefix="factor-archive-staging-"))
