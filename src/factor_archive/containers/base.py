@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +135,31 @@ def file_member(member: Member, st: os.stat_result, sha: str, size: int, **chang
     """``member`` as a stored file: size, checksum, and the source's mode and mtime."""
     return dataclasses.replace(member, size=size, sha256=sha, mode=stat.S_IMODE(st.st_mode),
                                mtime=st.st_mtime, **changes)
+
+
+def extract_at_once(jobs: Iterable[tuple[Any, ...]], extract_one: Callable[..., None], *,
+                    workers: int, name: str) -> None:
+    """``extract_one(*job)`` for every job, ``workers`` at a time, started in order (the order of
+    the manifest). After a failure no further job starts, and the first failure in job order is
+    raised once the running ones are done: the same member is named whichever thread was first."""
+    failed = threading.Event()
+
+    def one(*job: Any) -> None:
+        if failed.is_set():
+            return
+        try:
+            extract_one(*job)
+        except BaseException:
+            failed.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        futures = [pool.submit(one, *job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            failed.set()
+            for future in futures:
+                future.cancel()
+            raise

@@ -12,8 +12,6 @@ import json
 import os
 import shutil
 import stat
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import BadInput, DamagedArchive, FactorArchiveError, UnsafeArchive
@@ -38,7 +36,7 @@ from ..manifest import (
     tag_problems,
     tree_digest,
 )
-from .base import ArchiveReader, ArchiveWriter, Capabilities, DestFor, file_member, table_member
+from .base import ArchiveReader, ArchiveWriter, Capabilities, DestFor, extract_at_once, file_member, table_member
 
 JOURNAL_NAME = ".factor-archive-journal.jsonl"
 STAGING_NAME = ".factor-archive-staging"
@@ -332,27 +330,8 @@ class DirectoryReader(ArchiveReader):
             return
         # Members are independent files: copy two at once, like the writer does. After a failure
         # no further member is started, and the failure is raised.
-        failed = threading.Event()
-
-        def one(member: Member, dest: Path) -> None:
-            if failed.is_set():
-                return
-            try:
-                self._extract_one(member, dest, progress)
-            except BaseException:
-                failed.set()
-                raise
-
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            futures = [pool.submit(one, member, dest) for member, dest in jobs]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                failed.set()
-                for future in futures:
-                    future.cancel()
-                raise
+        extract_at_once(jobs, lambda member, dest: self._extract_one(member, dest, progress),
+                        workers=2, name="dir-extract")
 
     def _extract_one(self, member: Member, dest: Path, progress: Progress) -> None:
         partial = partial_name(dest)

@@ -4,9 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from ...io.failures import io_error
 from ...io.install import discard, install, partial_name, remove, set_meta, set_table_meta
 from ...manifest import Manifest, Member, safe_relpath, tree_digest
 from ...ms.casacore_table.pipeline import DEFAULT_SETTINGS, PipelineSettings
-from ..base import ArchiveReader, Capabilities, DestFor
+from ..base import ArchiveReader, Capabilities, DestFor, extract_at_once
 from ..locations import Location
 from .layout import (
     ATTR,
@@ -187,27 +185,9 @@ class ZarrReader(ArchiveReader):
         # writes (about one core) while the other table is read, decompressed and hashed,
         # instead of each waiting for the other. After a failure no further member is started;
         # the first failure in member order is raised once both threads are done.
-        failed = threading.Event()
-
-        def one(member: Member, dest: Path, stored: str) -> None:
-            if failed.is_set():
-                return
-            try:
-                self._extract_one(member, dest, stored, progress, _TABLES_AT_ONCE_SETTINGS)
-            except BaseException:
-                failed.set()
-                raise
-
-        with ThreadPoolExecutor(max_workers=_MEMBERS_AT_ONCE, thread_name_prefix="zarr-extract") as pool:
-            futures = [pool.submit(one, *job) for job in jobs]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                failed.set()
-                for future in futures:
-                    future.cancel()
-                raise
+        extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
+            member, dest, stored, progress, _TABLES_AT_ONCE_SETTINGS),
+            workers=_MEMBERS_AT_ONCE, name="zarr-extract")
 
     def _extract_one(self, member: Member, dest: Path, stored: str, progress: Progress,
                      settings: PipelineSettings) -> None:
