@@ -141,6 +141,10 @@ class PlanningTurns:
         finally:
             self._pass(index)
 
+    def plans_nothing(self, index: int) -> None:
+        """Member ``index`` plans no table (a file): the members after it need not wait for it."""
+        self._pass(index)
+
     def _pass(self, index: int) -> None:
         with self._cond:
             if index < self._next:
