@@ -14,6 +14,7 @@ than writing the table's small subtables). Nothing else in the package imports `
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import uuid
@@ -112,12 +113,23 @@ def _buffer(data):
     return _prototype().buffer.from_array_like(np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data)
 
 
+_TAG_RANDOM = uuid.uuid4().hex[:16]
+_tag_numbers = itertools.count()
+
+
+def _temporary_tag() -> str:
+    """A name for an object's temporary file no other writer (thread or process, cluster
+    workers included) uses: a random part drawn once, the process id and a counter (a uuid4 per
+    object costs a getrandom call each, thousands of them in a run)."""
+    return f"{_TAG_RANDOM}-{os.getpid()}-{next(_tag_numbers)}"
+
+
 def _put_local(root: str, key: str, data, note=None) -> None:
     """Write an object of a local directory store as zarr's LocalStore does (its parent
     directories made, a temporary file renamed over the name, so a reader never sees half an
     object), without the round trip to zarr's event loop and a thread of its own."""
     path = os.path.join(root, key)
-    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    tmp = f"{path}.{_temporary_tag()}.partial"
     try:
         f = open(tmp, "wb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -150,7 +162,7 @@ class LocalObject:
     def __init__(self, root: str, key: str, recorder=None):
         self.key, self.recorder = key, recorder
         self.path = os.path.join(root, key)
-        self.tmp = f"{self.path}.{uuid.uuid4().hex}.partial"
+        self.tmp = f"{self.path}.{_temporary_tag()}.partial"
         try:
             self.f = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish or discard
         except FileNotFoundError:
