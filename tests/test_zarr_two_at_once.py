@@ -29,8 +29,26 @@ def test_two_members_at_once_store_what_one_at_a_time_stores(sample_run, tmp_pat
         return real_plan(self)
 
     monkeypatch.setattr(codec_choice.PlanningTurns, "planning", noting)
+    writes: list[tuple[str, int, float, float]] = []  # (kind, thread, start, end)
+    real_write = ZarrWriter.write
+
+    def timed(self, member, *args, **kwargs):
+        start = time.monotonic()
+        try:
+            return real_write(self, member, *args, **kwargs)
+        finally:
+            writes.append((member.kind, threading.get_ident(), start, time.monotonic()))
+
+    monkeypatch.setattr(ZarrWriter, "write", timed)
     assert archivefactor_main(["-q", "-r", str(sample_run), str(tmp_path / "two.zarr")]) == 0
     assert planned, "the tables were not planned in turns"
+    # The files went through a thread of their own, while tables were being written.
+    table_threads = {t for kind, t, _, _ in writes if kind == "table"}
+    tables = [(a, b) for kind, _, a, b in writes if kind == "table"]
+    files_beside = [w for w in writes if w[0] == "file" and w[1] not in table_threads
+                    and any(a < w[3] and w[2] < b for a, b in tables)]
+    assert len(table_threads) == 2 and files_beside
+    monkeypatch.setattr(ZarrWriter, "write", real_write)
 
     one_at_a_time = ZarrWriter.__init__
 
@@ -68,6 +86,43 @@ def test_a_table_plans_only_after_every_member_before_it():
     for t in threads:
         t.join(10)
     assert order == [0, 2, 3]
+
+
+def test_a_table_does_not_wait_for_a_file_still_being_written():
+    """Files go through their own thread and plan nothing: the table after a file plans while
+    the file is still being written."""
+    turns = codec_choice.PlanningTurns()
+    turns.plans_nothing(0)  # member 0, a file, not finished yet
+    planned = threading.Event()
+
+    def table() -> None:
+        with turns.item(1), turns.planning():
+            planned.set()
+
+    t = threading.Thread(target=table)
+    t.start()
+    t.join(10)
+    assert planned.is_set()
+
+
+def test_a_file_array_document_is_the_one_zarr_writes(tmp_path):
+    """A file's zarr.json, serialised without zarr, has zarr's bytes (non-ASCII path included)."""
+    import json
+
+    from factor_archive.containers.zarr.writer import _file_doc_bytes
+    from factor_archive.ms.casacore_table import zarr_internals
+
+    writer = ZarrWriter(tmp_path / "run.zarr")
+    try:
+        group = writer._group("members/files")
+        for size, name in [(1, "a"), (5_000_000, "b")]:
+            source = tmp_path / name
+            source.write_bytes(b"x" * size)
+            writer._write_file(source, group, name, f"site ø/{name}.fits", source.stat(), lambda n: None)
+            stored = (writer.tmp / "members" / "files" / name / "zarr.json").read_bytes()
+            assert stored == _file_doc_bytes(json.loads(stored)) == zarr_internals.node_bytes(json.loads(stored))
+    finally:
+        writer.abort()
 
 
 def test_a_zip_is_still_written_one_member_at_a_time(tmp_path):
