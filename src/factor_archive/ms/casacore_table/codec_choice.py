@@ -116,6 +116,7 @@ class PlanningTurns:
         self._cond = threading.Condition()
         self._passed: set[int] = set()  # members that planned or finished
         self._next = 0                  # every member below this one passed
+        self._planning = 0              # tables planning now
         self._mine = threading.local()
 
     @contextmanager
@@ -136,13 +137,24 @@ class PlanningTurns:
         with self._cond:
             while self._next < index:
                 self._cond.wait()
+            self._planning += 1
         try:
             yield
         finally:
+            with self._cond:
+                self._planning -= 1
             self._pass(index)
 
+    def wait_while_planning(self) -> None:
+        """Until no table is planning: a file written beside a table's timed codec trials would
+        take CPU from them and could change the codec chosen (and so the stored bytes)."""
+        with self._cond:
+            while self._planning:
+                self._cond.wait()
+
     def plans_nothing(self, index: int) -> None:
-        """Member ``index`` plans no table (a file): the members after it need not wait for it."""
+        """Member ``index`` plans no table (a file): the members after it need not wait for it.
+        A file is written only while no table plans (``wait_while_planning``)."""
         self._pass(index)
 
     def _pass(self, index: int) -> None:
