@@ -154,7 +154,7 @@ class PlanningTurns:
 
     def plans_nothing(self, index: int) -> None:
         """Member ``index`` plans no table (a file): the members after it need not wait for it.
-        A file is written only while no table plans (``wait_while_planning``)."""
+        A file starts only while no table plans (``wait_while_planning``; most files are small)."""
         self._pass(index)
 
     def _pass(self, index: int) -> None:
