@@ -124,17 +124,23 @@ def _temporary_tag() -> str:
     return f"{_TAG_RANDOM}-{os.getpid()}-{next(_tag_numbers)}"
 
 
+def _open_temporary(path: str) -> tuple[str, Any]:
+    """The temporary file an object of a local store is written to before it is renamed to
+    ``path`` (its parent directories made when missing), and its name."""
+    tmp = f"{path}.{_temporary_tag()}.partial"
+    try:
+        return tmp, open(tmp, "wb")  # the caller closes it
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return tmp, open(tmp, "wb")
+
+
 def _put_local(root: str, key: str, data, note=None) -> None:
     """Write an object of a local directory store as zarr's LocalStore does (its parent
     directories made, a temporary file renamed over the name, so a reader never sees half an
     object), without the round trip to zarr's event loop and a thread of its own."""
     path = os.path.join(root, key)
-    tmp = f"{path}.{_temporary_tag()}.partial"
-    try:
-        f = open(tmp, "wb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        f = open(tmp, "wb")  # noqa: SIM115
+    tmp, f = _open_temporary(path)
     try:
         with f:
             view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
@@ -162,12 +168,7 @@ class LocalObject:
     def __init__(self, root: str, key: str, recorder=None):
         self.key, self.recorder = key, recorder
         self.path = os.path.join(root, key)
-        self.tmp = f"{self.path}.{_temporary_tag()}.partial"
-        try:
-            self.f = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish or discard
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self.f = open(self.tmp, "wb")  # noqa: SIM115
+        self.tmp, self.f = _open_temporary(self.path)  # closed by finish or discard
         self.hash = recorder.new_hash() if hasattr(recorder, "new_hash") else None
         self.size = 0
 
