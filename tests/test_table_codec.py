@@ -1250,7 +1250,7 @@ def test_metadata_checksum_guards_what_restore_writes(tiled_ms, tmp_path):
     assert "T: table description has no checksum" in casacore_table.verify_table(g, name="T")
 
 
-def test_archives_of_format_version_1_still_restore(tmp_path):
+def test_archives_of_format_version_1_still_restore(tmp_path, monkeypatch):
     """A table stored by the first version of this format (no metadata checksums, multi-shape
     columns ragged) decodes and verifies as before."""
     src = _custom_table(tmp_path / "custom.tab", endian="big")  # what the stored one was made from
@@ -1264,7 +1264,9 @@ def test_archives_of_format_version_1_still_restore(tmp_path):
     finally:
         store.close()
     assert_tables_equal(src, tmp_path / "out.tab")
-    # the content checksum (what manifests hold) is still computed as it was
+    # the content checksum (what manifests hold) is still computed as it was, by the encoder of
+    # casacore_content version 1 (content checksum v1, SHA-256 streams)
+    monkeypatch.setattr(casacore_table.encode, "CONTENT_VERSION", 1)
     assert table_content_sha256(tmp_path / "out.tab") == table_content_sha256(src) == stored
 
 
@@ -1276,7 +1278,7 @@ def _node_documents(group) -> dict:
     return out
 
 
-def test_archives_of_format_version_2_written_before_the_split_still_restore(tmp_path):
+def test_archives_of_format_version_2_written_before_the_split_still_restore(tmp_path, monkeypatch):
     """Tables stored by the codec as it was before it became a package (tests/data/
     table_codec_v2.zarr.zip: the odd custom table as "T", a CASA-like MS with record cells and
     two cell shapes as "C") verify, decode bit for bit, and encoding their sources today writes
@@ -1293,7 +1295,9 @@ def test_archives_of_format_version_2_written_before_the_split_still_restore(tmp
             decode_table(g, tmp_path / f"out-{name}")
             assert_tables_equal(src, tmp_path / f"out-{name}")
             again = fresh.create_group(name)
-            encode_table(src, again)
+            with monkeypatch.context() as m:   # the checksums of then: casacore_content version 2
+                m.setattr(casacore_table.encode, "CONTENT_VERSION", 2)
+                encode_table(src, again)
             assert again.attrs["casacore_table"] == g.attrs["casacore_table"]
             assert again.attrs["casacore_content"] == g.attrs["casacore_content"]
             assert _node_documents(again) == _node_documents(g)

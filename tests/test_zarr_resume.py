@@ -112,8 +112,8 @@ def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_m
     assert records
     for record in records:              # what formats/zarr-resume-record.schema.json says
         jsonschema.validate(json.loads(record.read_bytes()), RECORD_SCHEMA)
-        # a local store's objects are recorded with their SHA-256
-        assert all(d.startswith("sha256:") for _size, d in json.loads(record.read_bytes())["objects"].values())
+        # a local store's objects are recorded with their XXH3-128
+        assert all(d.startswith("xxh3:") for _size, d in json.loads(record.read_bytes())["objects"].values())
     left = {str(p.relative_to(partial)): (p.stat().st_ino, p.stat().st_mtime_ns)
             for p in partial.rglob("*") if p.is_file()}
 
@@ -131,15 +131,18 @@ def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_m
     touched = next(r for r in recorded if r["member"]["kind"] == "file" and r is not damaged)
     source = Path(touched["member"]["source"])
     os.utime(source, (source.stat().st_atime, source.stat().st_mtime + 10))
-    # A record as the versions before SHA-256 wrote it for a local store (MD5s) is still read:
-    # its member is kept.
-    old_path, old = next((p, doc) for p in records for doc in [json.loads(p.read_bytes())]
-                         if doc["objects"] and doc["member"]["path"] not in
-                         (damaged["member"]["path"], touched["member"]["path"]))
-    old["objects"] = {k: [size, hashlib.md5((partial / k).read_bytes()).hexdigest()]
-                      for k, (size, _sha) in old["objects"].items()}
-    jsonschema.validate(old, RECORD_SCHEMA)
-    old_path.write_text(json.dumps(old))
+    # Records as earlier versions wrote them for a local store (MD5s, then SHA-256s) are still
+    # read: their members are kept.
+    olds = [(p, doc) for p in records for doc in [json.loads(p.read_bytes())]
+            if doc["objects"] and doc["member"]["path"] not in
+            (damaged["member"]["path"], touched["member"]["path"])][:2]
+    assert len(olds) == 2
+    for (old_path, old), digest in zip(olds, (lambda b: hashlib.md5(b).hexdigest(),
+                                              lambda b: "sha256:" + hashlib.sha256(b).hexdigest())):
+        old["objects"] = {k: [size, digest((partial / k).read_bytes())]
+                          for k, (size, _xxh3) in old["objects"].items()}
+        jsonschema.validate(old, RECORD_SCHEMA)
+        old_path.write_text(json.dumps(old))
 
     capfd.readouterr()
     assert archivefactor_main(["-r", str(sample_run), str(out)]) == 0
@@ -153,7 +156,7 @@ def test_a_killed_zarr_archive_on_local_disk_is_completed_writing_only_what_is_m
     assert member_checksums(manifest) == expected
     for key in [shard, *touched["objects"]]:      # both written again
         assert left[key] != ((out / key).stat().st_ino, (out / key).stat().st_mtime_ns), key
-    for key in old["objects"]:                    # kept
+    for key in [k for _path, old in olds for k in old["objects"]]:   # kept
         assert left[key] == ((out / key).stat().st_ino, (out / key).stat().st_mtime_ns), key
     [member] = [m for m in manifest["members"] if m["path"] == touched["member"]["path"]]
     assert member["mtime"] == source.stat().st_mtime

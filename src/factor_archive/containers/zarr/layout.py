@@ -17,7 +17,7 @@ RAW_GROUP = "raw"                  # sub-group of a raw-stored table holding its
 FILE_CHUNK = 1 << 20               # inner chunk of a file array (bytes)
 FILE_SHARD = 32 << 20              # shard (one stored object) of a file array (bytes)
 FILE_LEVEL = 3                     # zstd level of file arrays
-TABLE_CHECKSUM = "casacore-table-content-v1"
+TABLE_CHECKSUM = "casacore-table-content-v2"  # v1 (SHA-256 streams) in older archives
 STORE_SUFFIX = ".store"            # -s: chunk tables materialised beside the archive
 
 

@@ -29,7 +29,8 @@ ATTR = "casacore_table"
 CONTENT_ATTR = "casacore_content"
 
 
-CONTENT_VERSION = 2  # casacore_content with metadata checksums (version 1: none, no "version")
+CONTENT_VERSION = 3  # casacore_content: 3 content checksum v2 (XXH3-128 streams); 2 v1 with metadata
+                     # checksums; 1 v1 without them (no "version")
 
 
 MAX_SHAPES = 32  # a column with more distinct cell shapes than this is stored "ragged" ...

@@ -16,7 +16,14 @@ import zarr
 
 from ...errors import FactorArchiveError
 from .common import CONTENT_ATTR, CorruptTableData, _canon, _first_line, _jsonable, _table, _unjsonable
-from .content_hash import _content_version, _hash_header, _metadata_problem, _result, _table_sha
+from .content_hash import (
+    _content_version,
+    _hash_header,
+    _metadata_problem,
+    _result,
+    _table_sha,
+    content_checksum_version,
+)
 from .keywords import _dec_kw, _resolver
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings, _Work
 from .plan import _describe, _open
@@ -132,6 +139,7 @@ def _put_records(tb, name: str, block, start: int, resolve, what: str) -> None:
 def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: dict | None, version: int,
                  progress, where: str, work: _Work, worker: _Worker | None = None) -> dict:
     nrows = schema.nrows
+    checksum = content_checksum_version(version)
     cols = schema.columns
     desc = {}
     for c in cols:
@@ -165,7 +173,7 @@ def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: di
         # A worker writes slowly into small (scalar) columns; sending those along lets this
         # thread go on meanwhile (to the subtables).
         by_value = isinstance(tb, _RemoteTable) and c.numeric_bytes(nrows) <= work.settings.by_value_bytes
-        digests[c.name] = _read_column(group, c, nrows, work, what, progress=progress,
+        digests[c.name] = _read_column(group, c, nrows, work, what, checksum=checksum, progress=progress,
                                        writer=_ColumnWriter(tb, c, resolve, what, by_value))
 
     try:
@@ -219,7 +227,7 @@ def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: di
                 pass
     header = schema.hash_header()
     _check_restored_header(path, schema, header, where)
-    sha = _table_sha(header, digests, {n: s["content_sha256"] for n, s in subs.items()})
+    sha = _table_sha(header, digests, {n: s["content_sha256"] for n, s in subs.items()}, checksum)
     if content:
         for name, d in digests.items():
             if content["columns"].get(name) != d:

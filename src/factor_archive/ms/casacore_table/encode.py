@@ -33,7 +33,7 @@ from .common import (
     _quiet_attrs_update,
     _ReadFailure,
 )
-from .content_hash import _ColumnHash, _digest, _metadata_sha256, _result, _table_sha
+from .content_hash import _ColumnHash, _digest, _metadata_sha256, _result, _table_sha, content_checksum_version
 from .group_sink import _GroupSink
 from .keywords import _record_cell, _Refs
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings, _block_rows, _buffer_view, _Work
@@ -48,7 +48,7 @@ def _scan_column(tb, nrows: int, col: ColumnSchema, w, progress, work: _Work, rt
     numeric uniform columns are read there, a few blocks ahead; ``records`` is
     (_StoredRecords, _Refs) for a record column."""
     if col.layout == "record":
-        h = _ColumnHash(col.name, col.ctype, True)
+        h = _ColumnHash(col.name, col.ctype, True, content_checksum_version(CONTENT_VERSION))
         for start in range(0, nrows, col.block_rows):
             cells, refs = records
             n = min(col.block_rows, nrows - start)
@@ -65,7 +65,7 @@ def _scan_column(tb, nrows: int, col: ColumnSchema, w, progress, work: _Work, rt
         if w:
             w.close()
         return h.hexdigest()
-    h = _ColumnHash(col.name, col.ctype, col.layout == "scalar")
+    h = _ColumnHash(col.name, col.ctype, col.layout == "scalar", content_checksum_version(CONTENT_VERSION))
     if col.layout in ("ragged", "shaped"):
         cache: dict = {}
         for start in range(0, nrows, col.block_rows):
@@ -221,7 +221,8 @@ def _scan_table(plan: TableSchema, sink, progress, work: _Work, worker: _Worker 
                                  progress, work, worker)
     digests = {n: _result(d) for n, d in digests.items()}
     return {"content_sha256": _table_sha(plan.hash_header(), digests,
-                                         {n: s["content_sha256"] for n, s in subs.items()}),
+                                         {n: s["content_sha256"] for n, s in subs.items()},
+                                         content_checksum_version(CONTENT_VERSION)),
             "metadata_sha256": _metadata_sha256(plan.static()),
             "columns": digests, "subtables": subs}
 

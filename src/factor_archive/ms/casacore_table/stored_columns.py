@@ -30,7 +30,7 @@ class ColumnWriter(Protocol):
         """One cell of a ragged column."""
 
 
-def _read_column(group, col: ColumnSchema, nrows: int, work: _Work, what: str, *,
+def _read_column(group, col: ColumnSchema, nrows: int, work: _Work, what: str, *, checksum: int,
                  writer: ColumnWriter | None = None, progress=None, problems: list | None = None):
     """Read one stored column in row order and hash it, handing its values to ``writer`` when
     restoring.
@@ -48,7 +48,7 @@ def _read_column(group, col: ColumnSchema, nrows: int, work: _Work, what: str, *
     if col.problem:
         bad(f"{what}: {col.problem}")
         return None
-    h = _ColumnHash(col.name, col.ctype, col.layout in ("scalar", "record"))
+    h = _ColumnHash(col.name, col.ctype, col.layout in ("scalar", "record"), checksum)
     try:
         if col.layout == "ragged":
             return _read_ragged_column(group, col, nrows, work, what, h, writer, progress, bad)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import zarr
 
 from .common import CONTENT_ATTR, CorruptTableData
-from .content_hash import _content_version, _metadata_problem, _result, _table_sha
+from .content_hash import _content_version, _metadata_problem, _result, _table_sha, content_checksum_version
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings, _Work
 from .schema import TableSchema, _static
 from .stored_columns import _read_column
@@ -61,8 +61,9 @@ def _verify_into(group, content: dict | None, version: int, where: str, progress
     except CorruptTableData as e:
         problems.append(str(e))
         return None
+    checksum = content_checksum_version(version)
     digests = {c.name: _read_column(group, c, schema.nrows, work, f"{where}: column {c.name}",
-                                    progress=progress, problems=problems)
+                                    checksum=checksum, progress=progress, problems=problems)
                for c in schema.columns}
     subs: dict[str, str | None] = {}
     for name, _referenced in schema.subtables:
@@ -88,7 +89,7 @@ def _verify_into(group, content: dict | None, version: int, where: str, progress
     sub_whole = {n: d for n, d in subs.items() if d is not None}
     if len(whole) < len(digests) or len(sub_whole) < len(subs):
         return None
-    sha = _table_sha(schema.hash_header(), whole, sub_whole)
+    sha = _table_sha(schema.hash_header(), whole, sub_whole, checksum)
     if content is not None and content.get("content_sha256") != sha and len(problems) == before:
         problems.append(f"{where}: table content differs from the stored checksum")
     return sha
