@@ -683,6 +683,53 @@ def test_dp3_written_ms_is_stored_as_columns_and_comes_back_exactly(dp3_ms, tmp_
     assert table_content_sha256(out) == table_content_sha256(dp3_ms) == info["content_sha256"]
 
 
+def test_a_standardstman_caches_every_bucket_while_restored_and_keeps_its_stored_cache_size(
+        dp3_ms, tmp_path, monkeypatch):
+    """Restore makes a table whose StandardStMan holds more buckets than it caches with a cache
+    for all of them (so casacore writes no bucket twice and reads none back), then writes back
+    the stored PERSCACHESIZE: the table reports the stored size and its files are byte for byte
+    those of a restore with the stored cache."""
+    from factor_archive.ms.casacore_table import bucket_cache
+
+    _, root = _local(tmp_path)
+    encode_table(dp3_ms, root.create_group("T"))
+    raised: list[dict] = []
+    restore = bucket_cache.restore_cache_sizes
+
+    def noted(table, kept, files, where):
+        raised.append(dict(kept))
+        restore(table, kept, files, where)
+
+    monkeypatch.setattr(bucket_cache, "restore_cache_sizes", noted)
+    decode_table(root["T"], tmp_path / "raised.ms")
+    assert raised[-1] == {"StandardStMan": 2}          # the main table's (DP3 keeps 2 buckets)
+    monkeypatch.setattr(bucket_cache, "CACHE_BYTES", 0)  # nothing raised: the stored cache
+    decode_table(root["T"], tmp_path / "stored.ms")
+    assert raised[-1] == {}
+    def standard_specs(path):
+        with ct.table(str(path), ack=False) as t:
+            return sorted((dm["NAME"], sorted(dm["SPEC"].items())) for dm in t.getdminfo().values()
+                          if dm["TYPE"] == "StandardStMan")
+
+    assert standard_specs(tmp_path / "raised.ms") == standard_specs(dp3_ms) == standard_specs(tmp_path / "stored.ms")
+    assert dict(standard_specs(dp3_ms)[0][1])["PERSCACHESIZE"] == 2
+    files = sorted(p.relative_to(tmp_path / "raised.ms") for p in (tmp_path / "raised.ms").rglob("table.*")
+                   if p.name not in ("table.lock", "table.f0i"))   # .f0i: casacore's unused bytes
+    assert files
+    for f in files:
+        assert (tmp_path / "raised.ms" / f).read_bytes() == (tmp_path / "stored.ms" / f).read_bytes(), f
+
+
+def test_a_standardstman_file_not_as_expected_is_an_error_not_a_patch(tmp_path):
+    from factor_archive.ms.casacore_table import bucket_cache
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "table.f0").write_bytes(b"\xbe\xbe\xbe\xbe" + bytes(60))
+    with pytest.raises(CorruptTableData, match="t: table.f0 is not a StandardStMan file"):
+        bucket_cache.restore_cache_sizes(tmp_path / "t", {"SSM": 2}, {"SSM": 0}, "t")
+    assert (tmp_path / "t" / "table.f0").read_bytes() == b"\xbe\xbe\xbe\xbe" + bytes(60)
+
+
 @pytest.mark.parametrize("row_block", [None, 7])
 def test_a_table_in_a_local_directory_is_stored_as_zarr_would_store_it(dp3_ms, tmp_path, monkeypatch, row_block):
     """A local directory's shards (string columns' too) and zarr.json documents are written by

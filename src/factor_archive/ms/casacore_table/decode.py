@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from ...errors import FactorArchiveError
+from . import bucket_cache
 from .common import CONTENT_ATTR, CorruptTableData, _canon, _first_line, _jsonable, _table, _unjsonable
 from .content_hash import (
     _content_version,
@@ -150,6 +151,7 @@ def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: di
     desc["_keywords_"] = {}
     desc["_private_keywords_"] = {}
     dminfo = {f"*{i + 1}": _unjsonable(dm) for i, dm in enumerate(schema.dminfo)}
+    raised = bucket_cache.raise_caches(dminfo, {c.name: c.numeric_bytes(nrows) for c in cols})
     dm_type = schema.data_manager_types()
     for c in cols:
         c.per_cell = dm_type.get(c.name) == "TiledCellStMan"
@@ -163,7 +165,6 @@ def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: di
         tb = worker.table(str(path), desc, nrows, dminfo, schema.endian)
     else:
         tb = _table(str(path), desc, nrow=nrows, dminfo=dminfo, ack=False, endian=schema.endian)
-    _widen_bucket_caches(tb, dminfo, desc)
     resolve = _resolver(path)
     digests = {}
     done = False
@@ -216,6 +217,7 @@ def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: di
                 tb.putcolkeyword(c.name, k, v)
         digests = {n: _result(d) for n, d in digests.items()}
         tb.flush()
+        files = bucket_cache.data_manager_files(_getdminfo(tb), raised) if raised else {}
         done = True
     finally:
         if done:
@@ -225,6 +227,7 @@ def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: di
                 tb.close()
             except Exception:
                 pass
+    bucket_cache.restore_cache_sizes(path, raised, files, where)
     header = schema.hash_header()
     _check_restored_header(path, schema, header, where)
     sha = _table_sha(header, digests, {n: s["content_sha256"] for n, s in subs.items()}, checksum)
@@ -237,28 +240,8 @@ def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: di
     return {"content_sha256": sha, "columns": digests, "subtables": subs}
 
 
-# A StandardStMan keeps PERSCACHESIZE buckets in memory (2 in a table DP3 writes). Restore writes
-# its columns one after the other, and every column has values in every bucket: with 2 buckets
-# cached each bucket is read back and written again once per column (a one-off script writing
-# the 19 such columns of a 190 MB chunk MS read 362 MiB back and took 0.73 CPU s; with the
-# cache below 29 MiB and 0.44 s). A cache of up to this many bytes of buckets, for the time of
-# the restore only: MaxCacheSize is not stored, the table's data files come out the same bytes
-# (only the unused bytes casacore leaves in an indirect-array file, .f0i, can differ, as they
-# already did between two restores) and every value reads back the same.
-_BUCKET_CACHE_BYTES = 64 << 20
-
-
-def _widen_bucket_caches(tb, dminfo: dict, desc: dict) -> None:
-    """Ask each StandardStMan of the new table ``tb`` for a bucket cache of _BUCKET_CACHE_BYTES
-    (casacore keeps it to the buckets the table has)."""
-    for dm in dminfo.values():
-        spec = dm.get("SPEC") or {}
-        columns = [c for c in dm.get("COLUMNS", []) if c in desc]
-        bucket = spec.get("BUCKETSIZE") if isinstance(spec, dict) else None
-        if dm.get("TYPE") != "StandardStMan" or not columns or not isinstance(bucket, (int, np.integer)) \
-                or bucket <= 0:
-            continue
-        tb.setdmprop(columns[0], {"MaxCacheSize": max(2, _BUCKET_CACHE_BYTES // int(bucket))})
+def _getdminfo(tb) -> dict:
+    return tb.call("getdminfo").result() if isinstance(tb, _RemoteTable) else tb.getdminfo()
 
 
 def _dm_layout(dms) -> list:
