@@ -13,6 +13,7 @@ import numpy as np
 import zarr
 
 from ...errors import FactorArchiveError
+from . import bucket_cache
 from .casacore_read import (
     _GETCOLNP,
     _exact_cast,
@@ -200,6 +201,9 @@ def _scan_table(plan: TableSchema, sink, progress, work: _Work, worker: _Worker 
     digests = {}
     records = None
     try:
+        bucket_cache.widen_for_reading(tb, plan.dminfo)
+        if rtb is not None:
+            bucket_cache.widen_for_reading(rtb, plan.dminfo)
         if tb.nrows() != plan.nrows:
             raise _ReadFailure(f"row count changed from {plan.nrows} to {tb.nrows()}")
         names = [c.name for c in plan.columns if c.layout == "record"]

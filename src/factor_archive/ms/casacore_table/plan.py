@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from . import bucket_cache
 from .casacore_read import _as_cells, _block_shapes, _getcol, _read_uniform, _StoredRecords
 from .codec_choice import _start_choice, column_kind, remembered
 from .codecs import _candidates
@@ -106,6 +107,7 @@ def _plan_open(tb, path: Path, row_block, settings: PipelineSettings, work, role
                    "is not a standard storage manager: its values written again need not be its bytes")
             raise RawTableRequired(path, f"data manager {dm.get('TYPE')} ({dm.get('NAME')}) of columns "
                                          f"{list(dm.get('COLUMNS', []))} {why}")
+    bucket_cache.widen_for_reading(tb, dms)  # the shapes of array columns are read row by row
     colnames = list(tb.colnames())
     dm_of = {c: dm for dm in dms for c in dm.get("COLUMNS", [])}
     d = _describe(tb, path)
