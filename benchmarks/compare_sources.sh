@@ -4,6 +4,7 @@
 # Usage: benchmarks/compare_sources.sh PARSET ROUNDS BEFORE_SRC AFTER_SRC [OUTDIR]
 #   e.g. git worktree add /tmp/before <rev>; benchmarks/compare_sources.sh \
 #        /tmp/fa-bench-run/run/factor.parset 2 /tmp/before/src src
+# FORMS="zarr" (environment) limits the forms measured (default: dir tar zarr).
 # Prints one line per command: side form op wall_s user_s sys_s max_rss_kB and the load average.
 set -u
 PARSET=$1 ROUNDS=$2
@@ -22,7 +23,7 @@ timed() {
 }
 for _ in $(seq 1 "$ROUNDS"); do
     for side in before after; do
-        for form in dir tar zarr; do
+        for form in ${FORMS:-dir tar zarr}; do
             rm -rf "$OUT/archive" "$OUT/restored"
             PYTHONPATH=${SRC[$side]} timed "$side $form archive" \
                 "$BIN/archivefactor" -q -r --format "$form" "$PARSET" "$OUT/archive"
