@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,92 @@ def start_writeback(fd: int) -> None:
     fn = getattr(_load_libc(), "sync_file_range", None)
     if fn is not None:
         fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def start_writeback_if_big(f: Any) -> None:
+    """:func:`start_writeback` of an open file just written, when it holds WRITEBACK_MIN bytes
+    or more (flushed first): smaller files are left to the final sync, which batches them."""
+    f.flush()
+    if os.fstat(f.fileno()).st_size >= WRITEBACK_MIN:
+        start_writeback(f.fileno())
+
+
+class TreeWriteback:
+    """Starts write-back of the big files of finished trees (restored tables), on a thread of
+    its own: the files were written by another process (a casacore worker), and starting their
+    write-back can wait for the disk's queue, which the thread that goes on to the next table
+    must not. :meth:`start` opens the files at once, so the tree may be renamed afterwards;
+    :meth:`close` waits for the thread and closes what is left."""
+
+    def __init__(self) -> None:
+        self._fds: list[list[int]] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, root: Path) -> None:
+        """Hand the files of ``root`` of WRITEBACK_MIN bytes or more to the thread; best effort."""
+        fds = []
+        try:
+            for path in _files_at_least(root, WRITEBACK_MIN):
+                try:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError:
+                    pass
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if not fds:
+            return
+        with self._cond:
+            self._fds.append(fds)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._fds and not self._closing:
+                    self._cond.wait()
+                if not self._fds:
+                    return
+                fds = self._fds.pop(0)
+            for fd in fds:
+                try:
+                    start_writeback(fd)
+                finally:
+                    os.close(fd)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> TreeWriteback:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+
+def _files_at_least(root: Path, size: int) -> list[str]:
+    """The regular files below ``root`` (symlinks not followed) of ``size`` bytes or more."""
+    found = []
+    stack = [os.fspath(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size >= size:
+                    found.append(entry.path)
+    return found
 
 
 def sync_filesystem(path: Path) -> None:

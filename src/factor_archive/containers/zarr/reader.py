@@ -12,6 +12,7 @@ import zarr
 
 from ...errors import BadInput, DamagedArchive, FactorArchiveError
 from ...io.copy import Progress, no_progress
+from ...io.durable import TreeWriteback, start_writeback_if_big
 from ...io.failures import io_error
 from ...io.install import discard, install, partial_name, remove, set_meta, set_table_meta
 from ...manifest import Manifest, Member, safe_relpath, tree_digest
@@ -177,26 +178,29 @@ class ZarrReader(ArchiveReader):
             stored = self._stored(member)
             if stored != "link":
                 jobs.append((member, dest, stored))
-        if sum(stored == "columns" for _m, _d, stored in jobs) < 2:
-            for member, dest, stored in jobs:
-                self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS)
-            return
-        # Two members at once, in order, as the writer stores them: one table's casacore worker
-        # writes (about one core) while the other table is read, decompressed and hashed,
-        # instead of each waiting for the other. After a failure no further member is started;
-        # the first failure in member order is raised once both threads are done.
-        extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
-            member, dest, stored, progress, _TABLES_AT_ONCE_SETTINGS),
-            workers=_MEMBERS_AT_ONCE, name="zarr-extract")
+        # A restore is synced at its end: each restored table's big files start to go to disk
+        # once the table is complete, so the disk works while the next tables are decoded.
+        with TreeWriteback() as writeback:
+            if sum(stored == "columns" for _m, _d, stored in jobs) < 2:
+                for member, dest, stored in jobs:
+                    self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS, writeback)
+                return
+            # Two members at once, in order, as the writer stores them: one table's casacore
+            # worker writes (about one core) while the other table is read, decompressed and
+            # hashed, instead of each waiting for the other. After a failure no further member
+            # is started; the first failure in member order is raised once both threads are done.
+            extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
+                member, dest, stored, progress, _TABLES_AT_ONCE_SETTINGS, writeback),
+                workers=_MEMBERS_AT_ONCE, name="zarr-extract")
 
     def _extract_one(self, member: Member, dest: Path, stored: str, progress: Progress,
-                     settings: PipelineSettings) -> None:
+                     settings: PipelineSettings, writeback: TreeWriteback) -> None:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if stored == "file":
                 self._extract_file(member, dest, progress)
             elif stored == "columns":
-                self._extract_table(member, dest, progress, settings)
+                self._extract_table(member, dest, progress, settings, writeback)
             else:
                 self._extract_raw_table(member, dest, progress)
         except OSError as exc:
@@ -225,6 +229,7 @@ class ZarrReader(ArchiveReader):
         try:
             with open(partial, "wb") as f:
                 sha = _copy_array(arr, f, member.path, progress, member.size)
+                start_writeback_if_big(f)  # the restore is synced at its end: the disk starts now
             if sha != member.sha256:
                 raise FactorArchiveError(f"{self.origin}: {member.path}: checksum mismatch (archive damaged)")
             set_meta(partial, member.mode, member.mtime)
@@ -234,7 +239,8 @@ class ZarrReader(ArchiveReader):
             raise
 
     def _extract_table(self, member: Member, dest: Path, progress: Progress,
-                       settings: PipelineSettings = DEFAULT_SETTINGS) -> None:
+                       settings: PipelineSettings = DEFAULT_SETTINGS,
+                       writeback: TreeWriteback | None = None) -> None:
         from ...ms.casacore_table import decode_table
 
         group = self._node(member)
@@ -251,6 +257,8 @@ class ZarrReader(ArchiveReader):
                 decode_table(group, work / dest.name, progress=progress, settings=settings)
             except FactorArchiveError as exc:
                 raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
+            if writeback is not None:  # complete, closed by its worker and checked
+                writeback.start(work / dest.name)
             set_meta(work / dest.name, member.mode, member.mtime)
             install(work / dest.name, dest)
         finally:
@@ -282,6 +290,7 @@ class ZarrReader(ArchiveReader):
                                              f"from the archive") from None
                 with open(target, "wb") as f:
                     sha = _copy_array(arr, f, f"{member.path}/{entry.path}", progress, entry.size)
+                    start_writeback_if_big(f)
                 if sha != entry.sha256:
                     raise FactorArchiveError(f"{self.origin}: {member.path}/{entry.path}: checksum "
                                              f"mismatch (archive damaged)")
