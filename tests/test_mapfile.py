@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from factor_archive.run.mapfile import MapEntry, MapfileError, parse_mapfile, rewrite_mapfile
+from factor_archive.run.mapfile import MapEntry, MapfileError, _usual_entries, parse_mapfile, rewrite_mapfile
+
+_REAL_USUAL = _usual_entries
 
 OLD = "/data/wdir"
 NEW = "/mnt/restored/wdir"
@@ -182,3 +186,48 @@ def test_malicious_text_is_refused_without_running_it(monkeypatch, tmp_path):
 def test_files_that_are_not_mapfiles(text):
     with pytest.raises(MapfileError):
         parse_mapfile(text)
+
+
+# The usual form LOFAR writes is read without ast (run/mapfile._usual_entries); whatever text it
+# takes, it must read and rewrite exactly as ast does.
+# Pieces of values: paths, and what Python reads otherwise: escapes, quotes, non-ASCII, controls.
+_PIECES = ["a", "/data/wdir/", ".ms", ",", "[", "]", " ", "'", '"', "\\", "\\n", "\\x41", "\\'", "\\0",
+           "\u00e9", "\t", "\n"]
+_VALUES = st.lists(st.sampled_from(_PIECES), max_size=6).map("".join)
+
+
+@pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning")   # ast's, of "\\a"
+@settings(max_examples=300)  # about a millisecond each
+@given(entries=st.lists(st.tuples(_VALUES, _VALUES, st.booleans()), max_size=3),
+       sep=st.sampled_from([", ", ",", ",\n "]), end=st.sampled_from(["]", "]\n", "] ", ", ]", "]\n\n"]))
+def test_the_usual_form_is_read_and_rewritten_as_ast_reads_it(entries, sep, end):
+    from factor_archive.run import mapfile
+
+    text = "[" + sep.join(f"{{'host': '{h}', 'file': '{f}', 'skip': {s}}}" for h, f, s in entries) + end
+
+    def read(text: str):
+        try:
+            return parse_mapfile(text), rewrite_mapfile(text, lambda p: p.replace("/data/wdir", "/new") or None)
+        except (MapfileError, ValueError) as exc:
+            return type(exc)
+
+    fast = read(text)
+    mapfile._usual_entries = lambda text: None    # every text through ast
+    try:
+        assert fast == read(text)
+    finally:
+        mapfile._usual_entries = _REAL_USUAL
+
+
+def test_the_examples_in_the_usual_form_are_read_without_ast(monkeypatch):
+    import ast
+
+    from factor_archive.run import mapfile
+
+    def no_ast(*args, **kwargs):
+        raise AssertionError("ast used")
+
+    monkeypatch.setattr(ast, "parse", no_ast)
+    for text in (COMBINED, SOURCEDB, IMAGING_INPUT, BANDS, BREAK, SKYMODELS, "[]"):
+        assert mapfile._usual_entries(text) is not None
+        rewrite_mapfile(text, relocate)                # its own output is read the same way

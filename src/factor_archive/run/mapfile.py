@@ -60,10 +60,43 @@ def _literal(node: ast.expr) -> object:
         raise MapfileError(f"not a plain literal at line {getattr(node, 'lineno', '?')}") from None
 
 
-def _entries(text: str) -> list[tuple[MapEntry, ast.expr | None]]:
-    """Parse and check the structure; return each entry with the AST node of its file value."""
+Span = tuple[int, int]  # where a value's literal is in the text's UTF-8 bytes: [start, end)
+
+# The form LOFAR's DataMap writes, ``repr`` of a list of dicts with the keys in this order, with
+# values that need no escaping (printable ASCII but quotes and backslashes): nearly every
+# mapfile of a run. Such a text is read with these expressions, to the entries ``ast`` reads
+# from it; any other text goes through ``ast``.
+_PLAIN_LITERAL = r"'([\x20-\x26\x28-\x5b\x5d-\x7e]*)'"
+_USUAL_ENTRY = re.compile(r"\{'host': " + _PLAIN_LITERAL + r", 'file': (" + _PLAIN_LITERAL
+                          + r"), 'skip': (True|False)\}")
+
+
+def _usual_entries(text: str) -> list[tuple[MapEntry, Span | None]] | None:
+    """The entries of a mapfile in the usual form (see _USUAL_ENTRY), or None for any other text."""
+    if not text.startswith("["):
+        return None
+    out: list[tuple[MapEntry, Span | None]] = []
+    pos = 1
+    while True:
+        m = _USUAL_ENTRY.match(text, pos)
+        if m is None:
+            break
+        out.append((MapEntry(m[1], m[3], m[4] == "True"), m.span(2)))
+        pos = m.end()
+        if not text.startswith(", ", pos):
+            break
+        pos += 2
+    return out if text[pos:] in ("]", "]\n") else None
+
+
+def _entries(text: str) -> list[tuple[MapEntry, Span | None]]:
+    """Parse and check the structure; return each entry with the span of its file value's
+    literal (None for a number)."""
     if not isinstance(text, str):
         raise TypeError("mapfile text must be str")
+    usual = _usual_entries(text)
+    if usual is not None:
+        return usual
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError):
@@ -71,7 +104,8 @@ def _entries(text: str) -> list[tuple[MapEntry, ast.expr | None]]:
     body = tree.body
     if not isinstance(body, ast.List):
         raise MapfileError("not a mapfile (not a list)")
-    out: list[tuple[MapEntry, ast.expr | None]] = []
+    line_starts = [0, *(m.end() for m in re.finditer(b"\n", text.encode("utf-8")))]
+    out: list[tuple[MapEntry, Span | None]] = []
     for i, item in enumerate(body.elts):
         where = f"entry {i}"
         if isinstance(item, ast.Dict):
@@ -100,7 +134,9 @@ def _entries(text: str) -> list[tuple[MapEntry, ast.expr | None]]:
         if type(skip) is not bool:
             raise MapfileError(f"{where}: skip is not a bool")
         if isinstance(file, str):
-            out.append((MapEntry(host, file, skip), file_node))
+            end_line, end_col = _end(file_node)
+            span = (line_starts[file_node.lineno - 1] + file_node.col_offset, line_starts[end_line - 1] + end_col)
+            out.append((MapEntry(host, file, skip), span))
         elif type(file) in (int, float):  # pad-size maps carry numbers, never paths
             out.append((MapEntry(host, str(file), skip), None))
         else:
@@ -159,13 +195,12 @@ def rewrite_mapfile(text: str, fn: Callable[[str], str | None]) -> tuple[str, in
     a replacement or None. Returns the new text and the number of elements changed.
     """
     entries = _entries(text)
-    raw = text.encode("utf-8")  # ast column offsets count UTF-8 bytes
-    line_starts = [0, *(m.end() for m in re.finditer(b"\n", raw))]
+    raw = text.encode("utf-8")  # spans count UTF-8 bytes, as ast column offsets do
 
     edits: list[tuple[int, int, bytes]] = []
     changed = 0
-    for entry, node in entries:
-        if node is None:
+    for entry, span in entries:
+        if span is None:
             continue
         elems = entry.paths
         new_elems = []
@@ -183,9 +218,7 @@ def rewrite_mapfile(text: str, fn: Callable[[str], str | None]) -> tuple[str, in
         if new_elems == elems:
             continue
         value = "[" + ",".join(new_elems) + "]" if entry.is_multi else new_elems[0]
-        start = line_starts[node.lineno - 1] + node.col_offset
-        end_line, end_col = _end(node)
-        end = line_starts[end_line - 1] + end_col
+        start, end = span
         source = raw[start:end].decode("utf-8")
         prefix = ""
         while source[len(prefix)] not in "'\"":
