@@ -60,3 +60,16 @@ def test_python2_byte_strings_are_mapped_as_utf8_and_handed_back_as_bytes():
     assert moved.encode("latin-1") == "/data/ø restored/state/x.pkl".encode()
     # bytes that are not UTF-8 (a latin-1 path) are compared as they are
     assert py2_bytes_mapper(make_path_mapper(["/r\xf8"], "/new", {}))("/r\xf8/x") == "/new/x"
+
+
+def test_the_nearest_relocation_wins_whatever_was_asked_before():
+    # The mapper remembers what it found for each directory: the answers must not depend on order.
+    relocations = {"/sky": f"{NEW}/sky", "/sky/a/b/c.ms": f"{NEW}/chunks/c.ms", "/": "/never"}
+    asks = ["/sky/a/b/c.ms/table.dat", "/sky/a/b/d.ms", "/sky/a/b", "/sky/a/b/c.ms", "/elsewhere/x"]
+    want = [f"{NEW}/chunks/c.ms/table.dat", f"{NEW}/sky/a/b/d.ms", f"{NEW}/sky/a/b", f"{NEW}/chunks/c.ms",
+            None]
+    for order in (asks, asks[::-1], asks[1:] + asks[:1]):
+        move = make_path_mapper([OLD], NEW, relocations)
+        assert {a: move(a) for a in order} == dict(zip(asks, want))
+    deep = "/x" * 5000                            # a hostile path: no recursion to run out of
+    assert make_path_mapper([OLD], NEW, {})(deep) is None

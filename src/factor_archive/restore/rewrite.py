@@ -27,20 +27,39 @@ def make_path_mapper(old_roots: list[str], new_root: str,
         if k.startswith("/"):
             moves.setdefault(_norm(k), v)
 
+    # The nearest of a path and its ancestors that moved, (it, its new place), or None; kept for
+    # every path and directory looked at: a run's paths share their directories.
+    nearest: dict[str, tuple[str, str] | None] = {}
+
+    def nearest_move(path: str) -> tuple[str, str] | None:
+        walked = []
+        found: tuple[str, str] | None = None
+        while True:
+            if path in nearest:
+                found = nearest[path]
+                break
+            walked.append(path)
+            new = moves.get(path)
+            if new is not None:
+                found = (path, new)
+                break
+            cut = path.rfind("/")
+            if cut <= 0:
+                break
+            path = path[:cut]
+        for p in walked:
+            nearest[p] = found
+        return found
+
     def one(path: str) -> str | None:
         if not path.startswith("/"):
             return None
         norm = _norm(path)
         trail = "/" if path.endswith("/") and norm != "/" else ""
-        old = norm
-        while True:
-            new = moves.get(old)
-            if new is not None:
-                return new + norm[len(old):] + trail
-            cut = old.rfind("/")
-            if cut <= 0:
-                break
-            old = old[:cut]
+        moved = nearest_move(norm)
+        if moved is not None:
+            old, new = moved
+            return new + norm[len(old):] + trail
         for old in roots:
             if norm == old:
                 return new_root + trail
