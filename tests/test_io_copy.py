@@ -18,7 +18,7 @@ import pytest
 
 from factor_archive.errors import BadInput
 from factor_archive.io.copy import BLOCK, copy_stream, copy_stream_later, hash_file
-from factor_archive.io.durable import write_atomic
+from factor_archive.io.durable import replace_in_marked_tree, write_atomic
 from factor_archive.io.install import install, remove, set_meta
 
 # Sizes around the engine's seams: empty, one byte, one block, a block and a byte, several
@@ -149,3 +149,23 @@ def test_write_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path):
     write_atomic(path, b'{"members": []}')
     assert path.read_bytes() == b'{"members": []}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # no temporary left
+
+
+def test_a_file_rewritten_in_a_restore_keeps_its_mode_and_times_and_is_a_new_file(tmp_path):
+    path = tmp_path / "concat.mapfile"
+    path.write_bytes(b"[old]")
+    os.chmod(path, 0o440)
+    os.utime(path, ns=(1_500_000_000_123_456_789, 1_600_000_000_987_654_321))
+    other_name = tmp_path / "hard link"
+    os.link(path, other_name)
+    replace_in_marked_tree(path, b"[new, longer]")
+    st = path.stat()
+    assert path.read_bytes() == b"[new, longer]" and other_name.read_bytes() == b"[old]"
+    assert (st.st_mode & 0o7777, st.st_atime_ns, st.st_mtime_ns) == (0o440, 1_500_000_000_123_456_789,
+                                                                       1_600_000_000_987_654_321)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["concat.mapfile", "hard link"]
+
+    (tmp_path / "d" / "a directory").mkdir(parents=True)
+    with pytest.raises(OSError):                   # it cannot be replaced: no temporary is left
+        replace_in_marked_tree(tmp_path / "d" / "a directory", b"x")
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["a directory"]

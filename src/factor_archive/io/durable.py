@@ -146,17 +146,41 @@ def fsync_dir(path: Path) -> None:
     fsync_path(path)
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write and rename, so a reader sees the old file or the whole new one; fsync'd unless the
-    caller makes a whole tree durable at once afterwards (``durable=False``, then
-    :func:`sync_filesystem`): a restore rewrites hundreds of mapfiles, and two fsyncs each cost
-    more than one syncfs at the end."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync and rename, so a reader sees the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
+
+
+def replace_in_marked_tree(path: Path, data: bytes) -> None:
+    """Replace the file ``path`` by a new one holding ``data``, with the old one's mode and times,
+    in a tree that a marker file says is incomplete (a restore in progress); not synced: the
+    caller syncs the whole tree once (two fsyncs per file cost more than one syncfs).
+
+    The new file is complete under a temporary name before the old one is removed and the new
+    one renamed: not atomic (a kill in between leaves the name absent, in a tree still marked
+    incomplete, which the next run restores again), but ext4 starts writing back at once a file
+    renamed over another (auto_da_alloc), which for the hundreds of mapfiles a restore rewrites
+    cost more than the rewriting itself (409 files of 1.2 kB: 0.13 s renamed over, 0.02 s so).
+    """
+    st = os.stat(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()   # before the times are set
+            os.chmod(f.fileno(), st.st_mode & 0o7777)
+            os.utime(f.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.unlink(path)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

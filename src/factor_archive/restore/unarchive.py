@@ -15,7 +15,7 @@ from .. import signals
 from ..containers.base import table_worker_session
 from ..containers.registry import open_reader
 from ..errors import BadInput, FactorArchiveError
-from ..io.durable import fsync_dir, sync_filesystem, write_atomic
+from ..io.durable import fsync_dir, replace_in_marked_tree, sync_filesystem, write_atomic
 from ..io.failures import disk_full, is_disk_full, written_path
 from ..io.memory import one_malloc_arena
 from ..manifest import Manifest, Member, safe_relpath
@@ -194,10 +194,7 @@ def _rewrite_paths(manifest: Manifest, new_wd: Path) -> None:
         except (UnsafePickleError, MapfileError) as exc:
             raise BadInput(f"{m.path}: cannot rewrite paths ({exc})") from None
         if changed:
-            st = os.stat(path)
-            write_atomic(path, new, durable=False)   # made durable with the whole restore
-            os.chmod(path, st.st_mode & 0o7777)
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            replace_in_marked_tree(path, new)   # made durable with the whole restore
 
 
 def _write_parset(manifest: Manifest, original: Path, new_wd: Path) -> None:
