@@ -720,6 +720,30 @@ def test_a_standardstman_caches_every_bucket_while_restored_and_keeps_its_stored
         assert (tmp_path / "raised.ms" / f).read_bytes() == (tmp_path / "stored.ms" / f).read_bytes(), f
 
 
+def test_a_big_endian_standardstman_gets_its_own_cache_size_back(tmp_path, monkeypatch):
+    """The cache size is written back in the table's byte order (and any stored value, here 3)."""
+    from factor_archive.ms.casacore_table import bucket_cache
+
+    src = tmp_path / "be.tab"
+    cds = [ct.makescacoldesc("I", 0), ct.makescacoldesc("D", 0.0)]
+    dm = {"*1": {"TYPE": "StandardStMan", "NAME": "SSM", "COLUMNS": ["I", "D"],
+                 "SPEC": {"BUCKETSIZE": 1024, "PERSCACHESIZE": 3}}}
+    with ct.table(str(src), ct.maketabdesc(cds), nrow=20000, dminfo=dm, ack=False, endian="big") as t:
+        t.putcol("I", np.arange(20000, dtype=np.int32))
+        t.putcol("D", np.arange(20000) * 0.5)
+    _, root = _local(tmp_path)
+    encode_table(src, root.create_group("T"))
+    raised: list[dict] = []
+    restore = bucket_cache.restore_cache_sizes
+    monkeypatch.setattr(bucket_cache, "restore_cache_sizes",
+                        lambda table, kept, files, where: (raised.append(kept), restore(table, kept, files, where)))
+    decode_table(root["T"], tmp_path / "out.tab")
+    assert raised == [{"SSM": 3}]
+    with ct.table(str(tmp_path / "out.tab"), ack=False) as t:
+        assert t.endianformat() == "big" and t.getdminfo()["*1"]["SPEC"]["PERSCACHESIZE"] == 3
+    assert (tmp_path / "out.tab" / "table.f0").read_bytes() == (src / "table.f0").read_bytes()
+
+
 def test_a_standardstman_file_not_as_expected_is_an_error_not_a_patch(tmp_path):
     from factor_archive.ms.casacore_table import bucket_cache
 
