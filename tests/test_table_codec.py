@@ -702,7 +702,7 @@ def test_a_standardstman_caches_every_bucket_while_restored_and_keeps_its_stored
 
     monkeypatch.setattr(bucket_cache, "restore_cache_sizes", noted)
     decode_table(root["T"], tmp_path / "raised.ms")
-    assert raised[-1] == {"StandardStMan": 2}          # the main table's (DP3 keeps 2 buckets)
+    assert [kept for kept, _size in raised[-1].values()] == [2]   # the main table's (DP3 keeps 2)
     monkeypatch.setattr(bucket_cache, "CACHE_BYTES", 0)  # nothing raised: the stored cache
     decode_table(root["T"], tmp_path / "stored.ms")
     assert raised[-1] == {}
@@ -738,7 +738,7 @@ def test_a_big_endian_standardstman_gets_its_own_cache_size_back(tmp_path, monke
     monkeypatch.setattr(bucket_cache, "restore_cache_sizes",
                         lambda table, kept, files, where: (raised.append(kept), restore(table, kept, files, where)))
     decode_table(root["T"], tmp_path / "out.tab")
-    assert raised == [{"SSM": 3}]
+    assert [{n: kept for n, (kept, _size) in r.items()} for r in raised] == [{"SSM": 3}]
     with ct.table(str(tmp_path / "out.tab"), ack=False) as t:
         assert t.endianformat() == "big" and t.getdminfo()["*1"]["SPEC"]["PERSCACHESIZE"] == 3
     assert (tmp_path / "out.tab" / "table.f0").read_bytes() == (src / "table.f0").read_bytes()
@@ -750,8 +750,15 @@ def test_a_standardstman_file_not_as_expected_is_an_error_not_a_patch(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "table.f0").write_bytes(b"\xbe\xbe\xbe\xbe" + bytes(60))
     with pytest.raises(CorruptTableData, match="t: table.f0 is not a StandardStMan file"):
-        bucket_cache.restore_cache_sizes(tmp_path / "t", {"SSM": 2}, {"SSM": 0}, "t")
+        bucket_cache.restore_cache_sizes(tmp_path / "t", {"SSM": (2, 100)}, {"SSM": 0}, "t")
     assert (tmp_path / "t" / "table.f0").read_bytes() == b"\xbe\xbe\xbe\xbe" + bytes(60)
+    # a real StandardStMan file whose cache size is not the one raised is not touched either
+    with ct.table(str(tmp_path / "real"), ct.maketabdesc([ct.makescacoldesc("I", 0)]), nrow=3, ack=False):
+        pass
+    before = (tmp_path / "real" / "table.f0").read_bytes()
+    with pytest.raises(CorruptTableData, match="real: table.f0 is not a StandardStMan file as expected"):
+        bucket_cache.restore_cache_sizes(tmp_path / "real", {"StandardStMan": (2, 999)}, {"StandardStMan": 0}, "real")
+    assert (tmp_path / "real" / "table.f0").read_bytes() == before
 
 
 @pytest.mark.parametrize("row_block", [None, 7])

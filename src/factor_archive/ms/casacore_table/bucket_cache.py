@@ -49,10 +49,11 @@ def widen_for_reading(tb, dminfo) -> None:
             tb.setdmprop(str(columns[0]), {"MaxCacheSize": max(2, CACHE_BYTES // bucket)})
 
 
-def raise_caches(dminfo: dict, column_bytes: dict[str, int]) -> dict[str, int]:
+def raise_caches(dminfo: dict, column_bytes: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Raise PERSCACHESIZE in ``dminfo`` (the specs the new table is made with) for each
-    StandardStMan holding more buckets than it caches; returns {data manager name: stored value}.
-    ``column_bytes``: the values of each column, in bytes."""
+    StandardStMan holding more buckets than it caches; returns {data manager name: (stored
+    value, raised value)}. ``column_bytes``: the values of each column, in bytes (a quarter more
+    buckets are allowed for, for the index and the buckets' own bookkeeping)."""
     raised = {}
     for dm in dminfo.values():
         spec = dm.get("SPEC")
@@ -61,11 +62,11 @@ def raise_caches(dminfo: dict, column_bytes: dict[str, int]) -> dict[str, int]:
         bucket, kept, name = _positive(spec.get("BUCKETSIZE")), _positive(spec.get("PERSCACHESIZE")), dm.get("NAME")
         if not bucket or not kept or not isinstance(name, str):
             continue
-        buckets = sum(column_bytes.get(c, 0) for c in dm.get("COLUMNS", [])) // bucket + 1
+        buckets = sum(column_bytes.get(c, 0) for c in dm.get("COLUMNS", [])) // bucket * 5 // 4 + 2
         size = min(buckets, CACHE_BYTES // bucket)
         if size > kept:
             dm["SPEC"] = {**spec, "PERSCACHESIZE": size}
-            raised[name] = kept
+            raised[name] = (kept, size)
     return raised
 
 
@@ -77,22 +78,24 @@ def _sequence_numbers(dminfo: dict) -> dict[str, int]:
     return {dm["NAME"]: int(dm["SEQNR"]) for dm in dminfo.values() if "NAME" in dm and "SEQNR" in dm}
 
 
-def data_manager_files(dminfo: dict, raised: dict[str, int]) -> dict[str, int]:
+def data_manager_files(dminfo: dict, raised: dict[str, tuple[int, int]]) -> dict[str, int]:
     """{name: sequence number} of the raised data managers, from the new table's getdminfo()."""
     seqnr = _sequence_numbers(dminfo)
     return {name: seqnr[name] for name in raised if name in seqnr}
 
 
-def restore_cache_sizes(table: Path, raised: dict[str, int], files: dict[str, int], where: str) -> None:
-    """Write back the stored PERSCACHESIZE of each raised StandardStMan of the closed ``table``."""
-    for name, kept in raised.items():
+def restore_cache_sizes(table: Path, raised: dict[str, tuple[int, int]], files: dict[str, int],
+                        where: str) -> None:
+    """Write back the stored PERSCACHESIZE of each raised StandardStMan of the closed ``table``,
+    where its header holds the raised one."""
+    for name, (kept, size) in raised.items():
         if name not in files:
             raise CorruptTableData(f"{where}: restored table has no data manager {name!r}")
         path = table / f"table.f{files[name]}"
         with open(path, "r+b") as f:
             head = f.read(64)
             at, order = _cache_size_offset(head)
-            if at is None:
+            if at is None or struct.unpack_from(order + "I", head, at) != (size,):
                 raise CorruptTableData(f"{where}: {path.name} is not a StandardStMan file as expected")
             os.pwrite(f.fileno(), struct.pack(order + "I", kept), at)
 
