@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .install import discard
+
 _libc: Any = None
 _SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_MIN = 1 << 20  # smaller files are left to the final sync, which batches them
@@ -178,8 +180,5 @@ def replace_in_marked_tree(path: Path, data: bytes) -> None:
         os.unlink(path)
         os.rename(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard(tmp)
         raise

@@ -19,11 +19,13 @@ import json
 import os
 import uuid
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...io.durable import WRITEBACK_MIN, start_writeback
+from ...io.install import discard
 
 
 def _sync(coro) -> Any:
@@ -151,10 +153,7 @@ def _put_local(root: str, key: str, data, note=None) -> None:
         if note is not None:
             note(key, data)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard(Path(tmp))
         raise
 
 
@@ -195,10 +194,7 @@ class LocalObject:
 
     def discard(self) -> None:
         self.f.close()
-        try:
-            os.unlink(self.tmp)
-        except OSError:
-            pass
+        discard(Path(self.tmp))
 
 
 def local_object_target(store) -> tuple[str, Any] | None:
