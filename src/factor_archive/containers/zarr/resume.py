@@ -71,10 +71,7 @@ def file_matches(f, digest: str) -> bool:
     kind = digest.split(":", 1)[0] if ":" in digest else "md5"
     if kind not in DIGEST_KINDS:
         return False
-    h = new_digest(kind)
-    while block := f.read(1 << 20):
-        h.update(block)
-    return digest_text(kind, h) == digest
+    return digest_text(kind, hashlib.file_digest(f, lambda: new_digest(kind))) == digest
 
 
 def _recording_store_class():

@@ -74,14 +74,10 @@ def _positive(v) -> int:
     return int(v) if isinstance(v, (int, np.integer)) and v > 0 else 0
 
 
-def _sequence_numbers(dminfo: dict) -> dict[str, int]:
-    return {dm["NAME"]: int(dm["SEQNR"]) for dm in dminfo.values() if "NAME" in dm and "SEQNR" in dm}
-
-
 def data_manager_files(dminfo: dict, raised: dict[str, tuple[int, int]]) -> dict[str, int]:
     """{name: sequence number} of the raised data managers, from the new table's getdminfo()."""
-    seqnr = _sequence_numbers(dminfo)
-    return {name: seqnr[name] for name in raised if name in seqnr}
+    return {dm["NAME"]: int(dm["SEQNR"]) for dm in dminfo.values()
+            if dm.get("NAME") in raised and "SEQNR" in dm}
 
 
 def restore_cache_sizes(table: Path, raised: dict[str, tuple[int, int]], files: dict[str, int],

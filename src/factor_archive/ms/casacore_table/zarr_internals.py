@@ -140,27 +140,23 @@ def _open_temporary(path: str) -> tuple[str, Any]:
 def _put_local(root: str, key: str, data, note=None) -> None:
     """Write an object of a local directory store as zarr's LocalStore does (its parent
     directories made, a temporary file renamed over the name, so a reader never sees half an
-    object), without the round trip to zarr's event loop and a thread of its own."""
-    path = os.path.join(root, key)
-    tmp, f = _open_temporary(path)
+    object), without the round trip to zarr's event loop and a thread of its own: a LocalObject
+    written at once, then ``note(key, data)``."""
+    out = LocalObject(root, key)
     try:
-        with f:
-            view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-            f.write(view)
-            if len(view) >= WRITEBACK_MIN:  # a shard: the disk starts on it now, not at the final sync
-                start_writeback(f.fileno())
-        os.replace(tmp, path)
-        if note is not None:
-            note(key, data)
+        out.write(memoryview(data).cast("B") if not isinstance(data, bytes) else data)
     except BaseException:
-        discard(Path(tmp))
+        out.discard()
         raise
+    out.finish()
+    if note is not None:
+        note(key, data)
 
 
 class LocalObject:
-    """An object of a local directory store written part by part (a shard, chunk by chunk, as
-    each is compressed): no buffer holds the whole object. Like ``_put_local`` it is written under
-    a temporary name and renamed once complete, and a recorder wrapping the store (see
+    """An object of a local directory store, written part by part (a shard, chunk by chunk, as
+    each is compressed: no buffer holds the whole object) under a temporary name and renamed once
+    complete, its write-back started when it is big. A recorder wrapping the store (see
     ``_direct_target``) is told of it: with its digest, computed as the parts go by, when the
     recorder takes one (``new_hash``/``note_hash``)."""
 
