@@ -9,6 +9,7 @@ from pathlib import Path
 
 from factor_archive.cli import archivefactor_main, unarchivefactor_main
 from factor_archive.io import durable
+from fault_cases import manifest_json
 
 SMALL = 4096  # the threshold of a "big" file, lowered so that a sample run's tables have some
 
@@ -39,7 +40,7 @@ def test_each_restored_table_and_big_file_starts_its_write_back(sample_run, tmp_
     assert unarchivefactor_main(["-q", str(store), str(out)]) == 0
 
     files = restored_files(out)
-    manifest = json.loads(_manifest_text(store))
+    manifest = json.loads(manifest_json(store))
     tables = [m["restore_path"] for m in manifest["members"] if m["kind"] == "table"
               and m["restore_path"] and m["extra"]["zarr"]["stored"] == "columns"]
     assert tables
@@ -54,16 +55,6 @@ def test_each_restored_table_and_big_file_starts_its_write_back(sample_run, tmp_
     # Small files are left to the final sync.
     assert all(size >= SMALL for size in started.values())
     assert not (out / ".factor-archive-restore-incomplete").exists()
-
-
-def _manifest_text(store: Path) -> str:
-    from factor_archive.containers.zarr import ZarrReader
-
-    reader = ZarrReader(str(store))
-    try:
-        return reader.manifest.to_json()
-    finally:
-        reader.close()
 
 
 def _rewritten(manifest: dict, files: dict) -> set[tuple[int, int]]:
