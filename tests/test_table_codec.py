@@ -683,6 +683,57 @@ def test_dp3_written_ms_is_stored_as_columns_and_comes_back_exactly(dp3_ms, tmp_
     assert table_content_sha256(out) == table_content_sha256(dp3_ms) == info["content_sha256"]
 
 
+@pytest.fixture(scope="module")
+def dp3_ms_1440_rows(tmp_path_factory) -> Path:
+    """A DP3-written MS whose StandardStMan file holds 32 buckets (1440 rows), not 4."""
+    d = tmp_path_factory.mktemp("dp3rows")
+    return dp3_copy(_write_ms(d / "band.ms", ntimes=40, nchan=4, nant=8), d / "dp3.ms")
+
+
+def _bytes_read(fn) -> int:
+    """What ``fn()`` read through read calls of this process (/proc/self/io rchar: page cache
+    included, which is where casacore's re-reads of buckets go)."""
+    def rchar() -> int:
+        return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                        if line.startswith("rchar")).split()[1])
+
+    before = rchar()
+    fn()
+    return rchar() - before
+
+
+def test_archiving_reads_a_standardstman_file_about_once(dp3_ms_1440_rows, monkeypatch):
+    """With the 2 buckets DP3's StandardStMan keeps, reading its columns one after another read
+    its file once per column; with a cache for every bucket, about once."""
+    from factor_archive.ms.casacore_table import bucket_cache
+
+    ssm_file = (dp3_ms_1440_rows / "table.f1").stat().st_size
+
+    def encode() -> None:
+        encode_table(dp3_ms_1440_rows, zarr.open_group(zarr.storage.MemoryStore(), mode="w").create_group("T"))
+
+    encode()  # modules imported, page cache warm
+    widened = _bytes_read(encode)
+    monkeypatch.setattr(bucket_cache, "widen_for_reading", lambda *a: None)
+    narrow = _bytes_read(encode)
+    assert narrow - widened > 10 * ssm_file, (narrow, widened, ssm_file)
+
+
+def test_restoring_reads_no_standardstman_bucket_back(dp3_ms_1440_rows, tmp_path, monkeypatch):
+    """Made with the stored cache of 2 buckets, the table's StandardStMan file was written and
+    read back while its rows were made and again for every column; made with a cache for every
+    bucket, its file is not read back."""
+    from factor_archive.ms.casacore_table import bucket_cache
+
+    _, root = _local(tmp_path)
+    encode_table(dp3_ms_1440_rows, root.create_group("T"))
+    decode_table(root["T"], tmp_path / "warm.ms")
+    raised = _bytes_read(lambda: decode_table(root["T"], tmp_path / "raised.ms"))
+    monkeypatch.setattr(bucket_cache, "CACHE_BYTES", 0)
+    stored = _bytes_read(lambda: decode_table(root["T"], tmp_path / "stored.ms"))
+    assert stored - raised > 10 * (dp3_ms_1440_rows / "table.f1").stat().st_size, (stored, raised)
+
+
 def test_a_standardstman_caches_every_bucket_while_restored_and_keeps_its_stored_cache_size(
         dp3_ms, tmp_path, monkeypatch):
     """Restore makes a table whose StandardStMan holds more buckets than it caches with a cache
