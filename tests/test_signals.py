@@ -45,3 +45,22 @@ def test_outside_a_command_the_callers_handlers_come_back():
     with signals.handled():
         assert signals.received() is None     # a new command starts with nothing received
         signals.check()
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "1"), ("3", "3")])
+def test_a_command_run_as_a_program_keeps_openblas_to_one_thread(tmp_path, preset, expected):
+    """The commands do no linear algebra: run as a program, they set OPENBLAS_NUM_THREADS=1 for
+    themselves and the casacore workers they start (which inherit it), unless the user set it."""
+    import os
+    import subprocess
+    import sys
+
+    program = tmp_path / "unarchivefactor"   # the name the console script has
+    program.write_text("import subprocess, sys\nimport factor_archive.cli\n"
+                       "subprocess.run([sys.executable, '-c', "
+                       "'import os; print(os.environ.get(\"OPENBLAS_NUM_THREADS\"))'], check=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    out = subprocess.run([sys.executable, str(program)], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
