@@ -331,18 +331,18 @@ def test_incomplete_store_is_not_an_archive(sample_run, tmp_path, capsys):
 # -s: chunks materialised once
 
 def test_symlink_restore_materialises_each_chunk_once(sample_run, tmp_path, monkeypatch):
-    from factor_archive.ms import casacore_table as table_codec
+    from factor_archive.containers.zarr.reader import ZarrReader
 
     store = tmp_path / "run.zarr"
     assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
     decoded: list[str] = []
-    real = table_codec.decode_table
+    real = ZarrReader._extract_table  # each table decoded (in a casacore worker, or here)
 
-    def counting(group, out_path, **kw):
-        decoded.append(str(out_path))
-        return real(group, out_path, **kw)
+    def counting(self, member, dest, *args, **kw):
+        decoded.append(str(dest))
+        return real(self, member, dest, *args, **kw)
 
-    monkeypatch.setattr(table_codec, "decode_table", counting)
+    monkeypatch.setattr(ZarrReader, "_extract_table", counting)
     chunk_store = Path(str(store) + ".store")
 
     assert unarchivefactor_main(["-q", "-s", str(store), str(tmp_path / "r1")]) == 0

@@ -4,12 +4,13 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from ... import signals
 from ...errors import BadInput, DamagedArchive, FactorArchiveError
 from ...io.copy import Progress, no_progress
 from ...io.durable import TreeWriteback, start_writeback_if_big
@@ -180,27 +181,38 @@ class ZarrReader(ArchiveReader):
                 jobs.append((member, dest, stored))
         # A restore is synced at its end: each restored table's big files start to go to disk
         # once the table is complete, so the disk works while the next tables are decoded.
+        def stop() -> bool:  # a member running when another fails still ends (see extract_at_once)
+            return signals.received() is not None
+
+        tables = sum(stored == "columns" for _m, _d, stored in jobs)
+        if tables and self.loc.kind == "dir":
+            from ...ms.casacore_table.worker_client import start_workers
+
+            store = str(self.loc.path.absolute())
+            start_workers(min(tables, _MEMBERS_AT_ONCE), ("prepare_decoding", (store,)),
+                          _TABLES_AT_ONCE_SETTINGS if tables > 1 else DEFAULT_SETTINGS)
         with TreeWriteback() as writeback:
-            if sum(stored == "columns" for _m, _d, stored in jobs) < 2:
+            if tables < 2:
                 for member, dest, stored in jobs:
-                    self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS, writeback)
+                    self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS, writeback, stop)
                 return
-            # Two members at once, in order, as the writer stores them: one table's casacore
-            # worker writes (about one core) while the other table is read, decompressed and
-            # hashed, instead of each waiting for the other. After a failure no further member
-            # is started; the first failure in member order is raised once both threads are done.
+            # Two members at once, in order, as the writer stores them: each table is decoded
+            # by a casacore worker process of its own (see _extract_table), so two tables keep
+            # both cores busy. After a failure no further member is started; the first failure
+            # in member order is raised once both threads are done.
             extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
-                member, dest, stored, progress, _TABLES_AT_ONCE_SETTINGS, writeback),
+                member, dest, stored, progress, _TABLES_AT_ONCE_SETTINGS, writeback, stop),
                 workers=_MEMBERS_AT_ONCE, name="zarr-extract")
 
     def _extract_one(self, member: Member, dest: Path, stored: str, progress: Progress,
-                     settings: PipelineSettings, writeback: TreeWriteback) -> None:
+                     settings: PipelineSettings, writeback: TreeWriteback,
+                     stop: Callable[[], bool] = lambda: False) -> None:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if stored == "file":
                 self._extract_file(member, dest, progress)
             elif stored == "columns":
-                self._extract_table(member, dest, progress, settings, writeback)
+                self._extract_table(member, dest, progress, settings, writeback, stop)
             else:
                 self._extract_raw_table(member, dest, progress)
         except OSError as exc:
@@ -240,29 +252,46 @@ class ZarrReader(ArchiveReader):
 
     def _extract_table(self, member: Member, dest: Path, progress: Progress,
                        settings: PipelineSettings = DEFAULT_SETTINGS,
-                       writeback: TreeWriteback | None = None) -> None:
-        from ...ms.casacore_table import decode_table
+                       writeback: TreeWriteback | None = None,
+                       stop: Callable[[], bool] = lambda: False) -> None:
+        from ...ms.casacore_table import in_session, run_in_worker
 
-        group = self._node(member)
-        content = group.attrs.get("casacore_content") or {}
-        if not isinstance(content, dict) or content.get("content_sha256") != member.sha256:
-            raise FactorArchiveError(f"{self.origin}: {member.path}: table checksum in the store differs "
-                                     f"from the manifest (archive damaged)")
         # A private directory keeps the table's own name, so errors name it as it is known.
         work = partial_name(dest)
         remove(work)
         work.mkdir()
         try:
-            try:
-                decode_table(group, work / dest.name, progress=progress, settings=settings)
-            except FactorArchiveError as exc:
-                raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
+            if self.loc.kind == "dir" and in_session():
+                # The whole table (reading, decompressing, hashing, casacore writes, checks) in a
+                # worker process: one process feeding two tables' workers was the bound (its GIL).
+                run_in_worker("decode_stored_table", str(self.loc.path.absolute()), str(work / dest.name),
+                              member, settings, stop=stop, progress=progress)
+            else:
+                self._decode_member(member, work / dest.name, progress, settings)
             if writeback is not None:  # complete, closed by its worker and checked
                 writeback.start(work / dest.name)
             set_meta(work / dest.name, member.mode, member.mtime)
             install(work / dest.name, dest)
         finally:
             discard(work)
+
+    def _decode_member(self, member: Member, out: Path, progress: Progress, settings: PipelineSettings) -> None:
+        """The member's table decoded at ``out``, its checksums checked."""
+        from ...ms.casacore_table import decode_table
+        from ...ms.casacore_table.worker_client import _full_disk_note
+
+        group = self._node(member)
+        content = group.attrs.get("casacore_content") or {}
+        if not isinstance(content, dict) or content.get("content_sha256") != member.sha256:
+            raise FactorArchiveError(f"{self.origin}: {member.path}: table checksum in the store differs "
+                                     f"from the manifest (archive damaged)")
+        try:
+            decode_table(group, out, progress=progress, settings=settings)
+        except FactorArchiveError as exc:
+            raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
+        except RuntimeError as exc:  # casacore's, writing the table or reading it back
+            text = _full_disk_note(" ".join(str(exc).split()), str(out))
+            raise FactorArchiveError(self._name_in_archive(member, f"{type(exc).__name__}: {text}")) from None
 
     def _name_in_archive(self, member: Member, message: str) -> str:
         base = posixpath.basename(member.path)
@@ -420,6 +449,46 @@ def _blocks(arr) -> Iterator[tuple[int, int]]:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_readers_here: dict[str, ZarrReader] = {}  # in a casacore worker: the stores it decodes from
+
+
+def prepare_decoding(store: str) -> None:
+    """Run by a casacore worker started ahead (worker.RUN): the imports and the store opening
+    that decode_stored_table needs, made while the parent still starts."""
+    _reader_here(store)
+
+
+def _reader_here(store: str) -> ZarrReader:
+    """The worker's reader of ``store``, opened once, with the codec imported. The objects made
+    so far (modules, mostly) are then frozen out of the garbage collector's passes: decoding
+    allocates often, and each full pass over zarr's and casacore's objects took about a tenth
+    of a table's CPU time."""
+    import gc
+
+    reader = _readers_here.get(store)
+    if reader is None:
+        from ...ms.casacore_table import decode  # noqa: F401  (casacore, the codec)
+
+        reader = _readers_here[store] = ZarrReader(store)
+        gc.freeze()
+    return reader
+
+
+def decode_stored_table(store: str, out: str, member: Member, settings: PipelineSettings, *,
+                        progress: Progress = no_progress) -> None:
+    """Run by a casacore worker process (worker.RUN): ``member``'s table, from the local zarr
+    store at ``store``, decoded at ``out``; errors as ZarrReader._extract_one names them."""
+    reader = _reader_here(store)
+    try:
+        reader._decode_member(member, Path(out), progress, settings)
+    except FactorArchiveError:
+        raise
+    except OSError as exc:
+        raise io_error(exc.filename or out, exc) from None
+    except Exception as exc:
+        raise _read_failure(reader.loc, exc, member.path) from None
 
 
 def _read_failure(loc: _Location, exc: BaseException, what: str) -> FactorArchiveError:

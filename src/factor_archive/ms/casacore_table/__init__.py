@@ -3,7 +3,8 @@
 The group layout, attributes and checksums are specified in ``formats/zarr.md`` (section "Table
 groups"). Entry points: :func:`encode_table`, :func:`decode_table`, :func:`verify_table`,
 :func:`table_content_sha256`, :class:`RawTableRequired` (a table to keep as raw files),
-:func:`worker_session` and :func:`run_in_worker` (casacore writes in a worker process),
+:func:`worker_session`, :func:`in_session` and :func:`run_in_worker` (casacore writes in a
+worker process),
 :func:`remembered_codec_choices` (the columns of a run's tables choose their codec once) and
 :func:`decide_codecs` (those choices made ahead, by a cluster's client).
 
@@ -24,19 +25,19 @@ if TYPE_CHECKING:
     from .encode import decide_codecs, encode_table, table_content_sha256
     from .pipeline import PipelineSettings
     from .verify import verify_table
-    from .worker_client import run_in_worker, worker_session
+    from .worker_client import in_session, run_in_worker, worker_session
 
 _EXPORTS = {
     "encode_table": "encode", "decide_codecs": "encode", "table_content_sha256": "encode", "decode_table": "decode",
     "verify_table": "verify", "RawTableRequired": "common", "CorruptTableData": "common",
     "FORMAT": "common", "FORMAT_VERSION": "common", "worker_session": "worker_client",
-    "run_in_worker": "worker_client", "PipelineSettings": "pipeline",
+    "run_in_worker": "worker_client", "in_session": "worker_client", "PipelineSettings": "pipeline",
     "remembered_codec_choices": "codec_choice",
 }
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CorruptTableData", "PipelineSettings", "RawTableRequired", "decide_codecs",
-           "decode_table", "encode_table", "remembered_codec_choices", "run_in_worker", "table_content_sha256",
-           "verify_table", "worker_session"]
+           "decode_table", "encode_table", "in_session", "remembered_codec_choices", "run_in_worker",
+           "table_content_sha256", "verify_table", "worker_session"]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,8 +2,9 @@
 
 It runs casacore calls for the codec (see worker_client.py, the client): commands arrive pickled on
 the command pipe, each answered in order on the reply pipe; row blocks travel through shared
-memory (a memfd both map, announced by the "shm" command). It imports only numpy and casacore
-(this package's ``__init__`` imports nothing eagerly), so it starts in about 0.1 s.
+memory (a memfd both map, announced by the "shm" command). It imports only numpy, casacore and
+the light client module (this package's ``__init__`` imports nothing eagerly), so it starts in
+about 0.1 s; a "run" command imports what its function needs.
 
 The pipes carry pickles between this process and its parent only: both ends are ours, made by
 the parent for this child; nothing read from an archive or a working directory is unpickled.
@@ -19,7 +20,12 @@ import signal
 import struct
 import sys
 
-RUN = {"concat_in_frequency": "factor_archive.ms.concat"}  # what the "run" command may call
+# What the "run" command may call: name -> (module, whether it reports progress). A function
+# that reports progress gets ``progress=`` a callable taking a byte count, which the parent
+# hears before the reply (see worker_client._Worker.run).
+RUN = {"concat_in_frequency": ("factor_archive.ms.concat", False),
+       "decode_stored_table": ("factor_archive.containers.zarr.reader", True),
+       "prepare_decoding": ("factor_archive.containers.zarr.reader", False)}
 
 
 def follow_parent(parent_pid: int) -> None:
@@ -39,8 +45,12 @@ def follow_parent(parent_pid: int) -> None:
 
 
 def kind(e: BaseException) -> str:
-    names = {c.__name__ for c in type(e).__mro__}
-    return "bad_input" if "BadInput" in names else "ours" if "FactorArchiveError" in names else "other"
+    """The name of the error's nearest class in factor_archive.errors (the parent raises that
+    class again, so an exit status survives the pipe), or "other"."""
+    for c in type(e).__mro__:
+        if c.__module__ == "factor_archive.errors":
+            return c.__name__
+    return "other"
 
 
 def serve(command_fd: int, reply_fd: int) -> None:
@@ -55,8 +65,20 @@ def serve(command_fd: int, reply_fd: int) -> None:
             except RuntimeError:
                 self._row = None
 
+    from . import worker_client
+
+    worker_client.serving_as_worker()  # what runs here writes its tables itself
     rd = os.fdopen(command_fd, "rb")
     wr = os.fdopen(reply_fd, "wb")
+
+    def send(message) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        wr.write(struct.pack("<Q", len(data)) + data)
+        wr.flush()
+
+    def progress(nbytes: int) -> None:  # before the reply: (None, bytes)
+        send((None, int(nbytes)))
+
     shm: mmap.mmap | None = None
     tables = {}
     # Failed calls are kept, with their frames: a casacore table in them that failed to write
@@ -98,7 +120,9 @@ def serve(command_fd: int, reply_fd: int) -> None:
                     out = np.array(out)
             elif op[0] == "run":
                 _o, name, args = op
-                out = getattr(importlib.import_module(RUN[name]), name)(*args)
+                module, reports = RUN[name]
+                fn = getattr(importlib.import_module(module), name)
+                out = fn(*args, progress=progress) if reports else fn(*args)
             elif op[0] == "exit":
                 for t in tables.values():
                     t.close()
@@ -107,9 +131,7 @@ def serve(command_fd: int, reply_fd: int) -> None:
         except BaseException as e:
             failed.append(e)
             reply = (False, (type(e).__name__, kind(e), " ".join(str(e).split())))
-        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        wr.write(struct.pack("<Q", len(data)) + data)
-        wr.flush()
+        send(reply)
 
 
 if __name__ == "__main__":

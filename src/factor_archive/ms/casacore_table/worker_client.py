@@ -35,6 +35,7 @@ _session_lock = threading.Lock()
 _sessions = 0
 _idle: list[_Worker] = []
 _spawner = None  # the thread that starts workers (see _spawn)
+_serving = False  # this process is a worker (see serving_as_worker)
 
 
 class _WorkerError(FactorArchiveError):
@@ -50,14 +51,14 @@ class _WorkerStopped(_WorkerError):
 
 
 def _reply_error(value) -> FactorArchiveError:
-    """Our error for a failed call in the worker: the worker's own one-line text."""
-    from ...errors import BadInput
+    """Our error for a failed call in the worker: the worker's own one-line text, as the class
+    of factor_archive.errors it was raised as (see worker.kind)."""
+    from ... import errors
 
     tname, kind, text = value
-    if kind == "bad_input":
-        return BadInput(text)
-    if kind == "ours":
-        return FactorArchiveError(text)
+    cls = getattr(errors, kind, None) if kind != "other" else None
+    if isinstance(cls, type) and issubclass(cls, FactorArchiveError):
+        return cls(text)
     return _WorkerError(f"{tname}: {text}")
 
 
@@ -164,6 +165,7 @@ class _Worker:
                                         daemon=True)
         self._sender.start()
         self._ntables = 0
+        self._on_progress: Callable[[int], None] = _no_progress
         self.send(("shm", self.fd, shm_bytes))
 
     def _read_replies(self) -> None:
@@ -176,6 +178,9 @@ class _Worker:
                 if len(head) < 8:
                     break
                 ok, value = pickle.loads(out.read(struct.unpack("<Q", head)[0]))
+                if ok is None:  # progress of the "run" under way
+                    self._on_progress(value)
+                    continue
                 with self._lock:
                     fut, path = self._waiting.popleft()
                 if ok:
@@ -260,7 +265,7 @@ class _Worker:
         if op[0] == "call":
             return self._paths.get(op[1])
         if op[0] == "run" and len(op[2]) > 1:
-            return str(op[2][1])  # concat_in_frequency(slots, out_path)
+            return str(op[2][1])  # concat_in_frequency(slots, out_path), decode_stored_table(store, out_path, ...)
         return None
 
     def _stop_sender(self) -> None:
@@ -297,21 +302,27 @@ class _Worker:
         # Not waited for: the columns are read meanwhile.
         return _RemoteTable(self, tid, self.send(("new", tid, str(path), desc, nrow, dminfo, endian)))
 
-    def run(self, name: str, args: tuple, stop: Callable[[], bool]):
+    def run(self, name: str, args: tuple, stop: Callable[[], bool],
+            progress: Callable[[int], None] | None = None):
         """The allow-listed function ``name`` (see RUN in worker.py) called in the worker.
 
         ``stop`` is polled while waiting (a pipeline thread does not see KeyboardInterrupt):
         when it says so, _WorkerStopped is raised and the worker, left busy, is killed on exit.
+        ``progress`` hears the byte counts a function that reports progress sends meanwhile.
         """
         from concurrent.futures import TimeoutError as FutureTimeout
 
-        fut = self.send(("run", name, args))
-        while True:
-            try:
-                return fut.result(timeout=0.2)
-            except FutureTimeout:
-                if stop():
-                    raise _WorkerStopped(f"stopped while {name} ran") from None
+        self._on_progress = progress or _no_progress
+        try:
+            fut = self.send(("run", name, args))
+            while True:
+                try:
+                    return fut.result(timeout=0.2)
+                except FutureTimeout:
+                    if stop():
+                        raise _WorkerStopped(f"stopped while {name} ran") from None
+        finally:
+            self._on_progress = _no_progress
 
     def close(self, kill: bool = False) -> None:
         """Keep the worker for the next table (inside a worker_session, when it is clean), or end it."""
@@ -368,7 +379,7 @@ def _worker_for(nbytes: int, settings: PipelineSettings = DEFAULT_SETTINGS, *, w
     """A casacore worker (context manager) when a table of ``nbytes`` warrants one, or when the
     table is written inside a worker_session, and the platform allows it; else a context giving
     None (casacore runs in this process). Inside a session a kept worker is reused."""
-    if not hasattr(os, "memfd_create"):
+    if not hasattr(os, "memfd_create") or _serving:
         return _NoWorker()
     if not (writes and _sessions) and (settings.worker_min_bytes is None or nbytes < settings.worker_min_bytes):
         return _NoWorker()
@@ -379,6 +390,42 @@ def _worker_for(nbytes: int, settings: PipelineSettings = DEFAULT_SETTINGS, *, w
         return _Worker(settings.buffers * settings.block_bytes, settings.worker_queue_bytes)
     except Exception:
         return _NoWorker()
+
+
+def start_workers(count: int, run: tuple[str, tuple] | None = None,
+                  settings: PipelineSettings = DEFAULT_SETTINGS) -> None:
+    """Inside a worker_session, have ``count`` idle workers ready, each already running ``run``
+    (a worker.RUN name and its arguments, e.g. imports to make), so that the first tables do not
+    wait for workers to start and import. Outside a session, or where workers are not possible,
+    nothing happens; a worker that fails to start is not an error (one starts when needed)."""
+    if not hasattr(os, "memfd_create") or _serving:
+        return
+    with _session_lock:
+        if not _sessions:
+            return
+        count -= len(_idle)
+    for _ in range(max(0, count)):
+        try:
+            worker = _Worker(settings.buffers * settings.block_bytes, settings.worker_queue_bytes)
+        except Exception:
+            return
+        if run is not None:
+            worker.send(("run", run[0], run[1]))  # answered before the next command's reply
+        with _session_lock:
+            if _sessions and len(_idle) < _IDLE_WORKERS:
+                _idle.append(worker)
+                continue
+        worker._end()
+
+
+def serving_as_worker() -> None:
+    """This process is a casacore worker (worker.py): the tables it writes, it writes itself."""
+    global _serving
+    _serving = True
+
+
+def _no_progress(nbytes: int) -> None:
+    pass
 
 
 def in_session() -> bool:
@@ -409,15 +456,20 @@ def worker_session():
             worker._end()
 
 
-def run_in_worker(name: str, *args, stop: Callable[[], bool] = lambda: False):
-    """Call the casacore-writing function ``name`` (``concat_in_frequency``) in a worker inside a
+def run_in_worker(name: str, *args, stop: Callable[[], bool] = lambda: False,
+                  progress: Callable[[int], None] | None = None):
+    """Call the casacore-writing function ``name`` (one of worker.RUN) in a worker inside a
     worker_session (in this process otherwise); its errors come back as they were raised."""
     with _worker_for(0, writes=True) as worker:
         if worker is None:
-            from .. import concat
+            import importlib
 
-            return getattr(concat, name)(*args)
-        return worker.run(name, args, stop)
+            from .worker import RUN
+
+            module, reports = RUN[name]
+            fn = getattr(importlib.import_module(module), name)
+            return fn(*args, progress=progress or _no_progress) if reports else fn(*args)
+        return worker.run(name, args, stop, progress)
 
 
 class _RemoteTable:
