@@ -138,10 +138,13 @@ def file_member(member: Member, st: os.stat_result, sha: str, size: int, **chang
 
 
 def extract_at_once(jobs: Iterable[tuple[Any, ...]], extract_one: Callable[..., None], *,
-                    workers: int, name: str) -> None:
+                    workers: int, name: str, beside: Callable[..., bool] | None = None) -> None:
     """``extract_one(*job)`` for every job, ``workers`` at a time, started in order (the order of
     the manifest). After a failure no further job starts, and the first failure in job order is
-    raised once the running ones are done: the same member is named whichever thread was first."""
+    raised once the running ones are done: the same member is named whichever thread was first.
+
+    Jobs for which ``beside(*job)`` is true run in order on one more thread of their own, beside
+    the others (small work this process does while the others wait for worker processes)."""
     failed = threading.Event()
 
     def one(*job: Any) -> None:
@@ -153,8 +156,9 @@ def extract_at_once(jobs: Iterable[tuple[Any, ...]], extract_one: Callable[..., 
             failed.set()
             raise
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
-        futures = [pool.submit(one, *job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-beside") as side:
+        futures = [(side if beside is not None and beside(*job) else pool).submit(one, *job) for job in jobs]
         try:
             for future in futures:
                 future.result()

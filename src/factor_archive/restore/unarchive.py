@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import signals
 from ..containers.base import table_worker_session
 from ..containers.registry import open_reader
+from ..containers.zarr.decoders import local_store, start_decoders
 from ..errors import BadInput, FactorArchiveError
 from ..io.durable import fsync_dir, replace_in_marked_tree, sync_filesystem, write_atomic
 from ..io.failures import disk_full, is_disk_full, written_path
@@ -100,9 +101,22 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
 
 def _unarchive(archive: str, output: str, symlink: bool, clobber: bool, quiet: bool,
                store: str | None, client) -> Manifest:
+    store_dir = local_store(archive) if client is None else None
+    if store_dir is None:
+        return _unarchive_from(open_reader(archive, staging=Path(os.path.abspath(output)) / SCRATCH),
+                               archive, output, symlink, clobber, quiet, store, client)
+    # A zarr store on local disk: its tables are decoded by worker processes, started now so
+    # that they start and import while this process does.
+    with table_worker_session(True):
+        start_decoders(store_dir)
+        return _unarchive_from(open_reader(archive, staging=Path(os.path.abspath(output)) / SCRATCH),
+                               archive, output, symlink, clobber, quiet, store, client)
+
+
+def _unarchive_from(reader, archive: str, output: str, symlink: bool, clobber: bool, quiet: bool,
+                    store: str | None, client) -> Manifest:
     new_wd = Path(os.path.abspath(output))
     scratch = new_wd / SCRATCH
-    reader = open_reader(archive, staging=scratch)
     links = None
     try:
         if reader.capabilities.seekable:

@@ -20,6 +20,7 @@ from ...manifest import Manifest, Member, safe_relpath, tree_digest
 from ...ms.casacore_table.pipeline import DEFAULT_SETTINGS, PipelineSettings
 from ..base import ArchiveReader, Capabilities, DestFor, extract_at_once
 from ..locations import Location
+from .decoders import MEMBERS_AT_ONCE, TABLES_AT_ONCE_SETTINGS, start_decoders
 from .layout import (
     ATTR,
     LAYOUT,
@@ -40,13 +41,6 @@ from .stores import (
 
 # ---------------------------------------------------------------------------------------------
 # Reader
-
-_MEMBERS_AT_ONCE = 2  # members extracted at once (see ZarrReader.extract)
-# ... each table then with smaller row blocks (shared memory with its casacore worker) and a
-# shorter queue of commands than a table decoded alone, so that two tables at once, with their
-# two workers, stay within the memory one used to take: on the 8-chunk run of bench_run.py the
-# process tree peaked at 391-398 MiB with these, 466-477 MiB with 8 MiB blocks, at the same CPU.
-_TABLES_AT_ONCE_SETTINGS = PipelineSettings(block_bytes=4 << 20, worker_queue_bytes=8 << 20)
 
 
 class ZarrReader(ArchiveReader):
@@ -185,24 +179,22 @@ class ZarrReader(ArchiveReader):
             return signals.received() is not None
 
         tables = sum(stored == "columns" for _m, _d, stored in jobs)
-        if tables and self.loc.kind == "dir":
-            from ...ms.casacore_table.worker_client import start_workers
-
-            store = str(self.loc.path.absolute())
-            start_workers(min(tables, _MEMBERS_AT_ONCE), ("prepare_decoding", (store,)),
-                          _TABLES_AT_ONCE_SETTINGS if tables > 1 else DEFAULT_SETTINGS)
+        if tables and self.loc.kind == "dir":  # (started already when the restore began)
+            start_decoders(self.loc.path.absolute(), tables)
         with TreeWriteback() as writeback:
             if tables < 2:
                 for member, dest, stored in jobs:
                     self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS, writeback, stop)
                 return
-            # Two members at once, in order, as the writer stores them: each table is decoded
-            # by a casacore worker process of its own (see _extract_table), so two tables keep
-            # both cores busy. After a failure no further member is started; the first failure
-            # in member order is raised once both threads are done.
+            # Two tables at once, in order, as the writer stores them, each decoded by a casacore
+            # worker process of its own (see _extract_table), so two tables keep both cores
+            # busy; the files meanwhile, in order, on a thread of their own here. After a
+            # failure no further member is started; the first failure in member order is raised
+            # once the running ones are done.
             extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
-                member, dest, stored, progress, _TABLES_AT_ONCE_SETTINGS, writeback, stop),
-                workers=_MEMBERS_AT_ONCE, name="zarr-extract")
+                member, dest, stored, progress, TABLES_AT_ONCE_SETTINGS, writeback, stop),
+                workers=MEMBERS_AT_ONCE, name="zarr-extract",
+                beside=lambda member, dest, stored: stored != "columns")
 
     def _extract_one(self, member: Member, dest: Path, stored: str, progress: Progress,
                      settings: PipelineSettings, writeback: TreeWriteback,

@@ -1,0 +1,85 @@
+"""User story: restoring a zarr archive from local disk, each table is decoded whole (reading,
+decompressing, checking, casacore writing) by a worker process of its own, two at a time, with
+the files restored meanwhile by the restoring process; the tables come back the same, progress
+is reported while they are decoded, and a failure there reaches the user as it would from here."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_tables_equal
+from factor_archive.cli import archivefactor_main, unarchivefactor_main
+from factor_archive.containers.zarr import ZarrReader
+from factor_archive.ms.casacore_table import worker_client
+
+
+def test_tables_are_decoded_by_two_workers_while_files_are_restored_here(sample_run, tmp_path, monkeypatch):
+    store = tmp_path / "run.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
+    reader = ZarrReader(str(store))
+    tables = [m for m in reader.manifest.members
+              if m.kind == "table" and m.extra["zarr"]["stored"] == "columns"]
+    reader.close()
+    assert len(tables) >= 3
+
+    def not_here(self, member, out, *args):  # what a worker runs; here it must not run
+        raise AssertionError(f"{member.path} decoded in the restoring process")
+
+    monkeypatch.setattr(ZarrReader, "_decode_member", not_here)
+    started: list[int] = []
+    real_init = worker_client._Worker.__init__
+
+    def counting(self, *args, **kwargs):
+        started.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(worker_client._Worker, "__init__", counting)
+    reported: dict[str, int] = {}
+    real_extract = ZarrReader.extract
+
+    def counting_progress(self, members, dest_for, progress=None):
+        def progress_seen(nbytes: int) -> None:
+            name = threading.current_thread().name
+            reported[name] = reported.get(name, 0) + nbytes
+            if progress is not None:
+                progress(nbytes)
+        return real_extract(self, members, dest_for, progress_seen)
+
+    monkeypatch.setattr(ZarrReader, "extract", counting_progress)
+
+    out = tmp_path / "restored"
+    assert unarchivefactor_main(["-q", str(store), str(out)]) == 0
+    assert len(started) == 2  # started ahead, then kept for the next table
+    for member in tables:
+        assert_tables_equal(Path(member.source), out / member.restore_path)
+    # The column values decoded, reported by the workers (heard on the thread reading their replies).
+    assert reported.get("table-codec-worker", 0) > 0
+
+
+def test_a_worker_error_keeps_its_kind():
+    from factor_archive.errors import BadInput, DamagedArchive, DiskFull, FactorArchiveError
+
+    for name, cls in (("BadInput", BadInput), ("DamagedArchive", DamagedArchive),
+                      ("DiskFull", DiskFull), ("FactorArchiveError", FactorArchiveError)):
+        err = worker_client._reply_error(("X", name, "out/a.ms: the problem"))
+        assert type(err) is cls and str(err) == "out/a.ms: the problem"
+    other = worker_client._reply_error(("RuntimeError", "other", "casacore said so"))
+    assert isinstance(other, worker_client._WorkerError) and str(other) == "RuntimeError: casacore said so"
+    with pytest.raises(FactorArchiveError):
+        raise worker_client._reply_error(("X", "exit", "not an error class"))
+
+
+def test_a_damaged_table_fails_the_restore_in_one_line_with_status_1(sample_run, tmp_path, capsys):
+    store = tmp_path / "run.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
+    data = max((p for p in store.rglob("*") if p.is_file() and "DATA" in p.parts), key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 3] ^= 0x40
+    data.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert unarchivefactor_main(["-q", str(store), str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "DATA" in err, err
+    assert not (tmp_path / "r" / "factor.parset").exists()
