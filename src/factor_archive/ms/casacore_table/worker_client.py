@@ -379,7 +379,7 @@ def _worker_for(nbytes: int, settings: PipelineSettings = DEFAULT_SETTINGS, *, w
     """A casacore worker (context manager) when a table of ``nbytes`` warrants one, or when the
     table is written inside a worker_session, and the platform allows it; else a context giving
     None (casacore runs in this process). Inside a session a kept worker is reused."""
-    if not hasattr(os, "memfd_create") or _serving:
+    if not workers_possible():
         return _NoWorker()
     if not (writes and _sessions) and (settings.worker_min_bytes is None or nbytes < settings.worker_min_bytes):
         return _NoWorker()
@@ -398,7 +398,7 @@ def start_workers(count: int, run: tuple[str, tuple] | None = None,
     (a worker.RUN name and its arguments, e.g. imports to make), so that the first tables do not
     wait for workers to start and import. Outside a session, or where workers are not possible,
     nothing happens; a worker that fails to start is not an error (one starts when needed)."""
-    if not hasattr(os, "memfd_create") or _serving:
+    if not workers_possible():
         return
     with _session_lock:
         if not _sessions:
@@ -416,6 +416,12 @@ def start_workers(count: int, run: tuple[str, tuple] | None = None,
                 _idle.append(worker)
                 continue
         worker._end()
+
+
+def workers_possible() -> bool:
+    """Whether this process can start workers: the platform has memfd_create, and this process
+    is not a worker itself."""
+    return hasattr(os, "memfd_create") and not _serving
 
 
 def serving_as_worker() -> None:
