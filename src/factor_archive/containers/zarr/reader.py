@@ -247,6 +247,7 @@ class ZarrReader(ArchiveReader):
                        writeback: TreeWriteback | None = None,
                        stop: Callable[[], bool] = lambda: False) -> None:
         from ...ms.casacore_table import run_in_worker
+        from ...ms.casacore_table.worker_client import _WorkerError
 
         # A private directory keeps the table's own name, so errors name it as it is known.
         work = partial_name(dest)
@@ -256,8 +257,11 @@ class ZarrReader(ArchiveReader):
             if self._decoders():
                 # The whole table (reading, decompressing, hashing, casacore writes, checks) in a
                 # worker process: one process feeding two tables' workers was the bound (its GIL).
-                run_in_worker("decode_stored_table", str(self.loc.path.absolute()), str(work / dest.name),
-                              member, settings, stop=stop, progress=progress)
+                try:
+                    run_in_worker("decode_stored_table", str(self.loc.path.absolute()), str(work / dest.name),
+                                  member, settings, stop=stop, progress=progress)
+                except _WorkerError as exc:  # the worker died (or was stopped): its errors name the member
+                    raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
             else:
                 self._decode_member(member, work / dest.name, progress, settings)
             if writeback is not None:  # complete, closed by its worker and checked
