@@ -9,10 +9,19 @@ from pathlib import Path
 
 from ...ms.casacore_table.pipeline import PipelineSettings
 
-MEMBERS_AT_ONCE = 2  # tables decoded at once, each by a worker of its own
-# ... each table with smaller row blocks than a table decoded alone, so that two tables at once
-# stay within the memory one used to take.
-TABLES_AT_ONCE_SETTINGS = PipelineSettings(block_bytes=4 << 20, worker_queue_bytes=8 << 20)
+# Each table decoded beside others gets smaller row blocks and two decompression threads: its
+# worker is about one core's work, and the workers together stay within the memory of a few.
+TABLES_AT_ONCE_SETTINGS = PipelineSettings(block_bytes=4 << 20, worker_queue_bytes=8 << 20, threads=2)
+
+
+def tables_at_once() -> int:
+    """Tables decoded at once, each by a worker of its own: one per core this process may use,
+    2 to 8 (a worker holds about 100-150 MB while it decodes a chunk MS)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 2
+    return max(2, min(8, cores))
 
 
 def local_store(location: str | os.PathLike[str]) -> Path | None:
@@ -24,11 +33,12 @@ def local_store(location: str | os.PathLike[str]) -> Path | None:
         return None
 
 
-def start_decoders(store: Path, tables: int = MEMBERS_AT_ONCE) -> None:
-    """Inside a worker_session: up to ``tables`` workers ready (at most MEMBERS_AT_ONCE), each
-    importing the codec and opening ``store`` meanwhile (reader.prepare_decoding)."""
+def start_decoders(store: Path, tables: int | None = None) -> None:
+    """Inside a worker_session: a worker ready for each table decoded at once (for ``tables``
+    tables at most), each importing the codec and opening ``store`` meanwhile
+    (reader.prepare_decoding)."""
     from ...ms.casacore_table.worker_client import start_workers
 
-    count = min(tables, MEMBERS_AT_ONCE)
+    count = min(tables or tables_at_once(), tables_at_once())
     start_workers(count, ("prepare_decoding", (str(store),)),
                   TABLES_AT_ONCE_SETTINGS if count > 1 else PipelineSettings())

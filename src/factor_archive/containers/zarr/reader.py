@@ -20,7 +20,7 @@ from ...manifest import Manifest, Member, safe_relpath, tree_digest
 from ...ms.casacore_table.pipeline import DEFAULT_SETTINGS, PipelineSettings
 from ..base import ArchiveReader, Capabilities, DestFor, extract_at_once
 from ..locations import Location
-from .decoders import MEMBERS_AT_ONCE, TABLES_AT_ONCE_SETTINGS, start_decoders
+from .decoders import TABLES_AT_ONCE_SETTINGS, start_decoders, tables_at_once
 from .layout import (
     ATTR,
     LAYOUT,
@@ -186,14 +186,14 @@ class ZarrReader(ArchiveReader):
                 for member, dest, stored in jobs:
                     self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS, writeback, stop)
                 return
-            # Two tables at once, in order, as the writer stores them, each decoded by a casacore
-            # worker process of its own (see _extract_table), so two tables keep both cores
-            # busy; the files meanwhile, in order, on a thread of their own here. After a
+            # A table per core at once (two here), in order, as the writer stores them, each
+            # decoded by a casacore worker process of its own (see _extract_table); the files
+            # meanwhile, in order, on a thread of their own here. After a
             # failure no further member is started; the first failure in member order is raised
             # once the running ones are done.
             extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
                 member, dest, stored, progress, TABLES_AT_ONCE_SETTINGS, writeback, stop),
-                workers=MEMBERS_AT_ONCE, name="zarr-extract",
+                workers=tables_at_once(), name="zarr-extract",
                 beside=lambda member, dest, stored: stored != "columns")
 
     def _extract_one(self, member: Member, dest: Path, stored: str, progress: Progress,

@@ -30,7 +30,9 @@ from .pipeline import DEFAULT_SETTINGS, PipelineSettings
 # memfd: an abort's "what()" line becomes our one-line error, and nothing of it reaches the user.
 WORKER_MODULE = __package__ + ".worker"
 
-_IDLE_WORKERS = 2  # finished workers kept for the next table within a worker_session
+# Finished workers kept for the next table within a worker_session: as many as a restore decodes
+# tables at once (containers/zarr/decoders.py); no more are kept than ever ran at the same time.
+_IDLE_WORKERS = 8
 _session_lock = threading.Lock()
 _sessions = 0
 _idle: list[_Worker] = []
