@@ -16,7 +16,7 @@ TABLES_AT_ONCE_SETTINGS = PipelineSettings(block_bytes=4 << 20, worker_queue_byt
 
 def tables_at_once() -> int:
     """Tables decoded at once, each by a worker of its own: one per core this process may use,
-    2 to 8 (a worker holds about 100-150 MB while it decodes a chunk MS)."""
+    2 to 8 (a worker decoding a chunk MS peaks at about 170 MB)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
