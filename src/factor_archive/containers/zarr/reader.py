@@ -259,7 +259,8 @@ class ZarrReader(ArchiveReader):
                 # worker process: one process feeding two tables' workers was the bound (its GIL).
                 try:
                     run_in_worker("decode_stored_table", str(self.loc.path.absolute()), str(work / dest.name),
-                                  member, settings, stop=stop, progress=progress)
+                                  member, settings, stop=stop, progress=progress,
+                                  here=lambda: self._decode_member(member, work / dest.name, progress, settings))
                 except _WorkerError as exc:  # the worker died (or was stopped): its errors name the member
                     raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
             else:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -465,10 +466,13 @@ def worker_session():
 
 
 def run_in_worker(name: str, *args, stop: Callable[[], bool] = lambda: False,
-                  progress: Callable[[int], None] | None = None):
+                  progress: Callable[[int], None] | None = None, here: Callable[[], Any] | None = None):
     """Call the casacore-writing function ``name`` (one of worker.RUN) in a worker inside a
-    worker_session (in this process otherwise); its errors come back as they were raised."""
+    worker_session (in this process otherwise, or ``here()`` instead when given); its errors come
+    back as they were raised."""
     with _worker_for(0, writes=True) as worker:
+        if worker is None and here is not None:
+            return here()
         if worker is None:
             import importlib
 
