@@ -34,9 +34,10 @@ class CodecSpec:
 
     ``seconds_per_gb``: the codec's CPU cost, encode + decode, per GB of raw values, a constant
     so that the choice (see codec_choice) depends on the data and the settings only, never on
-    how busy the machine was. Measured with benchmarks/codec_speeds.py (the median over a DP3
-    MS's columns, one core of the development machine); real costs vary with the data (zstd
-    level 5 takes 2-30 s/GB), the model only has to rank the candidates of a big column.
+    how busy the machine was. Measured with benchmarks/codec_speeds.py (the median over samples
+    of a DP3 MS's columns of 8 MiB or more, one core of the development machine); real costs vary
+    with the data (blosc zstd level 5 took 2-30 s/GB), the model only ranks a big column's
+    candidates.
     """
 
     label: str
