@@ -10,8 +10,10 @@ DP3 Measurement Set, and for every candidate codec of each column (the fast ones
 encode + decode through the same ``_ChunkCodec`` the archive uses, on this thread, timed with
 ``time.thread_time``, best of ``--runs``. It prints, per column and codec, the stored size (as a
 fraction of the raw bytes), the seconds per GB of raw bytes, and the cost the choice would give
-(model seconds + stored bytes / worth) with the constants as they are now; then, per codec, the
-median seconds per GB over the columns it was tried on, which is what ``seconds_per_gb`` holds.
+(model seconds + stored bytes / worth) with the constants as they are now, and the codec that
+cost makes cheapest; then, per codec, the median seconds per GB over the samples of the columns
+that choose by speed (for the byte codecs, DATA's bytes seen as uint8; a codec no such column
+tries, over all its samples): rounded, what ``seconds_per_gb`` holds.
 
 Run from the repository root on an otherwise idle machine (default MS: the first chunk MS of the
 run bench_run.py builds; ``bench_run.py --build-only`` makes it):
