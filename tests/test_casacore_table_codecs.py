@@ -146,7 +146,7 @@ def test_a_new_codec_is_one_registry_entry(tmp_path, monkeypatch):
                                            fast_for={f: r for f, r in spec.fast_for.items() if f != "float"})
                 for label, spec in CODECS.items()}
     registry["blosc-noshuffle-zstd"] = CodecSpec("blosc-noshuffle-zstd", ("blosc", "zstd", 3, "noshuffle"),
-                                                 tried_for={"float": 0})
+                                                 tried_for={"float": 0}, seconds_per_gb=6.0)
     monkeypatch.setattr("factor_archive.ms.casacore_table.codecs.CODECS", registry)
     src = tmp_path / "t.tab"
     with ct.table(str(src), ct.maketabdesc([ct.makearrcoldesc("D", 0.0, shape=[4], options=4, valuetype="float")]),

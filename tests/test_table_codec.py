@@ -1260,20 +1260,71 @@ def test_node_documents_are_the_ones_zarr_writes():
 
 
 def test_codec_choice_weighs_speed_for_big_columns(monkeypatch):
+    """A big column weighs each codec's modelled CPU cost against its stored bytes: noisy
+    visibilities take the fast chain, 2 % larger; a small one takes the smallest."""
     col = schema.ColumnSchema(name="DATA", ctype="complex", dtype=np.dtype(np.complex64), layout="fixed",
                   cell_shape=(64, 4), chunk_rows=1024, block_rows=32768)
-    sample = np.zeros((1024, 64, 4), np.complex64)
-    fake = {"blosc-shuffle-zstd": (1830, 0.020), "blosc-bitshuffle-zstd": (1820, 0.010),
-            "blosc-shuffle-zstd1": (1970, 0.006), "blosc-bitshuffle-zstd1": (1880, 0.006),
-            "blosc-shuffle-lz4": (1940, 0.0024), "blosc-bitshuffle-lz4": (1870, 0.0024)}
-    fake = {k: (v[0] * 1000, v[1]) for k, v in fake.items()}  # bytes of a 2 MiB chunk
-    monkeypatch.setattr(codec_choice, "_trials",
-                        lambda cands, s, timed, runs=1: {c: fake[c] for c in cands if c in fake})
+    sample = np.zeros((1024, 64, 4), np.complex64)  # 2 MiB; the sizes below are DATA's in the benchmark run
+    fake = {"blosc-shuffle-zstd": 1_850_000, "blosc-bitshuffle-zstd": 1_840_000,
+            "blosc-shuffle-zstd1": 1_968_000, "blosc-bitshuffle-zstd1": 1_910_000,
+            "blosc-shuffle-lz4": 1_950_000, "blosc-bitshuffle-lz4": 1_892_000}
+    monkeypatch.setattr(codec_choice, "_trials", lambda cands, s: {c: fake[c] for c in cands if c in fake})
     with pipeline._Work() as work:
         row_bytes = 64 * 4 * 8
         choice = codec_choice._start_choice(col, 351540 * row_bytes, sample, work)
         assert choice(None, None) == "blosc-bitshuffle-lz4"
         assert codec_choice._start_choice(col, 100 * row_bytes, sample, work)(None, None) == "blosc-bitshuffle-zstd"
+
+
+def test_codec_choice_of_a_dp3_ms_does_not_depend_on_how_long_the_trials_take(dp3_ms, monkeypatch):
+    """Every column of a DP3-written MS chooses by speed, with CPU all that counts, three times:
+    as is, with clocks that say every trial took 1000 s, and with clocks that jump at random
+    while another thread keeps a core busy compressing. The stores are the same: the same codec
+    for every column, the same stored bytes."""
+    import random
+    import threading
+    import time
+
+    import numcodecs
+
+    settings = pipeline.PipelineSettings(speed_min_bytes=1, numcodecs_min_sample=1, worth=1e12)
+
+    def encode() -> dict:
+        store = zarr.storage.MemoryStore()
+        info = encode_table(dp3_ms, zarr.open_group(store, mode="w"), settings=settings)
+        return {"info": info, "objects": {k: bytes(v.to_bytes()) for k, v in store._store_dict.items()}}
+
+    as_is = encode()
+    fast = {s.label for s in codecs.CODECS.values() if s.fast_for}
+    assert fast & set(as_is["info"]["codecs"].values()), "no column chose by speed"
+
+    clocks = ["thread_time", "perf_counter", "process_time"]
+    ticks = iter(range(1, 1 << 30))
+    for name in clocks:  # every reading 1000 s after the one before
+        monkeypatch.setattr(time, name, lambda: 1000.0 * next(ticks))
+        monkeypatch.setattr(time, name + "_ns", lambda: 1000 * 10**9 * next(ticks))
+    slow_clocks = encode()
+
+    rng = random.Random(5)
+    for name in clocks:
+        monkeypatch.setattr(time, name, lambda: rng.uniform(0, 1e6))
+        monkeypatch.setattr(time, name + "_ns", lambda: rng.randrange(10**15))
+    stop = threading.Event()
+
+    def burn() -> None:
+        noise = np.random.default_rng(1).integers(0, 255, 4 << 20, np.uint8).tobytes()
+        while not stop.is_set():
+            numcodecs.Zstd(level=9).encode(noise)
+
+    burner = threading.Thread(target=burn)
+    burner.start()
+    try:
+        busy_and_random = encode()
+    finally:
+        stop.set()
+        burner.join(30)
+    assert slow_clocks == as_is
+    assert busy_and_random == as_is
 
 
 # --------------------------------------------------------------------------- verify_table

@@ -105,32 +105,6 @@ def test_a_table_does_not_wait_for_a_file_still_being_written():
     assert planned.is_set()
 
 
-def test_a_file_waits_while_a_table_plans():
-    """A table's codec trials are timed: the files' thread does not take CPU from them."""
-    turns = codec_choice.PlanningTurns()
-    planning, release, file_went = threading.Event(), threading.Event(), threading.Event()
-
-    def table() -> None:
-        with turns.item(0), turns.planning():
-            planning.set()
-            release.wait(10)
-
-    def file() -> None:
-        planning.wait(10)
-        turns.wait_while_planning()
-        file_went.set()
-
-    threads = [threading.Thread(target=table), threading.Thread(target=file)]
-    for t in threads:
-        t.start()
-    assert planning.wait(10)
-    assert not file_went.wait(0.2)
-    release.set()
-    assert file_went.wait(10)
-    for t in threads:
-        t.join(10)
-
-
 def test_a_file_array_document_is_the_one_zarr_writes(tmp_path):
     """A file's zarr.json, serialised without zarr, has zarr's bytes (non-ASCII path included)."""
     import json

@@ -211,8 +211,6 @@ def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progr
     def nth(index: int, item: PlanItem) -> Member:
         if turns is None:
             return one(item)
-        if not _is_table(item):
-            turns.wait_while_planning()
         with turns.item(index):
             return one(item)
 
@@ -221,8 +219,7 @@ def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progr
         # With table workers the files (~460 small ones in a real run) go through a third thread
         # beside the two tables, so they fill the gaps the tables leave instead of running alone
         # after the last table. Files plan nothing: they pass their turn at once, and the tables
-        # still plan in the run's order; a file waits while a table plans (its codec trials are
-        # timed).
+        # still plan in the run's order.
         files_pool = ThreadPoolExecutor(max_workers=1) if turns is not None else pool
         futures = []
         for i, item in enumerate(items):

@@ -1,11 +1,11 @@
 """Choosing a column's codec: the candidates for its type are tried on a sample, on the
 compression pool, while planning goes on; the smallest wins, or for a big column the cheapest in
-CPU seconds plus stored bytes.
+modelled CPU seconds (a fixed cost per byte for each codec) plus stored bytes. Nothing measured
+about the machine enters the choice: the store is a function of the data and the settings.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -13,41 +13,30 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 
 from .casacore_read import _read_uniform
-from .codecs import _BadChunk, _candidates, _ChunkCodec, codec
+from .codecs import _BadChunk, _candidates, _ChunkCodec, codec, model_seconds
 from .common import RawTableRequired, _ReadFailure
 from .pipeline import _Work
 from .schema import ColumnSchema
 
 
-def _trials(cands: list[str], sample: np.ndarray, timed: bool, runs: int = 1) -> dict[str, tuple[int, float]]:
-    """{label: (compressed bytes, encode + decode CPU seconds)} of one chunk; a pipeline that
-    does not give the chunk back bit for bit is left out. Timed: the best of ``runs`` runs of
-    this thread's CPU time, so other threads and processes do not skew the choice."""
-    import time
-
+def _trials(cands: list[str], sample: np.ndarray) -> dict[str, int]:
+    """{label: compressed bytes} of one chunk; a pipeline that does not give the chunk back bit
+    for bit is left out."""
     out = {}
     sample = np.ascontiguousarray(sample)
     back = np.empty_like(sample)
     for label in cands:
         chain = _ChunkCodec.from_label(label, sample.dtype, sample.shape)
-        best = math.inf
-        for _ in range(runs if timed else 1):
-            t0 = time.thread_time()
-            data, crc = chain.encode(sample)
-            t1 = time.thread_time()
-            stored = np.empty(len(data) + 4, np.uint8)
-            stored[:-4] = np.frombuffer(data, np.uint8)
-            stored[-4:] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
-            t2 = time.thread_time()
-            try:
-                chain.decode(stored, back)
-            except _BadChunk:
-                break
-            t3 = time.thread_time()
-            best = min(best, (t1 - t0) + (t3 - t2))
-        else:
-            if back.tobytes() == sample.tobytes():
-                out[label] = (len(data), best if timed else 0.0)
+        data, crc = chain.encode(sample)
+        stored = np.empty(len(data) + 4, np.uint8)
+        stored[:-4] = np.frombuffer(data, np.uint8)
+        stored[-4:] = np.frombuffer(crc.to_bytes(4, "little"), np.uint8)
+        try:
+            chain.decode(stored, back)
+        except _BadChunk:
+            continue
+        if back.tobytes() == sample.tobytes():
+            out[label] = len(data)
     return out
 
 
@@ -104,9 +93,9 @@ def remembered_codec_choices(decided: Mapping[tuple, str] | None = None) -> Iter
 
 class PlanningTurns:
     """Members written two at a time still plan their tables in the run's order: a table's
-    codec choices depend on the choices remembered from the tables before it (and a big
-    column's trials are timed), so table k plans only once every member before it has planned
-    or finished. Then the archive is the one a single writer makes, byte for byte.
+    codec choices depend on the choices remembered from the tables before it (the first table
+    of a kind decides, see CodecMemory), so table k plans only once every member before it has
+    planned or finished. Then the archive is the one a single writer makes, byte for byte.
 
     ``item(i)`` (around the whole of member i's write, in the thread writing it) gives the
     member its place; ``planning()`` (around a table's planning, by encode_table) waits for
@@ -116,7 +105,6 @@ class PlanningTurns:
         self._cond = threading.Condition()
         self._passed: set[int] = set()  # members that planned or finished
         self._next = 0                  # every member below this one passed
-        self._planning = 0              # tables planning now
         self._mine = threading.local()
 
     @contextmanager
@@ -137,24 +125,13 @@ class PlanningTurns:
         with self._cond:
             while self._next < index:
                 self._cond.wait()
-            self._planning += 1
         try:
             yield
         finally:
-            with self._cond:
-                self._planning -= 1
             self._pass(index)
 
-    def wait_while_planning(self) -> None:
-        """Until no table is planning: a file written beside a table's timed codec trials would
-        take CPU from them and could change the codec chosen (and so the stored bytes)."""
-        with self._cond:
-            while self._planning:
-                self._cond.wait()
-
     def plans_nothing(self, index: int) -> None:
-        """Member ``index`` plans no table (a file): the members after it need not wait for it.
-        A file starts only while no table plans (``wait_while_planning``; most files are small)."""
+        """Member ``index`` plans no table (a file): the members after it need not wait for it."""
         self._pass(index)
 
     def _pass(self, index: int) -> None:
@@ -218,8 +195,10 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work, kind: tup
     -> label.
 
     The smallest on the first chunk wins; for a column of settings.speed_min_bytes or more the
-    cheapest in (encode + decode CPU seconds) + (stored bytes / settings.worth), so that fast codecs
-    win on noisy data. A numcodecs pipeline must beat that by 10 % (float delta: exactly).
+    cheapest in model_seconds (each codec's fixed CPU cost per byte, encode + decode) + (stored
+    bytes / settings.worth), so that fast codecs win on noisy data. Sizes are exact and the
+    model a constant, so the same data and settings always give the same choice. A numcodecs
+    pipeline must beat that by 10 % (float delta: exactly).
     """
     if sample is None or sample.size == 0:
         return lambda tb, path: _candidates(col)[0]
@@ -230,17 +209,7 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work, kind: tup
         return lambda tb, path: cands[0]
     if sample.nbytes < settings.numcodecs_min_sample:
         cands = [c for c in cands if not codec(c).numcodecs]
-    res: dict[str, tuple[int, float]] = {}
-
-    def run(labels, runs=1):
-        return [work.pool.submit(_trials, [c], sample, big, runs) for c in labels]
-
-    def collect(futs):
-        for f in futs:
-            for c, (size, secs) in f.result().items():
-                res[c] = (size, min(secs, res[c][1]) if c in res else secs)
-
-    first = run(cands)
+    trials = [work.pool.submit(_trials, [c], sample) for c in cands]
 
     def finish(tb, path) -> str:
         label = choose(tb, path)
@@ -252,21 +221,16 @@ def _start_choice(col: ColumnSchema, nbytes: int, sample, work: _Work, kind: tup
         return label
 
     def choose(tb, path) -> str:
-        collect(first)
-        spec = [c for c in cands if not codec(c).numcodecs and c in res]
+        size = {c: n for f in trials for c, n in f.result().items()}
+        spec = [c for c in cands if not codec(c).numcodecs and c in size]
         if not spec:
             return _candidates(col)[0]
         if big:
-            def cost(c):
-                return res[c][1] + res[c][0] / settings.worth
-
-            low = min(cost(c) for c in spec)
-            collect(run([c for c in spec if cost(c) <= 1.08 * low], 2))  # contenders: best of 3
-            best = min(spec, key=cost)
+            best = min(spec, key=lambda c: model_seconds(c, sample.nbytes) + size[c] / settings.worth)
         else:
-            best = min(spec, key=lambda c: res[c][0])
+            best = min(spec, key=lambda c: size[c])
         for c in cands:
-            if codec(c).numcodecs and c in res and res[c][0] < settings.numcodecs_margin * res[best][0]:
+            if codec(c).numcodecs and c in size and size[c] < settings.numcodecs_margin * size[best]:
                 rows = nbytes // col.itemsize  # float delta: scalar columns only
                 if (not codec(c).exact_on_floats and col.dtype is not None and col.dtype.kind == "f"
                         and not _delta_exact(tb, path, col, rows)):

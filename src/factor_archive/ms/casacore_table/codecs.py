@@ -31,6 +31,13 @@ class CodecSpec:
     family (see :func:`column_families`) to the codec's rank among that family's candidates
     (rank 0 is the family's default); ``fast_for`` likewise for the quick codecs, tried only on
     columns big enough to choose by speed.
+
+    ``seconds_per_gb``: the codec's CPU cost, encode + decode, per GB of raw values, a constant
+    so that the choice (see codec_choice) depends on the data and the settings only, never on
+    how busy the machine was. Measured with benchmarks/codec_speeds.py (the median over samples
+    of a DP3 MS's columns of 8 MiB or more, one core of the development machine); real costs vary
+    with the data (blosc zstd level 5 took 2-30 s/GB), the model only ranks a big column's
+    candidates.
     """
 
     label: str
@@ -38,6 +45,7 @@ class CodecSpec:
     filter: str | None = None
     tried_for: dict[str, int] = field(default_factory=dict)
     fast_for: dict[str, int] = field(default_factory=dict)
+    seconds_per_gb: float = field(kw_only=True)
 
     @property
     def numcodecs(self) -> bool:
@@ -74,19 +82,30 @@ class CodecSpec:
 
 # The registry: adding a codec is one entry here (a chain of the form above).
 CODECS: dict[str, CodecSpec] = {spec.label: spec for spec in (
-    CodecSpec("blosc-shuffle-zstd", ("blosc", "zstd", LEVEL, "shuffle"), tried_for={"int": 0, "float": 0}),
+    CodecSpec("blosc-shuffle-zstd", ("blosc", "zstd", LEVEL, "shuffle"), tried_for={"int": 0, "float": 0},
+              seconds_per_gb=13.0),
     CodecSpec("blosc-bitshuffle-zstd", ("blosc", "zstd", LEVEL, "bitshuffle"),
-              tried_for={"bool": 0, "byte": 1, "float": 1}),
-    CodecSpec("blosc-shuffle-zstd1", ("blosc", "zstd", 1, "shuffle"), fast_for={"int": 0, "float": 0}),
-    CodecSpec("blosc-bitshuffle-zstd1", ("blosc", "zstd", 1, "bitshuffle"), fast_for={"bool": 0, "float": 1}),
-    CodecSpec("blosc-shuffle-lz4", ("blosc", "lz4", 9, "shuffle"), fast_for={"int": 1, "float": 2}),
+              tried_for={"bool": 0, "byte": 1, "float": 1}, seconds_per_gb=7.6),
+    CodecSpec("blosc-shuffle-zstd1", ("blosc", "zstd", 1, "shuffle"), fast_for={"int": 0, "float": 0},
+              seconds_per_gb=4.0),
+    CodecSpec("blosc-bitshuffle-zstd1", ("blosc", "zstd", 1, "bitshuffle"), fast_for={"bool": 0, "float": 1},
+              seconds_per_gb=3.9),
+    CodecSpec("blosc-shuffle-lz4", ("blosc", "lz4", 9, "shuffle"), fast_for={"int": 1, "float": 2},
+              seconds_per_gb=2.3),
     CodecSpec("blosc-bitshuffle-lz4", ("blosc", "lz4", 9, "bitshuffle"),
-              fast_for={"bool": 1, "byte": 1, "float": 3}),
-    CodecSpec("packbits-zstd", ("zstd", LEVEL), "packbits", tried_for={"bool": 1}),
-    CodecSpec("delta-zstd", ("zstd", LEVEL), "delta", tried_for={"int": 2, "float64-scalar": 2}),
-    CodecSpec("zstd", ("zstd", LEVEL), tried_for={"string": 0, "byte": 0, "int": 1}),
-    CodecSpec("zstd1", ("zstd", 1), fast_for={"byte": 0}),
+              fast_for={"bool": 1, "byte": 1, "float": 3}, seconds_per_gb=2.2),
+    CodecSpec("packbits-zstd", ("zstd", LEVEL), "packbits", tried_for={"bool": 1}, seconds_per_gb=1.0),
+    CodecSpec("delta-zstd", ("zstd", LEVEL), "delta", tried_for={"int": 2, "float64-scalar": 2},
+              seconds_per_gb=1.8),
+    CodecSpec("zstd", ("zstd", LEVEL), tried_for={"string": 0, "byte": 0, "int": 1}, seconds_per_gb=4.6),
+    CodecSpec("zstd1", ("zstd", 1), fast_for={"byte": 0}, seconds_per_gb=3.5),
 )}
+
+
+def model_seconds(label: str, nbytes: int) -> float:
+    """The CPU seconds the speed model gives codec ``label`` to encode and decode ``nbytes``
+    of raw values (see CodecSpec.seconds_per_gb)."""
+    return codec(label).seconds_per_gb * nbytes / 1e9
 
 
 def codec(label: str) -> CodecSpec:
