@@ -105,9 +105,12 @@ def _unarchive(archive: str, output: str, symlink: bool, clobber: bool, quiet: b
     if store_dir is None:
         return _unarchive_from(open_reader(archive, staging=Path(os.path.abspath(output)) / SCRATCH),
                                archive, output, symlink, clobber, quiet, store, client)
-    # A zarr store on local disk: its tables are decoded by worker processes, started now so
-    # that they start and import while this process does.
-    with table_worker_session(True):
+    # A zarr store on local disk: its tables are decoded by worker processes, started now (in a
+    # session of their own, before this process imports the codec) so that they start and import
+    # while this process does.
+    from ..ms.casacore_table.worker_client import worker_session
+
+    with worker_session():
         start_decoders(store_dir)
         return _unarchive_from(open_reader(archive, staging=Path(os.path.abspath(output)) / SCRATCH),
                                archive, output, symlink, clobber, quiet, store, client)
