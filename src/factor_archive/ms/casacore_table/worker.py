@@ -19,6 +19,7 @@ import pickle
 import signal
 import struct
 import sys
+import threading
 
 # What the "run" command may call: name -> (module, whether it reports progress). A function
 # that reports progress gets ``progress=`` a callable taking a byte count, which the parent
@@ -71,10 +72,13 @@ def serve(command_fd: int, reply_fd: int) -> None:
     rd = os.fdopen(command_fd, "rb")
     wr = os.fdopen(reply_fd, "wb")
 
+    sending = threading.Lock()  # progress may come from any thread of a function run here
+
     def send(message) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        wr.write(struct.pack("<Q", len(data)) + data)
-        wr.flush()
+        with sending:
+            wr.write(struct.pack("<Q", len(data)) + data)
+            wr.flush()
 
     def progress(nbytes: int) -> None:  # before the reply: (None, bytes)
         send((None, int(nbytes)))
