@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import errno
 import signal
+import warnings
 from collections.abc import Callable, Sequence
 
 from . import __version__
@@ -54,6 +55,10 @@ def _guard(prog: str, func: Callable[[], int], hint: Callable[[], str] = lambda:
 
     A signal (see signals.py) wins over whatever error the unwinding it caused produced.
     """
+    if signals.is_program():
+        # A zarr call a signal interrupts may leave coroutines it made and never ran; each would
+        # print a RuntimeWarning when freed, below our one line.
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
     try:
         with signals.handled():  # inside the try: a signal at any moment of the work lands below
             code = func() or 0
