@@ -6,6 +6,7 @@ everything else succeeded, so an interrupted restore never looks like a run read
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from .. import signals
 from ..containers.base import table_worker_session
 from ..containers.registry import open_reader
-from ..containers.zarr.decoders import local_store, start_decoders
+from ..containers.zarr.decoders import decoding_ahead
 from ..errors import BadInput, FactorArchiveError
 from ..io.durable import fsync_dir, replace_in_marked_tree, sync_filesystem, write_atomic
 from ..io.failures import disk_full, is_disk_full, written_path
@@ -101,17 +102,8 @@ def unarchive(archive: str, output: str, *, symlink: bool = False, clobber: bool
 
 def _unarchive(archive: str, output: str, symlink: bool, clobber: bool, quiet: bool,
                store: str | None, client) -> Manifest:
-    store_dir = local_store(archive) if client is None else None
-    if store_dir is None:
-        return _unarchive_from(open_reader(archive, staging=Path(os.path.abspath(output)) / SCRATCH),
-                               archive, output, symlink, clobber, quiet, store, client)
-    # A zarr store on local disk: its tables are decoded by worker processes, started now (in a
-    # session of their own, before this process imports the codec) so that they start and import
-    # while this process does.
-    from ..ms.casacore_table.worker_client import worker_session
-
-    with worker_session():
-        start_decoders(store_dir)
+    # A zarr store on local disk: its tables are decoded by worker processes, started first.
+    with decoding_ahead(archive) if client is None else contextlib.nullcontext():
         return _unarchive_from(open_reader(archive, staging=Path(os.path.abspath(output)) / SCRATCH),
                                archive, output, symlink, clobber, quiet, store, client)
 

@@ -5,6 +5,8 @@ nor casacore, so the workers start and import while the restoring process still 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ...ms.casacore_table.pipeline import PipelineSettings
@@ -31,6 +33,22 @@ def local_store(location: str | os.PathLike[str]) -> Path | None:
         return path.absolute() if (path / "zarr.json").is_file() else None
     except OSError:
         return None
+
+
+@contextmanager
+def decoding_ahead(location: str | os.PathLike[str]) -> Iterator[None]:
+    """For a restore of ``location``: when it is a zarr store on local disk, a worker session
+    with its decoders started now, before the restoring process imports the codec, so that they
+    start and import while it does; nothing otherwise."""
+    store = local_store(location)
+    if store is None:
+        yield
+        return
+    from ...ms.casacore_table.worker_client import worker_session
+
+    with worker_session():
+        start_decoders(store)
+        yield
 
 
 def start_decoders(store: Path, tables: int | None = None) -> None:

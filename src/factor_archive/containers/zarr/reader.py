@@ -173,11 +173,12 @@ class ZarrReader(ArchiveReader):
             stored = self._stored(member)
             if stored != "link":
                 jobs.append((member, dest, stored))
+
         def stop() -> bool:  # a member running when another fails still ends (see extract_at_once)
             return signals.received() is not None
 
         tables = sum(stored == "columns" for _m, _d, stored in jobs)
-        if tables and self._decoders():  # (started already when the restore began)
+        if tables and self._decoders():  # a no-op when unarchive started them already
             start_decoders(self.loc.path.absolute(), tables)
         # A restore is synced at its end: each restored table's big files start to go to disk
         # once the table is complete, so the disk works while the next tables are decoded.
@@ -188,9 +189,9 @@ class ZarrReader(ArchiveReader):
                 return
             # A table per core at once (two here), in order, as the writer stores them, each
             # decoded by a casacore worker process of its own (see _extract_table); the files
-            # meanwhile, in order, on a thread of their own here. After a
-            # failure no further member is started; the first failure in member order is raised
-            # once the running ones are done.
+            # meanwhile, in order, on a thread of their own here. After a failure no further
+            # member is started; the first failure in member order is raised once the running
+            # ones are done.
             extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
                 member, dest, stored, progress, TABLES_AT_ONCE_SETTINGS, writeback, stop),
                 workers=tables_at_once(), name="zarr-extract",
@@ -251,24 +252,26 @@ class ZarrReader(ArchiveReader):
 
         # A private directory keeps the table's own name, so errors name it as it is known.
         work = partial_name(dest)
+        out = work / dest.name
         remove(work)
         work.mkdir()
         try:
             if self._decoders():
                 # The whole table (reading, decompressing, hashing, casacore writes, checks) in a
                 # worker process: one process feeding two tables' workers was the bound (its GIL).
+                # Without a worker, here as below.
                 try:
-                    run_in_worker("decode_stored_table", str(self.loc.path.absolute()), str(work / dest.name),
-                                  member, settings, stop=stop, progress=progress,
-                                  here=lambda: self._decode_member(member, work / dest.name, progress, settings))
+                    run_in_worker("decode_stored_table", str(self.loc.path.absolute()), str(out), member,
+                                  settings, stop=stop, progress=progress,
+                                  here=lambda: self._decode_member(member, out, progress, settings))
                 except _WorkerError as exc:  # the worker died (or was stopped): its errors name the member
                     raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
             else:
-                self._decode_member(member, work / dest.name, progress, settings)
+                self._decode_member(member, out, progress, settings)
             if writeback is not None:  # complete, closed by its worker and checked
-                writeback.start(work / dest.name)
-            set_meta(work / dest.name, member.mode, member.mtime)
-            install(work / dest.name, dest)
+                writeback.start(out)
+            set_meta(out, member.mode, member.mtime)
+            install(out, dest)
         finally:
             discard(work)
 
