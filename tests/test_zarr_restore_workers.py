@@ -84,3 +84,23 @@ def test_a_damaged_table_fails_the_restore_in_one_line_with_status_1(sample_run,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "DATA" in err, err
     assert not (tmp_path / "r" / "factor.parset").exists()
+
+
+def test_a_worker_that_dies_while_decoding_is_reported_naming_the_table(sample_run, tmp_path, monkeypatch, capsys):
+    store = tmp_path / "run.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
+    real_run = worker_client._Worker.run
+
+    def dying(self, name, args, stop, progress=None):
+        if name == "decode_stored_table":
+            self.proc.kill()  # as the OOM killer or a kill -9 of the worker would
+            self.proc.wait()
+        return real_run(self, name, args, stop, progress)
+
+    monkeypatch.setattr(worker_client._Worker, "run", dying)
+    capsys.readouterr()
+    assert unarchivefactor_main(["-q", str(store), str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "casacore worker process" in err and ".ms" in err and str(store) in err, err
+    assert not (tmp_path / "r" / "factor.parset").exists()
