@@ -138,16 +138,35 @@ def file_member(member: Member, st: os.stat_result, sha: str, size: int, **chang
 
 
 def extract_at_once(jobs: Iterable[tuple[Any, ...]], extract_one: Callable[..., None], *,
-                    workers: int, name: str, beside: Callable[..., bool] | None = None) -> None:
+                    workers: int, name: str, beside: Callable[..., bool] | None = None,
+                    beside_last: bool = False) -> None:
     """``extract_one(*job)`` for every job, ``workers`` at a time, started in order (the order of
     the manifest). After a failure no further job starts, and the first failure in job order is
     raised once the running ones are done: the same member is named whichever thread was first.
 
     Jobs for which ``beside(*job)`` is true run in order on one more thread of their own, beside
-    the others (small work this process does while the others wait for worker processes)."""
+    the others (small work this process does while the others wait for worker processes); with
+    ``beside_last`` they start with the last round of the others (fewer than ``workers`` of them
+    left to start), so that they fill the time the last ones leave cores idle instead of slowing
+    the first ones."""
+    jobs = list(jobs)
     failed = threading.Event()
+    aside = [beside is not None and bool(beside(*job)) for job in jobs]
+    unstarted = [sum(not a for a in aside)]   # jobs of the pool not started yet
+    last_round = threading.Event()
+    lock = threading.Lock()
+    if not beside_last or unstarted[0] < workers:
+        last_round.set()
 
-    def one(*job: Any) -> None:
+    def one(*job: Any, aside: bool = False) -> None:
+        if aside:
+            while not last_round.wait(0.1) and not failed.is_set():
+                pass
+        elif not last_round.is_set():
+            with lock:
+                unstarted[0] -= 1
+                if unstarted[0] < workers:
+                    last_round.set()
         if failed.is_set():
             return
         try:
@@ -158,7 +177,8 @@ def extract_at_once(jobs: Iterable[tuple[Any, ...]], extract_one: Callable[..., 
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-beside") as side:
-        futures = [(side if beside is not None and beside(*job) else pool).submit(one, *job) for job in jobs]
+        futures = [side.submit(one, *job, aside=True) if a else pool.submit(one, *job)
+                   for job, a in zip(jobs, aside)]
         try:
             for future in futures:
                 future.result()

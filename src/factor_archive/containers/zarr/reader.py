@@ -188,14 +188,16 @@ class ZarrReader(ArchiveReader):
                     self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS, writeback, stop)
                 return
             # A table per core at once (two here), in order, as the writer stores them, each
-            # decoded by a casacore worker process of its own (see _extract_table); the files
-            # meanwhile, in order, on a thread of their own here. After a failure no further
+            # decoded by a casacore worker process of its own (see _extract_table); the files in
+            # order on a thread of their own here, from the last round of tables on: before, they
+            # slowed the first tables (three busy processes on two cores) and the last table ran
+            # alone (benchmarks/README.md, sixth session). After a failure no further
             # member is started; the first failure in member order is raised once the running
             # ones are done.
             extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
                 member, dest, stored, progress, TABLES_AT_ONCE_SETTINGS, writeback, stop),
                 workers=tables_at_once(), name="zarr-extract",
-                beside=lambda member, dest, stored: stored != "columns")
+                beside=lambda member, dest, stored: stored != "columns", beside_last=True)
 
     def _extract_one(self, member: Member, dest: Path, stored: str, progress: Progress,
                      settings: PipelineSettings, writeback: TreeWriteback,
