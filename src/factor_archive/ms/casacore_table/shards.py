@@ -464,16 +464,20 @@ class _ArrayIn:
             return
         fetched: dict[int, Any] = {}
         pending: deque = deque()
+        # An array of one inner chunk (a subtable's column, a main table's scalar column) is read
+        # and decoded in this thread: handing it to the io thread and the pool and waiting for
+        # both cost more than the work, and nothing else could overlap it.
+        io, pool = (_HERE, _HERE) if self.nrows <= self.chunk else (work.io, work.pool)
 
         def submit(i: int) -> None:
             b0, b1, s = plan[i]
             for t in (s, s + 1):  # this shard, and the next one ahead
                 if t < self.nshards and t not in fetched:
-                    fetched[t] = work.io.submit(self._fetch, t)
+                    fetched[t] = io.submit(self._fetch, t)
             buf = work.take((b1 - b0) * self.row_bytes)
             rows = _buffer_view(buf, self.dtype, (b1 - b0,) + self.row_shape)
-            futs = [work.pool.submit(self._chunk, fetched[s], s, (r - s * self.shard) // self.chunk,
-                                     rows[r - b0:min(b1, r + self.chunk) - b0])
+            futs = [pool.submit(self._chunk, fetched[s], s, (r - s * self.shard) // self.chunk,
+                                rows[r - b0:min(b1, r + self.chunk) - b0])
                     for r in range(b0, b1, self.chunk)]
             pending.append((b0, b1, s, rows, buf, futs))
 

@@ -13,7 +13,7 @@ from .common import CorruptTableData, _first_line
 from .content_hash import _ColumnHash, _digest
 from .pipeline import _Work
 from .schema import ColumnSchema, _shape_name, _shaped_leaf
-from .shards import _Damage, _reader, _stored_array
+from .shards import _HERE, _Damage, _reader, _stored_array
 
 
 class ColumnWriter(Protocol):
@@ -86,6 +86,8 @@ def _read_uniform_column(group, col: ColumnSchema, nrows, work, what, h, writer,
         return None
     ok = True
     hashed = []
+    # A small column is hashed in this thread (a thread hand-off costs more than its hashing).
+    hasher = _HERE if col.numeric_bytes(nrows) <= _HASH_HERE_BYTES else work.hasher
     for start, stop, block, buf, damage in _reader(arr, work).blocks():
         if damage is not None or not ok:
             if damage is not None:
@@ -98,7 +100,7 @@ def _read_uniform_column(group, col: ColumnSchema, nrows, work, what, h, writer,
             h.uniform(block, scalar)
             fut = None
         else:
-            fut = work.hasher.submit(h.uniform, block, scalar)
+            fut = hasher.submit(h.uniform, block, scalar)
             hashed.append(fut)
         put = None
         try:
@@ -109,7 +111,10 @@ def _read_uniform_column(group, col: ColumnSchema, nrows, work, what, h, writer,
                 work.give(buf, [fut, put if hasattr(put, "add_done_callback") else None])
         if progress:
             progress(int(block.size * col.itemsize))
-    return work.hasher.submit(_digest, h, hashed) if ok else None
+    return hasher.submit(_digest, h, hashed) if ok else None
+
+
+_HASH_HERE_BYTES = 2 << 20
 
 
 def _read_ragged_column(group, col: ColumnSchema, nrows, work, what, h, writer, progress, bad):
