@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -891,3 +892,94 @@ def test_an_archive_written_before_tarfile_built_the_headers_still_restores(tmp_
     assert len(str(deep.relative_to(out)).encode()) > 100 and deep.is_file()
     assert (out / "misc" / "empty").read_bytes() == b""
     assert (out / "chunks" / "chunk0.ms" / "table.dat").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Story: a run's tables are archived one after another; each table's files are checksummed
+# (read back from the tar on other threads) while the next member is copied, and the tar is the
+# same as one written member by member
+
+def big_table_run(root: Path) -> list[tuple[Member, Path]]:
+    table = root / "chunks" / "big.ms"
+    table.mkdir(parents=True)
+    (table / "table.f0").write_bytes(os.urandom(20 << 20))   # several copy ranges: hashed on a thread
+    (table / "table.dat").write_bytes(b"x" * 100)
+    (root / "after.txt").write_text("the next member\n")
+
+    def m(path: str, source: Path, kind: str) -> tuple[Member, Path]:
+        return Member(path=path, source=str(source), category="chunks", kind=kind, size=0,
+                      mode=0, mtime=0.0, sha256="", restore_path=path), source
+
+    return [m("chunks/big.ms", table, "table"), m("after.txt", root / "after.txt", "file")]
+
+
+def test_a_table_is_checksummed_while_the_next_member_is_copied(tmp_path, monkeypatch):
+    from factor_archive.archive import _one_behind
+    from factor_archive.plan import PlanItem
+
+    items = big_table_run(tmp_path / "run")
+    events: list[str] = []
+    real_checksum, real_write_file = TarWriter._checksum, TarWriter._write_file
+
+    def checksum(self, sha, **kwargs):
+        events.append("wait")
+        return real_checksum(self, sha, **kwargs)
+
+    def write_file(self, apath, *args, **kwargs):
+        events.append(apath)
+        return real_write_file(self, apath, *args, **kwargs)
+
+    monkeypatch.setattr(TarWriter, "_checksum", checksum)
+    monkeypatch.setattr(TarWriter, "_write_file", write_file)
+    writer = TarWriter(str(tmp_path / "behind.tar"))
+    plan = [PlanItem(member=m, source=s, size=0) for m, s in items]
+    members = _one_behind(plan, lambda item: writer.begin_write(item.member, item.source, nothing))
+    writer.close(Manifest(container="", run={"name": "test"}, options={}, members=members, created=CREATED))
+    # The table's two files, then the next member copied, then the table's checksums waited for.
+    assert events[:3] == ["chunks/big.ms/table.dat", "chunks/big.ms/table.f0", "after.txt"]
+    assert events[3:5] == ["wait", "wait"]
+    monkeypatch.setattr(TarWriter, "_checksum", real_checksum)
+    monkeypatch.setattr(TarWriter, "_write_file", real_write_file)
+
+    one_by_one = write_archive(tmp_path / "one.tar", items)
+    assert [m.sha256 for m in members] == [m.sha256 for m in one_by_one.members]
+    assert members[0].files[1].sha256 == hashlib.sha256((items[0][1] / "table.f0").read_bytes()).hexdigest()
+    assert (tmp_path / "behind.tar").read_bytes() == (tmp_path / "one.tar").read_bytes()
+
+
+def test_a_checksum_failing_after_the_next_member_was_copied_fails_the_archive(tmp_path, monkeypatch):
+    """The table's read-back fails while the next member is copied: the archive stops with one
+    line naming the output, and leaves nothing that looks like an archive."""
+    from factor_archive.archive import _one_behind
+    from factor_archive.errors import FactorArchiveError
+    from factor_archive.io import copy as copy_engine
+    from factor_archive.plan import PlanItem
+
+    items = big_table_run(tmp_path / "run")
+    real_read_back = copy_engine._read_back
+
+    def failing(fd, offset, size, buf, digest):
+        if size > 1 << 20 and offset > 8 << 20:   # a later range of the big file: on a hashing thread
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read_back(fd, offset, size, buf, digest)
+
+    monkeypatch.setattr(copy_engine, "_read_back", failing)
+    out = tmp_path / "run.tar"
+    writer = TarWriter(str(out))
+    copied: list[str] = []
+
+    def begin(item: PlanItem):
+        finish = writer.begin_write(item.member, item.source, nothing)
+        copied.append(item.member.path)
+        return finish
+
+    with pytest.raises(FactorArchiveError) as failure:
+        try:
+            _one_behind([PlanItem(member=m, source=s, size=0) for m, s in items], begin)
+        except BaseException:
+            writer.abort()
+            raise
+    assert copied == ["chunks/big.ms", "after.txt"]
+    message = str(failure.value)
+    assert "\n" not in message and str(out) in message and "input/output error" in message.lower()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

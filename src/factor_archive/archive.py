@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -177,17 +178,18 @@ def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progr
     def stopping() -> bool:
         return failed.is_set() or signals.received() is not None
 
-    def one(item: PlanItem) -> Member:
+    def begin(item: PlanItem) -> Callable[[], Member]:
+        """The item stored (writer.begin_write); the callable gives its member."""
         signals.check()
         if failed.is_set():
             raise FactorArchiveError("not started: another member failed")
         if item.concat is None:
             assert item.source is not None
-            return writer.write(item.member, item.source, progress)
+            return writer.begin_write(item.member, item.source, progress)
         done = writer.already_written(item.member) if writer.capabilities.resumable_writes else None
         if done is not None:
             progress(done.size)
-            return done
+            return lambda: done
         from .ms.casacore_table import run_in_worker
 
         place = writer.staging_dir()
@@ -196,10 +198,13 @@ def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progr
         staged = place / Path(item.member.path).name
         run_in_worker("concat_in_frequency", list(item.concat), str(staged), stop=stopping)
         _stamp_like_inputs(staged, [Path(s) for s in item.concat if s])
-        return writer.write(item.member, staged, progress, staged=True)
+        return writer.begin_write(item.member, staged, progress, staged=True)
+
+    def one(item: PlanItem) -> Member:
+        return begin(item)()
 
     if not writer.capabilities.parallel_members:
-        return [one(item) for item in items]
+        return _one_behind(items, begin)
     turns = None
     in_order: Any = nullcontext()
     if writer.capabilities.table_workers:  # tables encoded two at a time plan in the run's order
@@ -235,6 +240,29 @@ def _write_members(items: list[PlanItem], writer: ArchiveWriter, progress: Progr
             # Never leave with a thread still writing: the caller's clean-up comes next.
             files_pool.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _one_behind(items: list[PlanItem], begin: Callable[[PlanItem], Callable[[], Member]]) -> list[Member]:
+    """Members stored one after another, each one's result (its checksums) waited for once the
+    next one is stored: hashing a member overlaps copying the next, and at most two members are
+    being hashed at once."""
+    members: list[Member] = []
+    pending: list[Callable[[], Member]] = []     # stored, not yet waited for: at most two
+    try:
+        for item in items:
+            pending.append(begin(item))
+            if len(pending) == 2:
+                members.append(pending.pop(0)())
+        while pending:
+            members.append(pending.pop(0)())
+    except BaseException:
+        for finish in pending:   # let their hashing threads end before the caller cleans up
+            try:
+                finish()
+            except BaseException:
+                pass
+        raise
+    return members
 
 
 def _is_table(item: PlanItem) -> bool:

@@ -55,6 +55,14 @@ class ArchiveWriter(ABC):
         ``staged``: the source was built in :meth:`staging_dir` and is the writer's to consume
         (moved into the archive, or removed once stored)."""
 
+    def begin_write(self, member: Member, source: Path, progress: Progress, *,
+                    staged: bool = False) -> Callable[[], Member]:
+        """:meth:`write`, the result waited for when the returned callable is called: a writer
+        that stores one member after another (a tar) may copy the next member while this one's
+        checksums are still being computed. Here: written at once."""
+        done = self.write(member, source, progress, staged=staged)
+        return lambda: done
+
     @abstractmethod
     def staging_dir(self) -> Path:
         """A scratch directory for generated members (calibrated data), on the output's disk if possible."""

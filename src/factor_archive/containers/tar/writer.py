@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -130,6 +131,14 @@ class TarWriter(ArchiveWriter):
 
     def write(self, member: Member, source: Path, progress: Progress = no_progress, *,
               staged: bool = False) -> Member:
+        return self.begin_write(member, source, progress, staged=staged)()
+
+    def begin_write(self, member: Member, source: Path, progress: Progress = no_progress, *,
+                    staged: bool = False) -> Callable[[], Member]:
+        """The member's headers and data now; its files' checksums (read back from the output
+        on other threads) are waited for by the returned callable, so that the next member is
+        copied meanwhile: waiting at the end of each table left a core idle (about 15 % of a
+        run's archive, benchmarks/README.md, sixth session)."""
         if self._done:
             raise FactorArchiveError("internal error: write() after close() or abort()")
         path = safe_relpath(member.path, "archive member")
@@ -139,21 +148,26 @@ class TarWriter(ArchiveWriter):
             raise BadInput(f"{member.path}: archive path clashes with another member or is "
                            "not in normal form")
         source = Path(source)
+        finish: Callable[[], Member]
         if member.kind == "file":
             st, sha, offset = self._write_file(path, source, progress, announcement(member))
-            member = file_member(member, st, self._checksum(sha), st.st_size, offset=offset)
+            finish = functools.partial(self._file_done, member, st, sha, offset)
         elif member.kind == "table":
-            member = self._write_table(member, source, progress)
+            finish = self._write_table(member, source, progress)
         elif member.kind == "link":
             # The manifest carries symlink_target; there are no bytes to store.
-            member = dataclasses.replace(member, size=0, offset=None)
+            link = dataclasses.replace(member, size=0, offset=None)
+            finish = lambda: link  # noqa: E731
         else:
             raise BadInput(f"{member.path}: unknown member kind {member.kind!r}")
         self._paths.add(path)
         self._parents |= ancestors
         if staged:
             discard(source)         # generated (calibrated data): scratch peaks at one member
-        return member
+        return finish
+
+    def _file_done(self, member: Member, st: os.stat_result, sha: Callable[[], str], offset: int) -> Member:
+        return file_member(member, st, self._checksum(sha), st.st_size, offset=offset)
 
     def staging_dir(self) -> Path:
         if self._staging is None:
@@ -271,7 +285,8 @@ class TarWriter(ArchiveWriter):
             self._write_dir(f"{member.path}/{d}", st)
         return st_root, files, dirs
 
-    def _write_table(self, member: Member, root: Path, progress: Progress) -> Member:
+    def _write_table(self, member: Member, root: Path, progress: Progress) -> Callable[[], Member]:
+        """The table's entries now; the callable returned waits for its checksums."""
         st_root, files, dirs = self._table_head(member, root)
         # A file is hashed (from the page cache, on a second core) while the next is copied.
         written: list[tuple[str, Path, os.stat_result, Callable[[], str], int]] = []
@@ -283,11 +298,14 @@ class TarWriter(ArchiveWriter):
             for _rel, _full, _st, sha, _offset in written:
                 self._checksum(sha, quiet=True)      # let the hashing threads end
             raise
-        sums = [self._checksum(sha) for _rel, _full, _st, sha, _offset in written]
-        entries = [FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, digest, offset)
-                   for (rel, _full, st, _sha, offset), digest in zip(written, sums)]
-        return table_member(member, entries, dirs, mode=stat.S_IMODE(st_root.st_mode),
-                            mtime=st_root.st_mtime, offset=None)
+
+        def finish() -> Member:
+            sums = [self._checksum(sha) for _rel, _full, _st, sha, _offset in written]
+            entries = [FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, digest, offset)
+                       for (rel, _full, st, _sha, offset), digest in zip(written, sums)]
+            return table_member(member, entries, dirs, mode=stat.S_IMODE(st_root.st_mode),
+                                mtime=st_root.st_mtime, offset=None)
+        return finish
 
     def _checksum(self, sha: Callable[[], str], *, quiet: bool = False) -> str:
         """Wait for a file's checksum; a read-back failure is the output's (quiet: after another
