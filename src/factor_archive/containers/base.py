@@ -160,20 +160,21 @@ def extract_at_once(jobs: Iterable[tuple[Any, ...]], extract_one: Callable[..., 
     jobs = list(jobs)
     failed = threading.Event()
     aside = [beside is not None and bool(beside(*job)) for job in jobs]
-    unstarted = [sum(not a for a in aside)]   # jobs of the pool not started yet
+    unstarted = sum(not a for a in aside)   # jobs of the pool not started yet
     last_round = threading.Event()
     lock = threading.Lock()
-    if not beside_last or unstarted[0] < workers:
+    if not beside_last or unstarted < workers:
         last_round.set()
 
     def one(*job: Any, aside: bool = False) -> None:
+        nonlocal unstarted
         if aside:
             while not last_round.wait(0.1) and not failed.is_set():
                 pass
         elif not last_round.is_set():
             with lock:
-                unstarted[0] -= 1
-                if unstarted[0] < workers:
+                unstarted -= 1
+                if unstarted < workers:
                     last_round.set()
         if failed.is_set():
             return

@@ -78,6 +78,9 @@ def _array_at(group, node: str, what: str):
         raise _Unreadable(f"stored array is unreadable ({_first_line(e)})") from None
 
 
+_HASH_HERE_BYTES = 2 << 20  # a column this small is hashed in the thread reading it
+
+
 def _read_uniform_column(group, col: ColumnSchema, nrows, work, what, h, writer, progress, bad):
     scalar = col.layout in ("scalar", "record")
     arr = _array_at(group, col.node, what)
@@ -112,9 +115,6 @@ def _read_uniform_column(group, col: ColumnSchema, nrows, work, what, h, writer,
         if progress:
             progress(int(block.size * col.itemsize))
     return hasher.submit(_digest, h, hashed) if ok else None
-
-
-_HASH_HERE_BYTES = 2 << 20
 
 
 def _read_ragged_column(group, col: ColumnSchema, nrows, work, what, h, writer, progress, bad):

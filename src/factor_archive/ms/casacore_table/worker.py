@@ -29,6 +29,14 @@ RUN = {"concat_in_frequency": ("factor_archive.ms.concat", False),
        "prepare_decoding": ("factor_archive.containers.zarr.reader", False)}
 
 
+def call(name: str, args: tuple, progress) -> object:
+    """The allow-listed function ``name`` of RUN called with ``args`` (and ``progress=``, when it
+    reports progress): here in the worker, or in the parent where no worker runs."""
+    module, reports = RUN[name]
+    fn = getattr(importlib.import_module(module), name)
+    return fn(*args, progress=progress) if reports else fn(*args)
+
+
 def follow_parent(parent_pid: int) -> None:
     """The parent decides when we stop: Ctrl-C and SIGTERM reach the whole process group, and
     the parent stops its threads first, then ends us. If the parent dies, we die with it
@@ -124,9 +132,7 @@ def serve(command_fd: int, reply_fd: int) -> None:
                     out = np.array(out)
             elif op[0] == "run":
                 _o, name, args = op
-                module, reports = RUN[name]
-                fn = getattr(importlib.import_module(module), name)
-                out = fn(*args, progress=progress) if reports else fn(*args)
+                out = call(name, args, progress)
             elif op[0] == "exit":
                 for t in tables.values():
                     t.close()

@@ -474,13 +474,9 @@ def run_in_worker(name: str, *args, stop: Callable[[], bool] = lambda: False,
         if worker is None and here is not None:
             return here()
         if worker is None:
-            import importlib
+            from .worker import call
 
-            from .worker import RUN
-
-            module, reports = RUN[name]
-            fn = getattr(importlib.import_module(module), name)
-            return fn(*args, progress=progress or _no_progress) if reports else fn(*args)
+            return call(name, args, progress or _no_progress)
         return worker.run(name, args, stop, progress)
 
 
