@@ -151,7 +151,24 @@ def test_write_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # no temporary left
 
 
-def test_a_file_rewritten_in_a_restore_keeps_its_mode_and_times_and_is_a_new_file(tmp_path):
+def test_a_file_rewritten_in_a_restore_is_written_over_and_keeps_its_mode_and_times(tmp_path):
+    path = tmp_path / "state.pickle"
+    path.write_bytes(b"a longer old content")
+    os.chmod(path, 0o640)
+    os.utime(path, ns=(1_500_000_000_123_456_789, 1_600_000_000_987_654_321))
+    inode = path.stat().st_ino
+    replace_in_marked_tree(path, b"shorter")
+    st = path.stat()
+    assert path.read_bytes() == b"shorter"           # cut to the new length
+    assert st.st_ino == inode                        # no new file: making one is what costs on ext4
+    assert (st.st_mode & 0o7777, st.st_atime_ns, st.st_mtime_ns) == (0o640, 1_500_000_000_123_456_789,
+                                                                       1_600_000_000_987_654_321)
+    replace_in_marked_tree(path, b"a content longer than the old one")
+    assert path.read_bytes() == b"a content longer than the old one" and path.stat().st_ino == inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pickle"]
+
+
+def test_a_file_rewritten_in_a_restore_keeps_its_mode_and_times_and_is_a_new_file_when_hard_linked(tmp_path):
     path = tmp_path / "concat.mapfile"
     path.write_bytes(b"[old]")
     os.chmod(path, 0o440)

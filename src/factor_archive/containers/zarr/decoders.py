@@ -54,7 +54,7 @@ def decoding_ahead(location: str | os.PathLike[str]) -> Iterator[None]:
 def start_decoders(store: Path, tables: int | None = None) -> None:
     """Inside a worker_session: a worker ready for each table decoded at once (for ``tables``
     tables at most), each importing the codec and opening ``store`` meanwhile
-    (reader.prepare_decoding)."""
+    (table_members.prepare_decoding)."""
     from ...ms.casacore_table.worker_client import start_workers
 
     count = min(tables or tables_at_once(), tables_at_once())

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import zarr
 
 from ... import signals
 from ...errors import BadInput, DamagedArchive, FactorArchiveError
@@ -17,6 +16,7 @@ from ...io.durable import TreeWriteback, start_writeback_if_big
 from ...io.failures import io_error
 from ...io.install import discard, install, partial_name, remove, set_meta, set_table_meta
 from ...manifest import Manifest, Member, safe_relpath, tree_digest
+from ...ms.casacore_table import local_store
 from ...ms.casacore_table.pipeline import DEFAULT_SETTINGS, PipelineSettings
 from ..base import ArchiveReader, Capabilities, DestFor, extract_at_once
 from ..locations import Location
@@ -38,6 +38,7 @@ from .stores import (
     _url_error,
     _zip_store,
 )
+from .table_members import decode_member, member_node, name_in_archive, what_failed
 
 # ---------------------------------------------------------------------------------------------
 # Reader
@@ -49,18 +50,15 @@ class ZarrReader(ArchiveReader):
 
     def __init__(self, location: str | os.PathLike[str] | Location, *, staging: Path | None = None):
         """``staging`` is not needed: members are read from the store in any order."""
-        import zarr
-
         self.loc = _Location(location)
         self.origin = self.loc.text
+        self.root: Any
         try:
             if self.loc.kind == "url":
                 self.store = self.loc.open_url_store(read_only=True)
             elif self.loc.kind == "dir":
-                from zarr.storage import LocalStore
                 if not (self.loc.path / "zarr.json").is_file():
                     raise BadInput(f"{self.loc.path}: not a zarr store (no zarr.json)")
-                self.store = LocalStore(self.loc.path, read_only=True)
             else:
                 if not self.loc.path.is_file():
                     raise BadInput(f"{self.loc.path}: archive not found")
@@ -68,12 +66,18 @@ class ZarrReader(ArchiveReader):
             if self.loc.kind == "url" and not _store_exists(self.store, "zarr.json"):
                 raise BadInput(f"{self.origin}: no zarr store there (no zarr.json)")
             try:
-                self.root = zarr.open_group(self.store, mode="r")
+                if self.loc.kind == "dir":  # read without zarr (see local_store), as its workers do
+                    self.root = local_store.open_group(self.loc.path)
+                    self.store = self.root.store
+                else:
+                    import zarr
+
+                    self.root = zarr.open_group(self.store, mode="r")
             except FileNotFoundError:
                 raise BadInput(f"{self.origin}: not a zarr store (no zarr.json)") from None
             except (ValueError, KeyError, TypeError) as exc:
                 raise DamagedArchive(f"{self.origin}: not a readable zarr v3 store "
-                                     f"({_what_failed(exc)})") from None
+                                     f"({what_failed(exc)})") from None
             attrs = self.root.attrs.get(ATTR)
             if not isinstance(attrs, dict) or attrs.get("layout") != LAYOUT:
                 raise BadInput(f"{self.origin}: a zarr store, but not a factor-archive archive")
@@ -101,8 +105,14 @@ class ZarrReader(ArchiveReader):
 
     def _manifest_bytes(self) -> bytes:
         incomplete = f"{self.origin}: not a complete archive (no {MANIFEST_NODE}); an interrupted archive?"
-        if not _store_exists(self.store, f"{MANIFEST_NODE}/zarr.json"):
+        if isinstance(self.root, local_store.LocalGroup):
+            here = self._local_manifest(incomplete)
+            if here is not None:
+                return here
+        elif not _store_exists(self.store, f"{MANIFEST_NODE}/zarr.json"):
             raise BadInput(incomplete)
+        import zarr
+
         try:
             arr = self.root[MANIFEST_NODE]
             if not isinstance(arr, zarr.Array):
@@ -114,22 +124,61 @@ class ZarrReader(ArchiveReader):
         except (BadInput, DamagedArchive):
             raise
         except Exception as exc:
-            raise DamagedArchive(f"{self.origin}: manifest unreadable ({_what_failed(exc)}); damaged, or "
+            raise DamagedArchive(f"{self.origin}: manifest unreadable ({what_failed(exc)}); damaged, or "
                                  "an interrupted archive?") from None
+        return self._checked_manifest(data, meta)
+
+    def _checked_manifest(self, data: bytes, meta) -> bytes:
         if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(data).hexdigest() \
                 or meta.get("size") != len(data):
             raise DamagedArchive(f"{self.origin}: manifest does not match its checksum (damaged archive)")
         return data
 
+    def _local_manifest(self, incomplete: str) -> bytes | None:
+        """The manifest of a local store read from its files, when it is laid out as the writer
+        lays it out (one chunk: bytes, zstd, crc32c); None for any other layout (read through
+        zarr, which names what is wrong)."""
+        from ...ms.casacore_table.codecs import _BadChunk, _ChunkCodec
+        from ...ms.casacore_table.zarr_internals import chunk_key
+
+        try:
+            doc = local_store.read_document(self.root.store, MANIFEST_NODE)
+        except ValueError as exc:
+            raise DamagedArchive(f"{self.origin}: manifest unreadable ({exc}); damaged, or an "
+                                 "interrupted archive?") from None
+        if doc is None:
+            raise BadInput(incomplete)
+        if doc["node_type"] != "array":
+            raise DamagedArchive(f"{self.origin}: {MANIFEST_NODE} is not an array (damaged archive)")
+        try:
+            (n,) = doc["shape"]
+            (chunk,) = doc["chunk_grid"]["configuration"]["chunk_shape"]
+            ser, comp, crc = doc["codecs"]
+            simple = (type(n) is int and n > 0 and chunk == n and doc["data_type"] == "uint8"
+                      and doc["chunk_grid"]["name"] == "regular" and not doc.get("storage_transformers")
+                      and ser["name"] == "bytes" and comp["name"] == "zstd" and crc == {"name": "crc32c"})
+            key = chunk_key(doc, (0,)) if simple else ""
+            meta = (doc.get("attributes") or {}).get(ATTR) or {}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        if not simple:
+            return None
+        try:
+            with open(os.path.join(self.loc.path, MANIFEST_NODE, *key.split("/")), "rb") as f:
+                stored = np.frombuffer(f.read(), np.uint8)
+        except (FileNotFoundError, NotADirectoryError):
+            raise BadInput(incomplete) from None
+        data = np.empty(n, np.uint8)
+        try:
+            _ChunkCodec(np.dtype(np.uint8), (n,), None, ("zstd", 0)).decode(stored, data)
+        except _BadChunk as exc:
+            raise DamagedArchive(f"{self.origin}: manifest unreadable ({exc}); damaged, or an "
+                                 "interrupted archive?") from None
+        return self._checked_manifest(data.tobytes(), meta)
+
     # -- nodes ----------------------------------------------------------------------------------
     def _node(self, member: Member):
-        try:
-            return self.root[node_path(member.path)]
-        except KeyError:
-            raise DamagedArchive(f"{self.origin}: {member.path}: member missing from the archive") from None
-        except Exception as exc:
-            raise DamagedArchive(f"{self.origin}: {member.path}: metadata damaged "
-                                 f"({_what_failed(exc)})") from None
+        return member_node(self.root, self.origin, member)
 
     @staticmethod
     def _stored(member: Member) -> str:
@@ -286,29 +335,10 @@ class ZarrReader(ArchiveReader):
 
     def _decode_member(self, member: Member, out: Path, progress: Progress, settings: PipelineSettings) -> None:
         """The member's table decoded at ``out``, its checksums checked."""
-        from ...ms.casacore_table import decode_table
-        from ...ms.casacore_table.worker_client import _full_disk_note
-
-        group = self._node(member)
-        content = group.attrs.get("casacore_content") or {}
-        if not isinstance(content, dict) or content.get("content_sha256") != member.sha256:
-            raise FactorArchiveError(f"{self.origin}: {member.path}: table checksum in the store differs "
-                                     f"from the manifest (archive damaged)")
-        try:
-            decode_table(group, out, progress=progress, settings=settings)
-        except FactorArchiveError as exc:
-            raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
-        except RuntimeError as exc:  # casacore's, writing the table or reading it back
-            text = _full_disk_note(" ".join(str(exc).split()), str(out))
-            raise FactorArchiveError(self._name_in_archive(member, f"{type(exc).__name__}: {text}")) from None
+        decode_member(self.root, self.origin, member, out, progress, settings)
 
     def _name_in_archive(self, member: Member, message: str) -> str:
-        base = posixpath.basename(member.path)
-        if message.startswith(base):
-            message = posixpath.dirname(member.path) + ("/" if "/" in member.path else "") + message
-        else:
-            message = f"{member.path}: {message}"
-        return f"{self.origin}: {message}"
+        return name_in_archive(self.origin, member, message)
 
     def _extract_raw_table(self, member: Member, dest: Path, progress: Progress) -> None:
         raw = self._raw_group(member, self._node(member))
@@ -356,7 +386,7 @@ class ZarrReader(ArchiveReader):
                 if isinstance(exc, OSError):
                     problems.append(f"{member.path}: cannot read ({exc.strerror or exc})")
                 else:
-                    problems.append(f"{member.path}: stored data is damaged ({_what_failed(exc)})")
+                    problems.append(f"{member.path}: stored data is damaged ({what_failed(exc)})")
         return problems
 
     def _check_reachable(self) -> None:
@@ -387,7 +417,7 @@ class ZarrReader(ArchiveReader):
             return _verify_file(node, member.path, member.sha256, progress, member.size)
         problems: list[str] = []
         if stored == "columns":
-            if not isinstance(node, zarr.Group):
+            if not local_store.is_group(node):
                 return [f"{member.path}: stored data is damaged (an array where a table group belongs)"]
             content = node.attrs.get("casacore_content") or {}
             if not isinstance(content, dict) or content.get("content_sha256") != member.sha256:
@@ -460,46 +490,6 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-_readers_here: dict[str, ZarrReader] = {}  # in a casacore worker: the stores it decodes from
-
-
-def prepare_decoding(store: str) -> None:
-    """Run by a casacore worker started ahead (worker.RUN): the imports and the store opening
-    that decode_stored_table needs, made while the parent still starts."""
-    _reader_here(store)
-
-
-def _reader_here(store: str) -> ZarrReader:
-    """The worker's reader of ``store``, opened once, with the codec imported. The objects made
-    so far (modules, mostly) are then frozen out of the garbage collector's passes: decoding
-    allocates often, and the passes over zarr's and casacore's objects took 5-9 % of a chunk
-    MS's decoding CPU (perf)."""
-    import gc
-
-    reader = _readers_here.get(store)
-    if reader is None:
-        from ...ms.casacore_table import decode  # noqa: F401  (casacore, the codec)
-
-        reader = _readers_here[store] = ZarrReader(store)
-        gc.freeze()
-    return reader
-
-
-def decode_stored_table(store: str, out: str, member: Member, settings: PipelineSettings, *,
-                        progress: Progress = no_progress) -> None:
-    """Run by a casacore worker process (worker.RUN): ``member``'s table, from the local zarr
-    store at ``store``, decoded at ``out``; errors as ZarrReader._extract_one names them."""
-    reader = _reader_here(store)
-    try:
-        reader._decode_member(member, Path(out), progress, settings)
-    except FactorArchiveError:
-        raise
-    except OSError as exc:
-        raise io_error(exc.filename or out, exc) from None
-    except Exception as exc:
-        raise _read_failure(reader.loc, exc, member.path) from None
-
-
 def _read_failure(loc: _Location, exc: BaseException, what: str) -> FactorArchiveError:
     """One line for an unexpected error while reading: the object store went away, or the bytes
     zarr (or the zip module) read are damaged."""
@@ -507,14 +497,7 @@ def _read_failure(loc: _Location, exc: BaseException, what: str) -> FactorArchiv
         return exc
     if loc.kind == "url" and _is_transport(exc):
         return _url_error(loc, exc)
-    return DamagedArchive(f"{loc.text}: {what}: stored data is damaged ({_what_failed(exc)})")
-
-
-def _what_failed(exc: BaseException) -> str:
-    """The first line of an unexpected library error, with its kind (``BadZipFile: ...``)."""
-    text = str(exc).strip()
-    line = text.splitlines()[0][:200] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return DamagedArchive(f"{loc.text}: {what}: stored data is damaged ({what_failed(exc)})")
 
 
 def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
@@ -523,11 +506,9 @@ def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
     The array must be the 1-D uint8 array of ``size`` bytes the manifest describes: its metadata
     is checked before anything is read, so a damaged shape cannot make us read for ever.
     """
-    from zarr import Array
-
     from ...ms.casacore_table.shards import _StoredArray
 
-    if not isinstance(arr, (Array, _StoredArray)) or arr.shape != (size,) or arr.dtype != np.uint8:
+    if not _is_array(arr) or arr.shape != (size,) or arr.dtype != np.uint8:
         shape = getattr(arr, "shape", None)
         raise DamagedArchive(f"{what}: stored array does not match the manifest (shape {shape}, "
                              f"{size} bytes expected; metadata damaged)")
@@ -549,6 +530,17 @@ def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
         f.write(data)
         progress(len(data))
     return digest.hexdigest()
+
+
+def _is_array(arr) -> bool:
+    """A _StoredArray, or a zarr Array (zarr is imported by then)."""
+    from ...ms.casacore_table.shards import _StoredArray
+
+    if isinstance(arr, _StoredArray):
+        return True
+    from zarr import Array
+
+    return isinstance(arr, Array)
 
 
 def _copy_stored(arr, f, what: str, progress: Progress) -> str:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-from zarr import codecs as zc
 
 from .schema import ColumnSchema
+
+if TYPE_CHECKING:
+    import zarr
 
 LEVEL = 5  # zstd level (and blosc clevel) of the default codecs
 
@@ -59,6 +60,8 @@ class CodecSpec:
 
     def zarr_codecs(self, dtype: np.dtype | None) -> dict:
         """The ``filters`` and ``compressors`` arguments of zarr's create_array."""
+        from zarr import codecs as zc
+
         crc = zc.Crc32cCodec()
         if self.compressor[0] == "blosc":
             _, cname, level, shuffle = self.compressor

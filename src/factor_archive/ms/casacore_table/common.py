@@ -8,11 +8,14 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
 
 from ...errors import FactorArchiveError
+
+if TYPE_CHECKING:
+    import zarr
 
 FORMAT = "factor-archive/casacore-table"
 

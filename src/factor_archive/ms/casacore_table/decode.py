@@ -10,9 +10,9 @@ import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from ...errors import FactorArchiveError
 from . import bucket_cache
@@ -26,14 +26,20 @@ from .content_hash import (
     content_checksum_version,
 )
 from .keywords import _dec_kw, _resolver
+from .local_store import is_group
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings, _Work
 from .plan import _describe, _open
 from .schema import ColumnSchema, TableSchema, _static
 from .stored_columns import _read_column
 from .worker_client import _RemoteTable, _Worker, _worker_for, in_session
 
+if TYPE_CHECKING:
+    import zarr
 
-def decode_table(group: zarr.Group, out_path: str | Path, *, progress=None,
+    from .local_store import LocalGroup
+
+
+def decode_table(group: zarr.Group | LocalGroup, out_path: str | Path, *, progress=None,
                  settings: PipelineSettings = DEFAULT_SETTINGS) -> None:
     """Rebuild the table at ``out_path`` (made under a temporary name, then renamed).
 
@@ -137,7 +143,7 @@ def _put_records(tb, name: str, block, start: int, resolve, what: str) -> None:
         tb.putcell(name, start + i, value)
 
 
-def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: dict | None, version: int,
+def _decode_into(group: zarr.Group | LocalGroup, schema: TableSchema, path: Path, content: dict | None, version: int,
                  progress, where: str, work: _Work, worker: _Worker | None = None) -> dict:
     nrows = schema.nrows
     checksum = content_checksum_version(version)
@@ -191,8 +197,8 @@ def _decode_into(group: zarr.Group, schema: TableSchema, path: Path, content: di
             tb.wait_created()  # the subtables go inside its directory
         for name, _referenced in schema.subtables:
             sub_where = f"{where}/{name}"
-            sg = group.get(schema.groups[name])
-            if not isinstance(sg, zarr.Group):
+            sg: Any = group.get(schema.groups[name])
+            if not is_group(sg):
                 raise CorruptTableData(f"{sub_where}: subtable missing")
             sub_content = (content or {}).get("subtables", {}).get(name) if content else None
             if not isinstance(sub_content, dict):

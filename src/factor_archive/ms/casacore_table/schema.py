@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from .common import _CTYPES, _RESERVED, ATTR, FORMAT, FORMAT_VERSION, READ_VERSIONS, CorruptTableData
 from .content_hash import _hash_header
+
+if TYPE_CHECKING:
+    import zarr
+
+    from .local_store import LocalGroup
 
 _CHAN_CORR = {"DATA", "MODEL_DATA", "CORRECTED_DATA", "FLAG", "WEIGHT_SPECTRUM", "SIGMA_SPECTRUM",
               "FLOAT_DATA", "CORRECTED_WEIGHT_SPECTRUM", "LAG_DATA", "IMAGING_WEIGHT"}
@@ -277,7 +281,7 @@ def _shaped_leaf(node: str) -> str:
     return "%72ow" if leaf == "row" else leaf
 
 
-def _static(group: zarr.Group) -> dict:
+def _static(group: zarr.Group | LocalGroup) -> dict:
     """The stored ``casacore_table`` document of a table group, as stored (the metadata
     checksum is over exactly this); CorruptTableData when there is none of a version we read."""
     st = group.attrs.get(ATTR)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import zarr
 
 from . import zarr_internals
 from .codecs import _BadChunk, _ChunkCodec, _codec_from_metadata, _create, codec
@@ -269,6 +268,8 @@ class _ZarrOut:
 
 def _writer(node: _Node, work: _Work):
     if node.dtype is None and zarr_internals.local_object_target(node.store) is None:
+        import zarr
+
         arr = zarr.open_array(node.store, path=node.path, mode="r+", zarr_format=3)
         return _ZarrOut(arr.with_config({"write_empty_chunks": True}))  # every shard stored
     return _ArrayOut(node, work)
@@ -336,7 +337,10 @@ def _array_doc(shape, dtype, chunk0: int, shard0: int, label: str, dims, attrs=N
     key = ("str" if dtype is None else np.dtype(dtype).str, label, len(shape))
     t = _TEMPLATES.get(key)
     if t is None:
-        g = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        import zarr
+        from zarr.storage import MemoryStore
+
+        g = zarr.open_group(MemoryStore(), mode="w")
         arr = _create(g, "t", (1,) * len(shape), dtype, 1, 1, label, ("d",) * len(shape))
         t = zarr_internals.array_document(arr)
         _TEMPLATES[key] = t

@@ -25,8 +25,8 @@ import threading
 # that reports progress gets ``progress=`` a callable taking a byte count, which the parent
 # hears before the reply (see worker_client._Worker.run).
 RUN = {"concat_in_frequency": ("factor_archive.ms.concat", False),
-       "decode_stored_table": ("factor_archive.containers.zarr.reader", True),
-       "prepare_decoding": ("factor_archive.containers.zarr.reader", False)}
+       "decode_stored_table": ("factor_archive.containers.zarr.table_members", True),
+       "prepare_decoding": ("factor_archive.containers.zarr.table_members", False)}
 
 
 def call(name: str, args: tuple, progress) -> object:

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import os
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 
 from ...io.durable import WRITEBACK_MIN, start_writeback
 from ...io.install import discard
+from .local_store import LocalDirectory
 
 
 def _sync(coro) -> Any:
@@ -260,6 +262,8 @@ def _direct_target(store) -> tuple[str, Any] | None:
     """(directory, note) for a store whose objects are written here: a LocalStore opened for
     writing, or a wrapper of one that is told of each object stored past it (``note_stored``,
     the zarr writer's resume recorder); None for any other store (written through zarr)."""
+    if isinstance(store, LocalDirectory):
+        return None  # read-only
     from zarr.storage import LocalStore
 
     note = None
@@ -272,10 +276,12 @@ def _direct_target(store) -> tuple[str, Any] | None:
 
 
 def _local_root(store) -> str | None:
-    """The directory of a zarr LocalStore (exactly that class: a subclass may read otherwise)."""
-    from zarr.storage import LocalStore
-
-    return str(store.root) if type(store) is LocalStore else None
+    """The directory of a LocalDirectory, or of a zarr LocalStore (exactly that class: a
+    subclass may read otherwise). A store is a zarr one only once zarr is imported."""
+    if isinstance(store, LocalDirectory):
+        return store.root
+    storage = sys.modules.get("zarr.storage")
+    return str(store.root) if storage is not None and type(store) is storage.LocalStore else None
 
 
 def store_exists(store, key: str) -> bool:
