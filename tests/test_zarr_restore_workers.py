@@ -104,3 +104,48 @@ def test_a_worker_that_dies_while_decoding_is_reported_naming_the_table(sample_r
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "casacore worker process" in err and ".ms" in err and str(store) in err, err
     assert not (tmp_path / "r" / "factor.parset").exists()
+
+
+def test_a_restore_from_a_local_store_imports_zarr_in_none_of_its_processes(sample_run, tmp_path):
+    """zarr costs each process about 0.3 s of CPU to import, before the first table starts: a
+    local store is read from its files (local_store), by the restoring process and its workers.
+    Each process of the restore notes its start, and any import of zarr, in a log."""
+    import os
+    import subprocess
+    import sys
+
+    store = tmp_path / "run.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    log = tmp_path / "imports.log"
+    (hook / "sitecustomize.py").write_text(f"""
+import os, sys
+LOG = {str(log)!r}
+def note(text):
+    with open(LOG, "a") as f:
+        f.write(f"{{os.getpid()}} {{text}} {{' '.join(sys.orig_argv)}}\\n")
+note("started")
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "zarr":
+            note("imports zarr")
+        return None
+sys.meta_path.insert(0, Watch())
+""")
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), src, os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "restored"
+    done = subprocess.run([sys.executable, "-c", "import sys; from factor_archive.cli import unarchivefactor_main; "
+                           "sys.exit(unarchivefactor_main(sys.argv[1:]))", "-q", str(store), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = log.read_text().splitlines()
+    workers = [line for line in lines if "started" in line and "casacore_table.worker" in line]
+    assert len(workers) == 2, lines            # the restoring process started two workers
+    assert not [line for line in lines if "imports zarr" in line], lines
+    reader = ZarrReader(str(store))
+    tables = [m for m in reader.manifest.members if m.kind == "table" and m.extra["zarr"]["stored"] == "columns"]
+    reader.close()
+    for member in tables:
+        assert_tables_equal(Path(member.source), out / member.restore_path)

@@ -202,7 +202,13 @@ class ZarrReader(ArchiveReader):
 
     @staticmethod
     def _raw_file(raw, rel: str):
-        return raw["/".join(node_component(c) for c in rel.split("/"))]
+        """A raw table file's array: read from its document like a file member's (see
+        _file_array), else through zarr."""
+        from ...ms.casacore_table.shards import _stored_array
+
+        node = "/".join(node_component(c) for c in rel.split("/"))
+        known = _stored_array(raw, node)
+        return known if known is not None else raw[node]
 
     # -- protocol -------------------------------------------------------------------------------
     def local_path(self, member: Member) -> Path | None:

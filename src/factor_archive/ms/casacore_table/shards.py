@@ -553,6 +553,8 @@ class _StringsIn(_ArrayIn):
         _kind, chunk, shard = arr.layout
         super().__init__(arr, None, chunk, shard, work, doc=arr.doc)
         self._shard_at: tuple[int, Any] | None = None  # the last shard fetched
+        self.cell = tuple(arr.shape[1:])
+        self.empty_cells = 0 in self.cell  # nothing stored: every cell is an empty array
 
     def _chunk_strings(self, s: int, j: int) -> np.ndarray:
         import google_crc32c
@@ -565,7 +567,7 @@ class _StringsIn(_ArrayIn):
         r1 = min(self.nrows, r0 + self.chunk) - 1
         off, length = int(table[j, 0]), int(table[j, 1])
         if off == _MAX_U64:
-            return np.full(self.chunk, "", dtype=object)
+            return np.full((self.chunk, *self.cell), "", dtype=object)
         if off + length > end or length < 4:
             raise _Damage(r0, r1, "damaged", "chunk outside its shard")
         stored = self._bytes(data, off, length, r0, r1)
@@ -576,14 +578,14 @@ class _StringsIn(_ArrayIn):
             values = numcodecs.VLenUTF8().decode(numcodecs.Zstd().decode(body))
         except Exception as e:
             raise _Damage(r0, r1, "damaged", f"cannot decompress: {_first_line(e)}") from None
-        if len(values) != self.chunk:
+        if len(values) != self.chunk * int(np.prod(self.cell, dtype=np.int64)):
             raise _Damage(r0, r1, "damaged", "size does not match the chunk")
-        return values
+        return values.reshape((self.chunk, *self.cell))
 
     def read(self, start: int, stop: int, *, here: bool = True) -> np.ndarray:
         """Rows [start, stop) (raises _Damage), always read in this thread."""
-        if stop <= start:
-            return np.empty(0, dtype=object)
+        if stop <= start or self.empty_cells:
+            return np.empty((max(0, stop - start), *self.cell), dtype=object)
         parts = []
         for r in range(start - start % self.chunk, stop, self.chunk):
             s = r // self.shard
@@ -694,19 +696,23 @@ _VLEN_UTF8 = {"name": "vlen-utf8", "configuration": {}}
 
 
 def _strings_layout(doc: dict) -> tuple | None:
-    """(STRINGS, chunk rows, shard rows) of a one-axis string array as the codec has zarr write
-    it (sharded, index at the end, chunks of vlen-utf8 then zstd then crc32c); else None."""
+    """(STRINGS, chunk rows, shard rows) of a string array as the codec has zarr write it
+    (sharded along rows only, whole cells in a chunk, index at the end, chunks of vlen-utf8
+    then zstd then crc32c); else None. Cells may have axes (FEED's POLARIZATION_TYPE, HISTORY's
+    APP_PARAMS in a DP3-written MS), of length 0 too (zarr's chunk is then 1 long there)."""
     (sh,) = doc["codecs"]
     conf = sh["configuration"]
     le = {"name": "bytes", "configuration": {"endian": "little"}}
     chain = conf["codecs"]
-    if (sh["name"] != "sharding_indexed" or len(doc["shape"]) != 1
+    if (sh["name"] != "sharding_indexed" or len(doc["shape"]) < 1
             or conf.get("index_location", "end") != "end" or conf.get("index_codecs") != [le, {"name": "crc32c"}]
             or len(chain) != 3 or chain[0] != _VLEN_UTF8 or chain[1].get("name") != "zstd"
             or chain[2] != {"name": "crc32c"}):
         return None
-    (shard,), (chunk,) = doc["chunk_grid"]["configuration"]["chunk_shape"], conf["chunk_shape"]
+    (shard, *shard_cell), (chunk, *chunk_cell) = doc["chunk_grid"]["configuration"]["chunk_shape"], conf["chunk_shape"]
     if type(chunk) is not int or type(shard) is not int or chunk < 1 or shard % chunk:
+        return None
+    if shard_cell != chunk_cell or chunk_cell != [max(1, n) for n in doc["shape"][1:]]:
         return None
     return STRINGS, chunk, shard
 
