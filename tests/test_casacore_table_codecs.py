@@ -109,8 +109,9 @@ def test_restore_reads_arrays_of_its_layout_from_their_files_and_the_rest_throug
     _create(root, "ours", data.shape, np.dtype(np.int32), 4, 12, "blosc-shuffle-zstd", ("row", "x"))[:] = data
     words = np.array(["a", "", "ø" * 300, "d", "e", "f", "g"], dtype=object)
     _create(root, "words", (7,), None, 2, 4, "zstd", ("row",))[:] = words
-    pairs = np.array([["a", "b"], ["c", "d"]], dtype=object)
-    _create(root, "table", (2, 2), None, 2, 2, "zstd", ("row", "x"))[:] = pairs  # strings of two axes
+    pairs = np.array([["a", "b"], ["c", "d"], ["e", "ø"]], dtype=object)
+    _create(root, "table", (3, 2), None, 2, 2, "zstd", ("row", "x"))[:] = pairs  # strings of two axes
+    _create(root, "none", (3, 0), None, 2, 2, "zstd", ("row", "x"))  # cells of no strings (HISTORY's CLI_COMMAND)
     root.create_array("plain", shape=data.shape, dtype=np.int32, chunks=(4, 3))[:] = data  # not sharded
 
     def no_event_loop(coro):
@@ -122,8 +123,13 @@ def test_restore_reads_arrays_of_its_layout_from_their_files_and_the_rest_throug
     assert isinstance(known, _StoredArray) and known.shape == data.shape and known.dtype == np.int32
     strings = _stored_array(root, "words")
     assert isinstance(strings, _StoredArray) and strings.shape == (7,)
-    assert [_stored_array(root, name) for name in ("table", "plain", "absent")] == [None, None, None]
+    table, none = _stored_array(root, "table"), _stored_array(root, "none")
+    assert isinstance(table, _StoredArray) and isinstance(none, _StoredArray)
+    assert [_stored_array(root, name) for name in ("plain", "absent")] == [None, None]
     with _Work() as work:
+        assert _reader(table, work).read(0, 3).tolist() == pairs.tolist()
+        assert _reader(table, work).read(1, 3).tolist() == pairs[1:].tolist()
+        assert _reader(none, work).read(0, 3).shape == (3, 0)
         assert _reader(known, work).read(0, 57).tobytes() == data.tobytes()
         assert list(_reader(strings, work).read(0, 7)) == list(words)
         assert list(_reader(strings, work).read(3, 6)) == list(words[3:6])
