@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Set up factor-archive in ./.venv (idempotent). System tools used by tests and benchmarks:
-# GNU tar, coreutils (sha256sum) and zstd; installed with apt-get when missing and we are root.
+# GNU tar, coreutils (sha256sum) and zstd; and libeatmydata (package eatmydata), which a zarr
+# restore preloads into its table decoders so that casacore's per-table fsyncs return at once
+# (the restore syncs its output itself; docs/usage.md). Installed with apt-get when missing
+# and we are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v tar >/dev/null || missing+=(tar)
 command -v sha256sum >/dev/null || missing+=(coreutils)
 command -v zstd >/dev/null || missing+=(zstd)
+{ command -v ldconfig >/dev/null && ldconfig -p | grep -q "libeatmydata.so.1 "; } \
+    || [ -e /usr/lib/x86_64-linux-gnu/libeatmydata.so.1 ] || missing+=(eatmydata)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -149,3 +149,34 @@ sys.meta_path.insert(0, Watch())
     reader.close()
     for member in tables:
         assert_tables_equal(Path(member.source), out / member.restore_path)
+
+
+@pytest.mark.parametrize("keep_fsync", [False, True])
+def test_the_restores_decoders_skip_casacores_fsyncs_unless_told_not_to(sample_run, tmp_path, monkeypatch, keep_fsync):
+    """casacore fsyncs every table it flushes or closes; a restore syncs its whole output before it
+    is complete, so its decoders run with libeatmydata preloaded (when installed), which makes
+    those fsyncs return at once. FACTOR_ARCHIVE_WORKER_FSYNC=1 keeps them."""
+    if worker_client.fsync_skipper() is None and not keep_fsync:
+        pytest.skip("libeatmydata is not installed (scripts/setup.sh installs it)")
+    if keep_fsync:
+        monkeypatch.setenv(worker_client.FSYNC_ENV, "1")
+    store = tmp_path / "run.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
+    preloaded: list[bool] = []
+    real_run = worker_client._Worker.run
+
+    def noting(self, name, args, stop, progress=None):
+        if name == "decode_stored_table":  # the worker runs: what it has loaded shows in its maps
+            preloaded.append("libeatmydata" in Path(f"/proc/{self.proc.pid}/maps").read_text())
+        return real_run(self, name, args, stop, progress)
+
+    monkeypatch.setattr(worker_client._Worker, "run", noting)
+    out = tmp_path / "restored"
+    assert unarchivefactor_main(["-q", str(store), str(out)]) == 0
+    assert len(preloaded) >= 3 and set(preloaded) == {not keep_fsync}
+    assert not (out / ".factor-archive-restore-incomplete").exists()
+    reader = ZarrReader(str(store))
+    tables = [m for m in reader.manifest.members if m.kind == "table" and m.extra["zarr"]["stored"] == "columns"]
+    reader.close()
+    for member in tables:
+        assert_tables_equal(Path(member.source), out / member.restore_path)

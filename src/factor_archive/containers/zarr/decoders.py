@@ -47,16 +47,19 @@ def decoding_ahead(location: str | os.PathLike[str]) -> Iterator[None]:
     from ...ms.casacore_table.worker_client import worker_session
 
     with worker_session():
-        start_decoders(store)
+        # The restore syncs its whole output before it is complete: casacore's fsyncs are skipped.
+        start_decoders(store, skip_fsync=True)
         yield
 
 
-def start_decoders(store: Path, tables: int | None = None) -> None:
+def start_decoders(store: Path, tables: int | None = None, *, skip_fsync: bool = False) -> None:
     """Inside a worker_session: a worker ready for each table decoded at once (for ``tables``
     tables at most), each importing the codec and opening ``store`` meanwhile
-    (table_members.prepare_decoding)."""
+    (table_members.prepare_decoding). ``skip_fsync``: see worker_client.fsync_skipper (only
+    where the caller syncs the tables' file system itself, as unarchive does; not a cluster's
+    workers, whose shared file system the client cannot sync)."""
     from ...ms.casacore_table.worker_client import start_workers
 
     count = min(tables or tables_at_once(), tables_at_once())
     start_workers(count, ("prepare_decoding", (str(store),)),
-                  TABLES_AT_ONCE_SETTINGS if count > 1 else PipelineSettings())
+                  TABLES_AT_ONCE_SETTINGS if count > 1 else PipelineSettings(), skip_fsync=skip_fsync)

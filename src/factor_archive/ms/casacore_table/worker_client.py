@@ -116,7 +116,11 @@ class _Worker:
     """A casacore worker process (see worker.py). Calls return futures, answered in order
     by a reader thread; arguments that are views of ``shm`` go by reference."""
 
-    def __init__(self, shm_bytes: int, queue_bytes: int = DEFAULT_SETTINGS.worker_queue_bytes):
+    def __init__(self, shm_bytes: int, queue_bytes: int = DEFAULT_SETTINGS.worker_queue_bytes, *,
+                 skip_fsync: bool = False):
+        """``skip_fsync``: casacore's fsync calls return at once in this worker, where the
+        library for that is installed (see fsync_skipper): only for workers whose tables are
+        made durable by the caller (a restore syncs its whole output before it is complete)."""
         import mmap
         import subprocess
         import sys
@@ -135,6 +139,10 @@ class _Worker:
         package_root = str(Path(__file__).resolve().parents[3])  # src/: for -m and the "run" command's imports
         env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
                "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        skipper = fsync_skipper() if skip_fsync else None
+        if skipper is not None:
+            env["LD_PRELOAD"] = " ".join(p for p in (skipper, os.environ.get("LD_PRELOAD")) if p)
+        self.skips_fsync = skipper is not None
         # Own pipes, not stdin/stdout: whatever casacore prints cannot garble the replies.
         cmd_r, cmd_w = os.pipe()
         rep_r, rep_w = os.pipe()
@@ -396,11 +404,12 @@ def _worker_for(nbytes: int, settings: PipelineSettings = DEFAULT_SETTINGS, *, w
 
 
 def start_workers(count: int, run: tuple[str, tuple] | None = None,
-                  settings: PipelineSettings = DEFAULT_SETTINGS) -> None:
+                  settings: PipelineSettings = DEFAULT_SETTINGS, *, skip_fsync: bool = False) -> None:
     """Inside a worker_session, have ``count`` idle workers ready, each already running ``run``
     (a worker.RUN name and its arguments, e.g. imports to make), so that the first tables do not
     wait for workers to start and import. Outside a session, or where workers are not possible,
-    nothing happens; a worker that fails to start is not an error (one starts when needed)."""
+    nothing happens; a worker that fails to start is not an error (one starts when needed).
+    ``skip_fsync``: see _Worker (for a session whose every table is made durable by its caller)."""
     if not workers_possible():
         return
     with _session_lock:
@@ -409,7 +418,8 @@ def start_workers(count: int, run: tuple[str, tuple] | None = None,
         count -= len(_idle)
     for _ in range(max(0, count)):
         try:
-            worker = _Worker(settings.buffers * settings.block_bytes, settings.worker_queue_bytes)
+            worker = _Worker(settings.buffers * settings.block_bytes, settings.worker_queue_bytes,
+                             skip_fsync=skip_fsync)
         except Exception:
             return
         if run is not None:
@@ -419,6 +429,31 @@ def start_workers(count: int, run: tuple[str, tuple] | None = None,
                 _idle.append(worker)
                 continue
         worker._end()
+
+
+FSYNC_ENV = "FACTOR_ARCHIVE_WORKER_FSYNC"  # "1": restore workers keep casacore's fsync calls
+_LIBRARY = "libeatmydata.so.1"
+
+
+def fsync_skipper() -> str | None:
+    """The path of libeatmydata (package eatmydata on Debian and Ubuntu) when it is installed,
+    unless FACTOR_ARCHIVE_WORKER_FSYNC=1. Preloaded into a worker, it makes fsync return at once.
+
+    casacore fsyncs a table's data-manager files and its lock file whenever the table is flushed
+    or closed: about 40 fsyncs per chunk MS with its subtables, each waiting for a journal commit
+    behind the restore's own write-back, while the worker holds the GIL and its decompression
+    threads wait. A restore syncs its whole output (syncfs) before it removes its marker, so
+    those calls add nothing to what survives a crash (benchmarks/README.md, seventh session)."""
+    if os.environ.get(FSYNC_ENV) == "1":
+        return None
+    import sysconfig
+
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
+    for d in (f"/usr/lib/{arch}" if arch else "", f"/lib/{arch}" if arch else "", "/usr/lib64", "/usr/lib",
+              "/usr/local/lib"):
+        if d and os.path.isfile(os.path.join(d, _LIBRARY)):
+            return os.path.join(d, _LIBRARY)
+    return None
 
 
 def workers_possible() -> bool:
