@@ -24,8 +24,6 @@ from ..manifest import Manifest, Member, safe_relpath
 from ..progress import Reporter
 from ..run.mapfile import MapfileError, rewrite_mapfile
 from ..run.parset import rewrite_parset
-from ..run.state import UnsafePickleError, rewrite_strings
-from .chunk_store import ChunkLinks
 from .rewrite import make_path_mapper, py2_bytes_mapper
 
 MARKER = ".factor-archive-restore-incomplete"
@@ -125,7 +123,11 @@ def _unarchive_from(reader, archive: str, output: str, symlink: bool, clobber: b
         manifest = reader.manifest  # a tar on a pipe is read (spooled to scratch) here
         _check_resumable(manifest, archive)
         parset_member = _parset_member(manifest)
-        links = ChunkLinks(reader, archive, store) if symlink else None
+        links = None
+        if symlink:
+            from .chunk_store import ChunkLinks
+
+            links = ChunkLinks(reader, archive, store)
         if links is not None:
             links.plan(manifest)
 
@@ -184,6 +186,10 @@ def _unarchive_from(reader, archive: str, output: str, symlink: bool, clobber: b
 
 
 def _rewrite_paths(manifest: Manifest, new_wd: Path) -> None:
+    # Imported here: the state pickles' reader imports numpy, which the restore's workers, started
+    # first thing, should not wait for.
+    from ..run.state import UnsafePickleError, rewrite_strings
+
     run = manifest.run
     roots = [run.get("working_dir", ""), run.get("working_dir_abs", "")]
     mapper = py2_bytes_mapper(make_path_mapper(roots, str(new_wd), relocations(manifest, new_wd)))

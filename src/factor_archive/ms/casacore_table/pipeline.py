@@ -9,9 +9,10 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class _Work:
         """A uint8 buffer of at least ``nbytes``; waits while settings.buffers are in use."""
         nbytes = max(1, int(nbytes))
         if self._slot and nbytes > self._slot:
+            import numpy as np
+
             return np.empty(nbytes, np.uint8)  # bigger than a shared slot: a private one
         with self._cond:
             while True:
@@ -94,6 +97,8 @@ class _Work:
                     continue
                 self._cond.wait()
         try:
+            import numpy as np
+
             return np.empty(nbytes, np.uint8)
         except BaseException:
             with self._cond:
@@ -146,6 +151,8 @@ class _Work:
 
 
 def _buffer_view(buf: np.ndarray, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    import numpy as np
+
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return buf[:n].view(dtype).reshape(shape)
 

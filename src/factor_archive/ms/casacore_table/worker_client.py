@@ -4,6 +4,7 @@ reading its replies, keeping it for the next table within a ``worker_session``.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import threading
@@ -13,8 +14,6 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ...errors import FactorArchiveError
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings
@@ -133,8 +132,6 @@ class _Worker:
         except BaseException:
             os.close(self.fd)
             raise
-        self.buf = np.frombuffer(self.shm, np.uint8)
-        self.base = self.buf.__array_interface__["data"][0]
         self.size = shm_bytes
         package_root = str(Path(__file__).resolve().parents[3])  # src/: for -m and the "run" command's imports
         env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
@@ -285,8 +282,22 @@ class _Worker:
             self._qcond.notify_all()
         self._sender.join()
 
+    @functools.cached_property
+    def buf(self):
+        """The shared memory as a uint8 array (made when first used: a restore starts its workers
+        first thing, before numpy is imported, and its decoders never use it)."""
+        import numpy as np
+
+        return np.frombuffer(self.shm, np.uint8)
+
+    @functools.cached_property
+    def base(self) -> int:
+        return self.buf.__array_interface__["data"][0]
+
     def ref(self, a):
         """``a`` by reference when it lives in the shared memory, else as it is."""
+        import numpy as np
+
         if isinstance(a, np.ndarray) and a.flags.c_contiguous and a.dtype.kind in "biufc" and a.size:
             addr = a.__array_interface__["data"][0]
             if self.base <= addr and addr + a.nbytes <= self.base + self.size:
@@ -369,7 +380,7 @@ class _Worker:
         finally:
             self._reader.join(timeout=10)
             self._replies.close()
-            del self.buf
+            self.__dict__.pop("buf", None)
             try:
                 self.shm.close()
             except BufferError:  # a view still exists; the mapping goes with the process
