@@ -5,6 +5,7 @@ so shards are written and read without zarr's per-chunk machinery).
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -172,7 +173,7 @@ class _ChunkCodec:
 
         self.dtype = np.dtype(dtype)
         self.chunk_shape = tuple(chunk_shape)
-        self.nbytes = int(np.prod(self.chunk_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.nbytes = math.prod(self.chunk_shape) * self.dtype.itemsize
         self.filt = filt
         self.comp = comp
         if comp[0] == "blosc":

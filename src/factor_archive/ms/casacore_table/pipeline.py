@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterable
@@ -151,9 +152,7 @@ class _Work:
 
 
 def _buffer_view(buf: np.ndarray, dtype: np.dtype, shape: tuple) -> np.ndarray:
-    import numpy as np
-
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    n = math.prod(shape) * dtype.itemsize
     return buf[:n].view(dtype).reshape(shape)
 
 

@@ -8,6 +8,7 @@ checking its structure first: archives can be hostile.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,9 +81,9 @@ class ColumnSchema:
         if self.dtype is None or self.layout in ("ragged", "record"):
             return 0
         if self.layout == "shaped":
-            return self.dtype.itemsize * sum(n * int(np.prod(s, dtype=np.int64))
+            return self.dtype.itemsize * sum(n * math.prod(s)
                                              for s, n in zip(self.shapes, self.counts))
-        return nrows * self.dtype.itemsize * int(np.prod(self.cell_shape, dtype=np.int64))
+        return nrows * self.dtype.itemsize * math.prod(self.cell_shape)
 
     @classmethod
     def from_static(cls, c: dict, version: int) -> ColumnSchema:
