@@ -10,7 +10,7 @@ missing=()
 command -v tar >/dev/null || missing+=(tar)
 command -v sha256sum >/dev/null || missing+=(coreutils)
 command -v zstd >/dev/null || missing+=(zstd)
-{ command -v ldconfig >/dev/null && ldconfig -p | grep -q "libeatmydata.so.1 "; } \
+{ command -v ldconfig >/dev/null && ldconfig -p | grep "libeatmydata.so.1 " >/dev/null; } \
     || [ -e /usr/lib/x86_64-linux-gnu/libeatmydata.so.1 ] || missing+=(eatmydata)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
