@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import errno
 import os
 import stat
 import threading
@@ -186,3 +187,40 @@ def test_a_file_rewritten_in_a_restore_keeps_its_mode_and_times_and_is_a_new_fil
     with pytest.raises(OSError):                   # it cannot be replaced: no temporary is left
         replace_in_marked_tree(tmp_path / "d" / "a directory", b"x")
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["a directory"]
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC])
+def test_an_error_of_the_final_write_back_is_reported_naming_the_path(tmp_path, monkeypatch, err):
+    """The restore's workers skip casacore's fsyncs: the one syncfs at the end must report what
+    they would have (syncfs returns write-back errors since Linux 5.8). A real failing disk is not
+    available here, so syncfs itself is replaced."""
+    import ctypes
+
+    from factor_archive.io import durable
+
+    class FailingLibc:
+        def syncfs(self, fd):
+            ctypes.set_errno(err)
+            return -1
+
+    monkeypatch.setattr(durable, "_load_libc", lambda: FailingLibc())
+    with pytest.raises(OSError) as caught:
+        durable.sync_filesystem(tmp_path)
+    assert caught.value.errno == err and caught.value.filename == str(tmp_path)
+
+
+def test_a_kernel_without_syncfs_falls_back_to_sync(tmp_path, monkeypatch):
+    import ctypes
+
+    from factor_archive.io import durable
+
+    class OldKernel:
+        def syncfs(self, fd):
+            ctypes.set_errno(errno.ENOSYS)
+            return -1
+
+    synced = []
+    monkeypatch.setattr(durable, "_load_libc", lambda: OldKernel())
+    monkeypatch.setattr(durable.os, "sync", lambda: synced.append(True))
+    durable.sync_filesystem(tmp_path)
+    assert synced == [True]

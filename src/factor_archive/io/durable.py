@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import stat
 import threading
@@ -124,12 +125,25 @@ def _files_at_least(root: Path, size: int) -> list[str]:
 
 
 def sync_filesystem(path: Path) -> None:
-    """Flush the file system holding ``path`` (syncfs), like ``sync`` after ``cp``."""
-    libc = _load_libc()
+    """Flush the file system holding ``path`` (syncfs), like ``sync`` after ``cp``.
+
+    An error the file system reports for its write-back (EIO, ENOSPC: ``syncfs`` returns those
+    since Linux 5.8) is raised as an OSError naming ``path``: what was written may not be on disk.
+    A restore's workers skip casacore's own fsyncs because this flush reports what they would
+    have. Where there is no syncfs (or the kernel has none), ``sync``, which reports nothing."""
+    syncfs = getattr(_load_libc(), "syncfs", None)
     fd = os.open(path, os.O_RDONLY)
     try:
-        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
+        if syncfs is None:
             os.sync()
+            return
+        if syncfs(fd) == 0:
+            return
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, 0):
+            os.sync()
+            return
+        raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
 
