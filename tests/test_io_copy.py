@@ -8,9 +8,9 @@ hash of the wrong buffer, fails here and not only in a round trip.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
-import errno
 import os
 import stat
 import threading
