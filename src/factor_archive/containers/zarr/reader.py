@@ -38,7 +38,7 @@ from .stores import (
     _url_error,
     _zip_store,
 )
-from .table_members import decode_member, member_node, name_in_archive, what_failed
+from .table_members import decode_member, member_node, name_in_archive, stored_damage, what_failed
 
 # ---------------------------------------------------------------------------------------------
 # Reader
@@ -503,7 +503,7 @@ def _read_failure(loc: _Location, exc: BaseException, what: str) -> FactorArchiv
         return exc
     if loc.kind == "url" and _is_transport(exc):
         return _url_error(loc, exc)
-    return DamagedArchive(f"{loc.text}: {what}: stored data is damaged ({what_failed(exc)})")
+    return stored_damage(loc.text, what, exc)
 
 
 def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:

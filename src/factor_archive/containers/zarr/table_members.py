@@ -61,6 +61,11 @@ def name_in_archive(origin: str, member: Member, message: str) -> str:
     return f"{origin}: {message}"
 
 
+def stored_damage(origin: str, what: str, exc: BaseException) -> DamagedArchive:
+    """An unexpected error reading ``what`` from the store: its stored bytes are damaged."""
+    return DamagedArchive(f"{origin}: {what}: stored data is damaged ({what_failed(exc)})")
+
+
 def what_failed(exc: BaseException) -> str:
     """The first line of an unexpected library error, with its kind (``BadZipFile: ...``)."""
     text = str(exc).strip()
@@ -112,4 +117,4 @@ def decode_stored_table(store: str, out: str, member: Member, settings: Pipeline
     except OSError as exc:
         raise io_error(exc.filename or out, exc) from None
     except Exception as exc:
-        raise DamagedArchive(f"{store}: {member.path}: stored data is damaged ({what_failed(exc)})") from None
+        raise stored_damage(store, member.path, exc) from None

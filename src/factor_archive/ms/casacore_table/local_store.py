@@ -18,9 +18,7 @@ from typing import Any
 
 
 class LocalDirectory:
-    """The store: a directory (zarr_internals reads and writes its objects as files)."""
-
-    read_only = True
+    """The store: a directory (zarr_internals reads its objects as files)."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.fspath(root)
