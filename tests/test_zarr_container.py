@@ -406,6 +406,16 @@ def test_tables_that_cannot_be_decoded_are_kept_as_raw_files(sample_run, tmp_pat
     for f in parmdb["files"]:
         assert sha(src / f["path"]) == sha(dst / f["path"]) == f["sha256"]
     assert_tables_equal(src, dst)
+    from factor_archive.containers.zarr import ZarrReader
+    from factor_archive.ms.casacore_table.shards import _StoredArray
+
+    reader = ZarrReader(str(store))   # raw files are read from their files, as file members are: no zarr
+    try:
+        member = next(m for m in reader.manifest.members if m.path == PARMDB)
+        raw = reader._raw_group(member, reader._node(member))
+        assert all(isinstance(reader._raw_file(raw, f["path"]), _StoredArray) for f in parmdb["files"])
+    finally:
+        reader.close()
 
     first = parmdb["files"][0]["path"]
     shard = store / "members" / PARMDB / "raw" / first / "c" / "0"
