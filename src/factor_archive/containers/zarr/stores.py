@@ -2,15 +2,17 @@
 to open, fill and clean each (the write-behind store for object stores is here too)."""
 from __future__ import annotations
 
-import asyncio
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ...errors import BadInput, FactorArchiveError
 from ...io.objectstore import s3_concurrency, s3_storage_options
 from ..locations import Location, parse_location
+
+if TYPE_CHECKING:
+    import asyncio  # imported where used: 50 ms a restore does not need
 
 # ---------------------------------------------------------------------------------------------
 # Locations: a directory, a zip file or a URL

@@ -25,6 +25,7 @@ from .content_hash import (
     _table_sha,
     content_checksum_version,
 )
+from .indirect_arrays import HeldArrays, held_columns, write_held
 from .keywords import _dec_kw, _resolver
 from .local_store import is_group
 from .pipeline import DEFAULT_SETTINGS, PipelineSettings, _Work
@@ -167,6 +168,11 @@ def _decode_into(group: zarr.Group | LocalGroup, schema: TableSchema, path: Path
     # written after its table was first flushed: its columns go before.)
     reopen = [c for c in cols if dm_type.get(c.name) == "IncrementalStMan"
               and c.layout in ("shaped", "ragged", "record")]
+    # WEIGHT and SIGMA of a DP3-written MS: written into their array file once the table is
+    # closed (indirect_arrays.py); only for a table written in this process.
+    held = held_columns(schema, desc, dm_type, schema.endian) if worker is None else None
+    order: list[str] = []
+    seqnr: int | None = None
     if worker is not None:
         tb = worker.table(str(path), desc, nrows, dminfo, schema.endian)
     else:
@@ -180,8 +186,10 @@ def _decode_into(group: zarr.Group | LocalGroup, schema: TableSchema, path: Path
         # A worker writes slowly into small (scalar) columns; sending those along lets this
         # thread go on meanwhile (to the subtables).
         by_value = isinstance(tb, _RemoteTable) and c.numeric_bytes(nrows) <= work.settings.by_value_bytes
+        writer = held.columns[c.name] if held is not None and c.name in held.columns else \
+            _ColumnWriter(tb, c, resolve, what, by_value)
         digests[c.name] = _read_column(group, c, nrows, work, what, checksum=checksum, progress=progress,
-                                       writer=_ColumnWriter(tb, c, resolve, what, by_value))
+                                       writer=writer)
 
     try:
         info = dict(schema.info)
@@ -223,7 +231,11 @@ def _decode_into(group: zarr.Group | LocalGroup, schema: TableSchema, path: Path
                 tb.putcolkeyword(c.name, k, v)
         digests = {n: _result(d) for n, d in digests.items()}
         tb.flush()
-        files = bucket_cache.data_manager_files(_getdminfo(tb), raised) if raised else {}
+        dms = _getdminfo(tb) if raised or held is not None else {}
+        files = bucket_cache.data_manager_files(dms, raised) if raised else {}
+        if held is not None:
+            order = list(tb.colnames())
+            seqnr = next((int(dm["SEQNR"]) for dm in dms.values() if dm.get("NAME") == held.manager), None)
         done = True
     finally:
         if done:
@@ -233,6 +245,8 @@ def _decode_into(group: zarr.Group | LocalGroup, schema: TableSchema, path: Path
                 tb.close()
             except Exception:
                 pass
+    if held is not None:
+        _write_held(path, held, seqnr, order, nrows)
     bucket_cache.restore_cache_sizes(path, raised, files, where)
     header = schema.hash_header()
     _check_restored_header(path, schema, header, where)
@@ -244,6 +258,19 @@ def _decode_into(group: zarr.Group | LocalGroup, schema: TableSchema, path: Path
         if content["content_sha256"] != sha:
             raise CorruptTableData(f"{where}: table content does not match its checksum")
     return {"content_sha256": sha, "columns": digests, "subtables": subs}
+
+
+def _write_held(path: Path, held: HeldArrays, seqnr: int | None, order: list[str], nrows: int) -> None:
+    """The held columns into the closed table: into the array file at once, or, where it is
+    not laid out as expected, through casacore."""
+    if seqnr is not None and write_held(path, held, seqnr, order, nrows, lambda p: _table(str(p), ack=False)):
+        return
+    tb = _table(str(path), readonly=False, ack=False)
+    try:
+        for name, column in held.columns.items():
+            tb.putcol(name, column.values)
+    finally:
+        tb.close()
 
 
 def _getdminfo(tb) -> dict:
