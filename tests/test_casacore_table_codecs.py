@@ -250,3 +250,27 @@ def test_a_float_column_the_client_gave_the_delta_filter_is_not_tried_again_on_t
             assert encode_table(tables[1], zarr.open_group(store, mode="w")) == one_process[1]
         attempts.append({k: bytes(v.to_bytes()) for k, v in store._store_dict.items()})
     assert attempts[0] == attempts[1]                       # the same keys, the same bytes
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 300, 65791, 65792, 70000, 1 << 20])
+def test_a_zstd_chunk_is_read_by_the_size_its_frame_declares(n):
+    """A zstd chunk whose frame declares the chunk's size is decompressed straight into it; one
+    that declares another size (a damaged or hostile archive) is an error, not stale bytes."""
+    import numcodecs
+
+    from factor_archive.ms.casacore_table.codecs import _BadChunk, _ChunkCodec, _zstd_content_size
+
+    values = (np.arange(n, dtype=np.int64) * 7919 % 251).astype(np.uint8)
+    for level in (1, 5, 19):
+        frame = np.frombuffer(numcodecs.Zstd(level=level).encode(values), np.uint8)
+        assert _zstd_content_size(frame) == n
+    codec = _ChunkCodec(np.dtype(np.uint8), (n,), None, ("zstd", 5))
+    data, crc = codec.encode(values)
+    stored = np.frombuffer(data + crc.to_bytes(4, "little"), np.uint8)
+    out = np.full(n, 99, np.uint8)
+    codec._codec = None  # not through the codec object: straight into ``out``
+    codec.decode(stored, out)
+    assert out.tobytes() == values.tobytes()
+    longer = _ChunkCodec(np.dtype(np.uint8), (n + 8,), None, ("zstd", 5))
+    with pytest.raises(_BadChunk):
+        longer.decode(stored, np.full(n + 8, 99, np.uint8))

@@ -48,3 +48,21 @@ def test_a_document_that_is_not_a_zarr_v3_node_is_refused(tmp_path):
         local_store.open_group(tmp_path / "s.zarr")
     with pytest.raises(FileNotFoundError):
         local_store.open_group(tmp_path / "absent")
+
+
+def test_a_small_object_is_read_in_one_open_and_a_big_one_by_range(tmp_path, monkeypatch):
+    """A small file's shard is read whole when opened (reading its index, then its chunk, opened
+    it twice more); a shard of tens of MB is read by range, so a reader holds one chunk."""
+    from factor_archive.ms.casacore_table import zarr_internals
+
+    monkeypatch.setattr(zarr_internals, "SMALL_OBJECT", 1000)
+    (tmp_path / "small").write_bytes(bytes(range(200)) * 5)
+    (tmp_path / "big").write_bytes(bytes(1001))
+    store = local_store.LocalDirectory(str(tmp_path))
+    small, big = zarr_internals.store_open(store, "small"), zarr_internals.store_open(store, "big")
+    assert small is not None and small.path is None and small.size == 1000
+    assert big is not None and big.path is not None and big.data is None and big.size == 1001
+    (tmp_path / "small").unlink()  # read already: nothing more to open
+    assert small.read(995, 10).tobytes() == bytes(range(195, 200))
+    assert big.read(1000, 5).tobytes() == bytes(1)
+    assert zarr_internals.store_open(store, "gone") is None

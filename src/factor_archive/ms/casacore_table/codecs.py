@@ -230,6 +230,15 @@ class _ChunkCodec:
                 raise _BadChunk("blosc sizes do not match the chunk")
             numcodecs.blosc.decompress(body, target)
             return
+        if self.comp[0] == "zstd" and self._filter is None and self.nbytes and \
+                _zstd_content_size(body) == self.nbytes:
+            import numcodecs.zstd
+
+            try:  # straight into the chunk: no buffer to allocate, fault in and copy
+                numcodecs.zstd.decompress(body, target)
+            except Exception as e:
+                raise _BadChunk(f"cannot decompress: {e}") from None
+            return
         try:
             raw = np.frombuffer(self._codec.decode(body), np.uint8)
         except Exception as e:
@@ -247,6 +256,26 @@ class _ChunkCodec:
         if len(raw) != self.nbytes:
             raise _BadChunk("size does not match the chunk")
         target[:] = raw
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _zstd_content_size(body: np.ndarray) -> int | None:
+    """The decompressed size a zstd frame declares in its header (RFC 8878, 3.1.1.1), or None:
+    a frame that declares none, or another, is decompressed into a buffer of its own and its size
+    compared after."""
+    head = body[:18].tobytes()
+    if len(head) < 6 or head[:4] != _ZSTD_MAGIC:
+        return None
+    descriptor = head[4]
+    fcs_flag, single_segment, dict_flag = descriptor >> 6, (descriptor >> 5) & 1, descriptor & 3
+    at = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if size == 0 or len(head) < at + size:
+        return None
+    value = int.from_bytes(head[at:at + size], "little")
+    return value + 256 if size == 2 else value
 
 
 def _codec_from_metadata(arr, md: dict | None = None) -> tuple[_ChunkCodec, int, int] | None:

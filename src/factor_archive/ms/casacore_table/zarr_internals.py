@@ -13,7 +13,6 @@ than writing the table's small subtables). Nothing else in the package imports `
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -108,6 +107,8 @@ def store_many(store, items: list[tuple[str, Any]]) -> None:
         return
 
     async def put_all():
+        import asyncio
+
         await asyncio.gather(*(store.set(k, _buffer(v)) for k, v in items))
 
     _sync(put_all())
@@ -238,14 +239,23 @@ class StoredObject:
             return np.frombuffer(os.pread(f.fileno(), length, offset), np.uint8)
 
 
+SMALL_OBJECT = 1 << 20  # a local object this small is read whole when opened
+
+
 def store_open(store, key: str) -> StoredObject | None:
-    """The object under ``key``, to be read by byte range, or None when there is no such object."""
+    """The object under ``key``, to be read by byte range, or None when there is no such object.
+    A small local one (every small file's and small column's shard) is read at once: one open,
+    where reading its index and then its chunk would open it twice more."""
     root = _local_root(store)
     if root is not None:
         path = os.path.join(root, key)
         try:
             with open(path, "rb") as f:
-                return StoredObject(os.fstat(f.fileno()).st_size, path=path)
+                size = os.fstat(f.fileno()).st_size
+                if size <= SMALL_OBJECT:
+                    whole = np.frombuffer(f.read(), np.uint8)
+                    return StoredObject(len(whole), data=whole)
+                return StoredObject(size, path=path)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None  # as zarr's LocalStore.get
     data = store_get(store, key)
