@@ -224,3 +224,30 @@ def test_a_kernel_without_syncfs_falls_back_to_sync(tmp_path, monkeypatch):
     monkeypatch.setattr(durable.os, "sync", lambda: synced.append(True))
     durable.sync_filesystem(tmp_path)
     assert synced == [True]
+
+
+def test_closing_a_tree_writeback_does_not_wait_but_the_final_flush_does(tmp_path, monkeypatch):
+    """The restore goes on (rewriting paths) while the disk's queue takes the last tables'
+    write-backs; its flush starts only once they are all started."""
+    from factor_archive.io import durable
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "big").write_bytes(b"x" * durable.WRITEBACK_MIN)
+    release, started = threading.Event(), []
+
+    def slow(fd: int) -> None:
+        release.wait(10)
+        started.append(fd)
+
+    monkeypatch.setattr(durable, "start_writeback", slow)
+    writeback = durable.TreeWriteback()
+    writeback.start(tmp_path / "t")
+    writeback.close()  # returns with the write-back not started yet
+    assert started == []
+    flushed = threading.Event()
+    flusher = threading.Thread(target=lambda: (durable.sync_filesystem(tmp_path), flushed.set()))
+    flusher.start()
+    assert not flushed.wait(0.3)
+    release.set()
+    flusher.join(10)
+    assert flushed.is_set() and len(started) == 1

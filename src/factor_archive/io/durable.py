@@ -52,7 +52,9 @@ class TreeWriteback:
     casacore worker process), on a thread of its own, so the thread that goes on to the next
     table never waits for the disk's queue (benchmarks/README.md, i10-tail: about 0.07 s of such
     calls a restore). :meth:`start` opens the files at once, so the tree may be renamed
-    afterwards; :meth:`close` waits for the thread, which closes them."""
+    afterwards. :meth:`close` lets the thread finish the files handed to it without waiting for
+    it: what the restore does next (rewriting paths) overlaps the disk's work, and
+    :func:`sync_filesystem` waits for the thread before its flush."""
 
     def __init__(self) -> None:
         self._fds: list[list[int]] = []
@@ -101,7 +103,8 @@ class TreeWriteback:
             self._cond.notify()
             thread = self._thread
         if thread is not None:
-            thread.join()
+            with _FINISHING_LOCK:
+                _FINISHING.append(thread)
 
     def __enter__(self) -> TreeWriteback:
         return self
@@ -124,13 +127,27 @@ def _files_at_least(root: Path, size: int) -> list[str]:
     return found
 
 
+_FINISHING: list[threading.Thread] = []  # TreeWriteback threads closed, still starting write-backs
+_FINISHING_LOCK = threading.Lock()
+
+
+def finish_writebacks() -> None:
+    """Wait for every closed TreeWriteback's thread: all the write-backs it was given started."""
+    with _FINISHING_LOCK:
+        threads, _FINISHING[:] = list(_FINISHING), []
+    for thread in threads:
+        thread.join()
+
+
 def sync_filesystem(path: Path) -> None:
-    """Flush the file system holding ``path`` (syncfs), like ``sync`` after ``cp``.
+    """Flush the file system holding ``path`` (syncfs), like ``sync`` after ``cp``, once the
+    write-backs handed to TreeWriteback threads have started (finish_writebacks).
 
     An error the file system reports for its write-back (EIO, ENOSPC: ``syncfs`` returns those
     since Linux 5.8) is raised as an OSError naming ``path``: what was written may not be on disk.
     A restore's workers skip casacore's own fsyncs because this flush reports what they would
     have. Where there is no syncfs (or the kernel has none), ``sync``, which reports nothing."""
+    finish_writebacks()
     syncfs = getattr(_load_libc(), "syncfs", None)
     fd = os.open(path, os.O_RDONLY)
     try:
