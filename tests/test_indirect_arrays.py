@@ -122,3 +122,31 @@ def test_an_array_file_not_as_expected_is_left_unchanged(dp3_ms, tmp_path):
                                           lambda p: ct.table(str(p), ack=False))
     assert _array_file(table) == before
     assert indirect_arrays.held_columns(schema, desc, schema.data_manager_types(), "big") is None
+
+
+def test_records_of_other_types_and_shapes_are_found_too(tmp_path, monkeypatch):
+    """Complex, double, short and float cells of several shapes: records of other lengths, some
+    padded to 8 bytes, in the description's column order."""
+    n = indirect_arrays.MIN_ROWS + 3
+    rng = np.random.default_rng(7)
+    values = {
+        "C": (rng.random((n, 2, 2)) + 1j * rng.random((n, 2, 2))).astype(np.complex64),
+        "A": rng.random((n, 3)).astype(np.float32),
+        "S": rng.integers(-999, 999, (n, 3)).astype(np.int16),
+        "D": rng.random((n, 1)),
+    }
+    kinds = {"C": "complex", "A": "float", "S": "short", "D": "double"}
+    desc = ct.maketabdesc([ct.makearrcoldesc(name, 0, shape=list(reversed(v.shape[1:])), valuetype=kinds[name],
+                                             options=4) for name, v in values.items()]
+                          + [ct.makescacoldesc("TIME", 0.0)])
+    dminfo = {"*1": {"TYPE": "StandardStMan", "NAME": "SSM", "SPEC": {"BUCKETSIZE": 2048},
+                     "COLUMNS": [*values, "TIME"]}}
+    src = tmp_path / "src.tab"
+    with ct.table(str(src), desc, nrow=n, dminfo=dminfo, ack=False) as t:
+        for name, v in values.items():
+            t.putcol(name, v)
+        t.putcol("TIME", np.arange(n, dtype=float))
+    writes = _spy_writes(monkeypatch)
+    decode_table(_stored(src, tmp_path), tmp_path / "out.tab")
+    assert writes == [True]
+    assert_tables_equal(src, tmp_path / "out.tab")
