@@ -180,3 +180,69 @@ def test_the_restores_decoders_skip_casacores_fsyncs_unless_told_not_to(sample_r
     reader.close()
     for member in tables:
         assert_tables_equal(Path(member.source), out / member.restore_path)
+
+
+def test_a_worker_gets_its_next_table_while_the_last_one_is_put_in_place(sample_run, tmp_path, monkeypatch):
+    """Putting a decoded table in place (mode, mtime, rename, work directory removed) waited up to
+    0.25 s behind the disk's write-back; the worker that decoded it does not wait for that: the
+    thread that handed it its table hands it the next one meanwhile."""
+    import time
+
+    from factor_archive.containers.zarr import reader as zarr_reader
+    from factor_archive.ms import casacore_table
+
+    store = tmp_path / "run.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
+    installs: dict[str, tuple[float, float]] = {}  # table -> while it was put in place
+    real_install = zarr_reader.install
+
+    def slow(tmp, dest):
+        start = time.monotonic()
+        if dest.name.endswith(".ms"):
+            time.sleep(0.5)
+        real_install(tmp, dest)
+        installs[dest.name] = (start, time.monotonic())
+
+    decodes: list[tuple[str, int, float]] = []  # (table, thread handing it over, when)
+    real_run = casacore_table.run_in_worker
+
+    def noting(name, store_path, out, *args, **kwargs):
+        decodes.append((Path(out).name, threading.get_ident(), time.monotonic()))
+        return real_run(name, store_path, out, *args, **kwargs)
+
+    monkeypatch.setattr(zarr_reader, "install", slow)
+    monkeypatch.setattr(casacore_table, "run_in_worker", noting)
+    out = tmp_path / "restored"
+    assert unarchivefactor_main(["-q", str(store), str(out)]) == 0
+    handed = {table: thread for table, thread, _ in decodes}
+    assert any(a < when < b for table, (a, b) in installs.items() if table in handed
+               for other, thread, when in decodes if other != table and thread == handed[table]), \
+        (installs, decodes)
+    chunks = sample_run.parent / "wdir" / "chunks"  # sample_run: the parset
+    src = next(p for p in sorted(chunks.rglob("*.ms")) if not p.is_symlink())
+    assert_tables_equal(src, out / "chunks" / src.relative_to(chunks))
+
+
+def test_a_table_that_cannot_be_put_in_place_fails_the_restore_in_one_line(sample_run, tmp_path, monkeypatch,
+                                                                           capsys):
+    import errno
+
+    from factor_archive.containers.zarr import reader as zarr_reader
+
+    store = tmp_path / "run.zarr"
+    assert archivefactor_main(["-q", "-r", str(sample_run), str(store)]) == 0
+    real_install = zarr_reader.install
+
+    def refusing(tmp, dest):
+        if dest.name.endswith(".ms"):
+            raise OSError(errno.EACCES, "Permission denied", str(dest))
+        real_install(tmp, dest)
+
+    monkeypatch.setattr(zarr_reader, "install", refusing)
+    capsys.readouterr()
+    out = tmp_path / "r"
+    assert unarchivefactor_main(["-q", str(store), str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and ".ms" in err and "ermission" in err, err
+    assert (out / ".factor-archive-restore-incomplete").exists()
+    assert not list(out.rglob(".*.partial"))

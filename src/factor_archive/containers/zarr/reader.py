@@ -242,39 +242,51 @@ class ZarrReader(ArchiveReader):
                 for member, dest, stored in jobs:
                     self._extract_one(member, dest, stored, progress, DEFAULT_SETTINGS, writeback, stop)
                 return
-            # A table per core at once (two here), in order, as the writer stores them, each
-            # decoded by a casacore worker process of its own (see _extract_table); the files in
-            # order on a thread of their own here, from the last round of tables on: before, they
-            # slowed the first tables (three busy processes on two cores) and the last table ran
-            # alone (benchmarks/README.md, sixth session). After a failure no further
-            # member is started; the first failure in member order is raised once the running
-            # ones are done.
-            extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
-                member, dest, stored, progress, TABLES_AT_ONCE_SETTINGS, writeback, stop),
-                workers=tables_at_once(), name="zarr-extract",
-                beside=lambda member, dest, stored: stored != "columns", beside_last=True)
+            with _Installer() as installer:
+                self._extract_at_once(jobs, progress, writeback, stop, installer)
+
+    def _extract_at_once(self, jobs: list, progress: Progress, writeback: TreeWriteback,
+                         stop: Callable[[], bool], installer: _Installer) -> None:
+        # A table per core at once (two here), in order, as the writer stores them, each
+        # decoded by a casacore worker process of its own (see _extract_table); the files in
+        # order on a thread of their own here, from the last round of tables on: before, they
+        # slowed the first tables (three busy processes on two cores) and the last table ran
+        # alone (benchmarks/README.md, sixth session). After a failure no further
+        # member is started; the first failure in member order is raised once the running
+        # ones are done.
+        # A decoded table is put in place by the installer's thread, so that its worker gets the
+        # next table at once (see _Installer).
+        extract_at_once(jobs, lambda member, dest, stored: self._extract_one(
+            member, dest, stored, progress, TABLES_AT_ONCE_SETTINGS, writeback, stop, installer),
+            workers=tables_at_once(), name="zarr-extract",
+            beside=lambda member, dest, stored: stored != "columns", beside_last=True)
 
     def _extract_one(self, member: Member, dest: Path, stored: str, progress: Progress,
                      settings: PipelineSettings, writeback: TreeWriteback,
-                     stop: Callable[[], bool] = lambda: False) -> None:
+                     stop: Callable[[], bool] = lambda: False, installer: _Installer | None = None) -> None:
+        if installer is not None:
+            installer.check()  # a table that failed to go in place stops the restore here
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if stored == "file":
                 self._extract_file(member, dest, progress)
             elif stored == "columns":
-                self._extract_table(member, dest, progress, settings, writeback, stop)
+                self._extract_table(member, dest, progress, settings, writeback, stop, installer)
             else:
                 self._extract_raw_table(member, dest, progress)
-        except OSError as exc:
-            if self.loc.kind == "url" and exc.filename is None:
-                raise _url_error(self.loc, exc) from None
-            raise io_error(exc.filename or dest, exc) from None
-        except FactorArchiveError:
-            self._check_reachable()
-            raise
         except Exception as exc:
-            self._check_reachable()
-            raise _read_failure(self.loc, exc, member.path) from None
+            raise self._failure(exc, member, dest) from None
+
+    def _failure(self, exc: Exception, member: Member, dest: Path) -> Exception:
+        """What a member's extraction raises for ``exc``: one line naming the member or file."""
+        if isinstance(exc, OSError):
+            if self.loc.kind == "url" and exc.filename is None:
+                return _url_error(self.loc, exc)
+            return io_error(exc.filename or dest, exc)
+        self._check_reachable()
+        if isinstance(exc, FactorArchiveError):
+            return exc
+        return _read_failure(self.loc, exc, member.path)
 
     def _file_array(self, member: Member):
         """A file member's array: read from its document when it is laid out as the table codec
@@ -303,7 +315,7 @@ class ZarrReader(ArchiveReader):
     def _extract_table(self, member: Member, dest: Path, progress: Progress,
                        settings: PipelineSettings = DEFAULT_SETTINGS,
                        writeback: TreeWriteback | None = None,
-                       stop: Callable[[], bool] = lambda: False) -> None:
+                       stop: Callable[[], bool] = lambda: False, installer: _Installer | None = None) -> None:
         from ...ms.casacore_table import run_in_worker
         from ...ms.casacore_table.worker_client import _WorkerError
 
@@ -325,12 +337,29 @@ class ZarrReader(ArchiveReader):
                     raise FactorArchiveError(self._name_in_archive(member, str(exc))) from None
             else:
                 self._decode_member(member, out, progress, settings)
-            if writeback is not None:  # complete, closed by its worker and checked
-                writeback.start(out)
-            set_meta(out, member.mode, member.mtime)
-            install(out, dest)
-        finally:
+        except BaseException:
             discard(work)
+            raise
+
+        def put_in_place() -> None:
+            try:
+                set_meta(out, member.mode, member.mtime)
+                install(out, dest)
+            finally:
+                discard(work)
+            if writeback is not None:  # complete, closed by its worker, checked and in place
+                writeback.start(dest)
+
+        if installer is None:
+            put_in_place()
+        else:
+            installer.submit(lambda: self._named(member, dest, put_in_place))
+
+    def _named(self, member: Member, dest: Path, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            raise self._failure(exc, member, dest) from None
 
     def _decoders(self) -> bool:
         """Whether tables are decoded by worker processes (a local store, inside a worker
@@ -504,6 +533,40 @@ def _read_failure(loc: _Location, exc: BaseException, what: str) -> FactorArchiv
     if loc.kind == "url" and _is_transport(exc):
         return _url_error(loc, exc)
     return stored_damage(loc.text, what, exc)
+
+
+class _Installer:
+    """Puts decoded tables in place (mode, mtime, rename, the work directory removed) on a
+    thread of its own, in order, while the worker that decoded one goes on to the next.
+
+    Those are metadata writes, and on an ext4 file system without a journal (this project's
+    benchmark machine) each one waited 0.1-0.25 s whenever the write-back of a finished table
+    was under way: the worker sat idle for that long before it got its next table. A failure
+    is raised before the next member starts (check) and at the end (close)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="zarr-install")
+        self._futures: list = []
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._futures.append(self._pool.submit(fn))
+
+    def check(self) -> None:
+        for future in self._futures:
+            failure = future.exception() if future.done() else None
+            if failure is not None:
+                raise failure
+
+    def __enter__(self) -> _Installer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._pool.shutdown(wait=True)
+        if exc_type is None:
+            for future in self._futures:
+                future.result()
 
 
 def _copy_array(arr, f, what: str, progress: Progress, size: int) -> str:
