@@ -260,3 +260,68 @@ def test_a_zarr_upload_cut_off_by_a_stopped_server_is_completed_after_it_restart
         assert main(["verify", "-q", url]) == 0
     finally:
         s3.stop()
+
+
+def test_a_rerun_after_the_first_table_takes_the_codecs_that_table_chose(sample_run, tmp_path):
+    """The first table of a run chooses each column kind's codec for the tables after it. A rerun
+    that keeps that table (and writes the next ones) takes those choices from its record instead
+    of trying the codecs again on the next table, which could choose otherwise: the store is the
+    one an uninterrupted run makes."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1714564800"}
+    # Every process notes the column kinds whose codecs it tries, and the second table of the
+    # run kills it once the first table's record is stored.
+    tried = tmp_path / "tried.jsonl"
+    program = f"""
+import hashlib, json, os, signal, sys, time
+from pathlib import Path
+from factor_archive.cli import archivefactor_main
+from factor_archive.containers.zarr import ZarrWriter
+from factor_archive.ms.casacore_table import plan
+real_choice, real_write = plan._start_choice, ZarrWriter._write_table
+def choice(col, nbytes, sample, work, kind=None):
+    with open({str(tried)!r}, "a") as f:
+        f.write(json.dumps(kind) + "\\n")
+    return real_choice(col, nbytes, sample, work, kind)
+def write(self, member, *args, **kwargs):
+    kill_at, first = os.environ.get("KILL_AT"), os.environ.get("FIRST_RECORD")
+    if member.path == kill_at:
+        for _ in range(600):
+            if any(Path({str(tmp_path)!r}).glob(".run.zarr.partial-*/{RESUME_DIR}/" + first)):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.05)
+    return real_write(self, member, *args, **kwargs)
+plan._start_choice, ZarrWriter._write_table = choice, write
+sys.exit(archivefactor_main(sys.argv[1:]))
+"""
+
+    def archive(target: Path, **more) -> subprocess.CompletedProcess:
+        tried.unlink(missing_ok=True)
+        return subprocess.run([sys.executable, "-c", program, "-r", str(sample_run), str(target)],
+                              env={**env, **more}, capture_output=True, text=True)
+
+    def kinds_tried() -> set[str]:
+        return set(tried.read_text().splitlines()) if tried.exists() else set()
+
+    whole = tmp_path / "whole.zarr"
+    assert archive(whole).returncode == 0
+    assert kinds_tried(), "no codec was tried: the spy did not see the planning"
+    tables = [m["path"] for m in zarr_manifest(whole)["members"]
+              if m["kind"] == "table" and m["extra"]["zarr"]["stored"] == "columns"]
+    assert len(tables) >= 3
+    out = tmp_path / "run.zarr"
+    first = hashlib.sha256(tables[0].encode("utf-8")).hexdigest() + ".json"
+    killed = archive(out, KILL_AT=tables[1], FIRST_RECORD=first)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [record] = tmp_path.glob(f".run.zarr.partial-*/{RESUME_DIR}/{first}")
+    doc = json.loads(record.read_bytes())
+    jsonschema.validate(doc, RECORD_SCHEMA)
+    decided = {json.dumps(kind) for kind, _label in doc.get("codec_choices", [])}
+    assert decided, "the first table's record holds no codec choices"
+
+    rerun = archive(out)
+    assert rerun.returncode == 0 and "continuing an interrupted archive" in rerun.stderr, rerun.stderr
+    assert not decided & kinds_tried(), sorted(decided & kinds_tried())[:5]
+    assert zarr_manifest(out) == zarr_manifest(whole)

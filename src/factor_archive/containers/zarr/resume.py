@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import xxhash
@@ -147,10 +147,13 @@ def recording_store(store) -> Any:
     return _recording_store_class()(store)
 
 
-def record_bytes(member: Member, source: dict | None, objects: dict[str, StoredObject]) -> bytes:
-    return json.dumps({"version": RECORD_VERSION, "member": asdict(member), "source": source,
-                       "objects": {k: [o.size, o.digest] for k, o in sorted(objects.items())}},
-                      separators=(",", ":")).encode("utf-8")
+def record_bytes(member: Member, source: dict | None, objects: dict[str, StoredObject],
+                 codec_choices: list | None = None) -> bytes:
+    doc = {"version": RECORD_VERSION, "member": asdict(member), "source": source,
+           "objects": {k: [o.size, o.digest] for k, o in sorted(objects.items())}}
+    if codec_choices:
+        doc["codec_choices"] = codec_choices
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class ResumeRecord:
     member: Member
     source: dict | None                   # {"size", "mtime"} of the source, None if generated
     objects: dict[str, StoredObject]
+    codec_choices: list = field(default_factory=list)  # [[column kind, label], ...] (see record_bytes)
 
 
 def parse_record(data: bytes) -> ResumeRecord | None:
@@ -172,6 +176,14 @@ def parse_record(data: bytes) -> ResumeRecord | None:
         source = doc.get("source")
         if source is not None and not isinstance(source, dict):
             return None
-        return ResumeRecord(member, source, objects)
+        choices = doc.get("codec_choices", [])
+        from ...ms.casacore_table.codec_choice import kind_from_json
+        from ...ms.casacore_table.codecs import CODECS
+
+        for kind, label in choices:
+            kind_from_json(kind)
+            if label not in CODECS:
+                return None
+        return ResumeRecord(member, source, objects, [[k, str(v)] for k, v in choices])
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
         return None

@@ -35,6 +35,7 @@ from ...io.install import remove, swap_into_place
 from ...io.leftovers import _process_gone, remove_stale_partials
 from ...io.tree import source_mtime, source_size, stat_entry, walk_table
 from ...manifest import FileEntry, Manifest, Member, safe_relpath
+from ...ms.casacore_table.codec_choice import remember_choices, remembered_choices
 from ..base import ArchiveWriter, Capabilities, file_member, table_member
 from ..locations import Location
 from .layout import (
@@ -258,6 +259,9 @@ class ZarrWriter(ArchiveWriter):
         if record is not None and record.member.kind == member.kind and record.source == source \
                 and set(present) == set(record.objects) and all(
                     self._intact(k, present[k], record.objects[k]) for k in record.objects):
+            # The codec choices the run had made by then: the tables after it take them, as
+            # they would have in an uninterrupted run (the first table of a kind decides).
+            remember_choices(record.codec_choices)
             return dataclasses.replace(
                 member, size=record.member.size, sha256=record.member.sha256, mode=record.member.mode,
                 mtime=record.member.mtime, files=record.member.files, dirs=record.member.dirs,
@@ -284,7 +288,7 @@ class ZarrWriter(ArchiveWriter):
         if self.loc.kind == "url":
             _sync(self.store.flush())
         objects = self.recorder.take(node)
-        data = record_bytes(member, source, objects)
+        data = record_bytes(member, source, objects, remembered_choices() if member.kind == "table" else None)
         if self.loc.kind == "dir":  # written here: no round trip through zarr's event loop
             from ...ms.casacore_table import zarr_internals
 

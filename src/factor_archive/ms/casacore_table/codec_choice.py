@@ -62,6 +62,11 @@ class CodecMemory:
         with self._lock:
             self._own[key] = label
 
+    def choices(self) -> dict[tuple, str]:
+        """The choices every later column of their kind takes (not the table-only ones)."""
+        with self._lock:
+            return dict(self._choices)
+
     def get(self, key: tuple) -> str | None:
         with self._lock:
             return self._choices.get(key)
@@ -183,6 +188,42 @@ def decided_codecs() -> dict[tuple, str]:
     """The choices remembered so far in this block (none outside one), by column kind, with
     the table-only choices noted since the last call (see CodecMemory.snapshot)."""
     return _memory.snapshot() if _memory is not None else {}
+
+
+def remembered_choices() -> list[list]:
+    """The choices remembered so far in this block, as JSON ([[kind as a list, label], ...]):
+    what a zarr resume record keeps, so that a rerun which keeps the member remembers them too
+    (see remember_choices)."""
+    if _memory is None:
+        return []
+    return [[list(kind), label] for kind, label in sorted(_memory.choices().items(), key=repr)]
+
+
+def remember_choices(choices: list[list]) -> None:
+    """Choices read back from the record of a member a rerun keeps, remembered as if its tables
+    had just chosen them: the tables after it take them, as in an uninterrupted run (where the
+    first table of a kind decides). Nothing outside a remembered_codec_choices block."""
+    if _memory is None:
+        return
+    for kind, label in choices:
+        _memory.put(kind_from_json(kind), label)
+
+
+def kind_from_json(value) -> tuple:
+    """A column kind (see column_kind) from its JSON form; ValueError when it is not one (a
+    resume record is read from a store, and a damaged one must not be trusted)."""
+    if not isinstance(value, list) or len(value) != 6 or not all(isinstance(x, str) for x in value[:4]) \
+            or not isinstance(value[5], bool) or not isinstance(value[4], list):
+        raise ValueError("not a column kind")
+
+    def shape(v):
+        if isinstance(v, list):
+            return tuple(shape(x) for x in v)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+        raise ValueError("not a cell shape")
+
+    return (*value[:4], shape(value[4]), value[5])
 
 
 def remembered(kind: tuple) -> str | None:
