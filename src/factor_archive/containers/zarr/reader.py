@@ -542,7 +542,8 @@ class _Installer:
     Those are metadata writes, and on an ext4 file system without a journal (this project's
     benchmark machine) each one waited 0.1-0.25 s whenever the write-back of a finished table
     was under way: the worker sat idle for that long before it got its next table. A failure
-    is raised before the next member starts (check) and at the end (close)."""
+    is raised before the next member starts (check) and on leaving the block, once every table
+    handed over is in place."""
 
     def __init__(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
