@@ -125,18 +125,19 @@ def test_an_array_file_not_as_expected_is_left_unchanged(dp3_ms, tmp_path):
 
 
 def test_records_of_other_types_and_shapes_are_found_too(tmp_path, monkeypatch):
-    """Complex, double, short and float cells of several shapes: records of other lengths, some
-    padded to 8 bytes, in the description's column order."""
+    """Complex, double, short and float cells of several shapes (a 3 x 2 one: the file keeps the
+    axes reversed): records of other lengths, some padded to 8 bytes, in the description's column
+    order."""
     n = indirect_arrays.MIN_ROWS + 3
     rng = np.random.default_rng(7)
     values = {
         "C": (rng.random((n, 2, 2)) + 1j * rng.random((n, 2, 2))).astype(np.complex64),
-        "A": rng.random((n, 3)).astype(np.float32),
+        "A": rng.random((n, 3, 2)).astype(np.float32),
         "S": rng.integers(-999, 999, (n, 3)).astype(np.int16),
         "D": rng.random((n, 1)),
     }
     kinds = {"C": "complex", "A": "float", "S": "short", "D": "double"}
-    desc = ct.maketabdesc([ct.makearrcoldesc(name, 0, shape=list(reversed(v.shape[1:])), valuetype=kinds[name],
+    desc = ct.maketabdesc([ct.makearrcoldesc(name, 0, shape=list(v.shape[1:]), valuetype=kinds[name],
                                              options=4) for name, v in values.items()]
                           + [ct.makescacoldesc("TIME", 0.0)])
     dminfo = {"*1": {"TYPE": "StandardStMan", "NAME": "SSM", "SPEC": {"BUCKETSIZE": 2048},

@@ -93,8 +93,8 @@ def _writable(c: ColumnSchema, d: dict, nrows: int) -> bool:
         return False
     if c.dtype.byteorder == ">" or not c.cell_shape:
         return False
-    shape = d.get("shape")
-    if shape is None or [int(x) for x in shape] != list(reversed(c.cell_shape)):
+    shape = d.get("shape")  # python-casacore's order, as the cell shape (the file's is reversed)
+    if shape is None or [int(x) for x in shape] != list(c.cell_shape):
         return False
     return c.numeric_bytes(nrows) <= MAX_COLUMN_BYTES
 
@@ -132,8 +132,8 @@ def write_held(table: Path, held: HeldArrays, seqnr: int, order: list[str], nrow
             at += stride * nrows
         if length < at or os.fstat(fd).st_size < at:
             return False
-        region = np.frombuffer(bytearray(os.pread(fd, at - 16, 16)), np.uint8)
-        if region.size != at - 16:
+        region = np.empty(at - 16, np.uint8)
+        if os.preadv(fd, [region.data], 16) != region.size:
             return False
         for name, start, header, data, stride in layouts:
             records = region[start - 16:start - 16 + stride * nrows].reshape(nrows, stride)
