@@ -161,7 +161,7 @@ class ResumeRecord:
     member: Member
     source: dict | None                   # {"size", "mtime"} of the source, None if generated
     objects: dict[str, StoredObject]
-    codec_choices: list = field(default_factory=list)  # [[column kind, label], ...] (see record_bytes)
+    codec_choices: list[tuple[tuple, str]] = field(default_factory=list)  # (column kind, label)
 
 
 def parse_record(data: bytes) -> ResumeRecord | None:
@@ -176,14 +176,12 @@ def parse_record(data: bytes) -> ResumeRecord | None:
         source = doc.get("source")
         if source is not None and not isinstance(source, dict):
             return None
-        choices = doc.get("codec_choices", [])
         from ...ms.casacore_table.codec_choice import kind_from_json
         from ...ms.casacore_table.codecs import CODECS
 
-        for kind, label in choices:
-            kind_from_json(kind)
-            if label not in CODECS:
-                return None
-        return ResumeRecord(member, source, objects, [[k, str(v)] for k, v in choices])
+        choices = [(kind_from_json(kind), label) for kind, label in doc.get("codec_choices", [])]
+        if not all(isinstance(label, str) and label in CODECS for _kind, label in choices):
+            return None
+        return ResumeRecord(member, source, objects, choices)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
         return None

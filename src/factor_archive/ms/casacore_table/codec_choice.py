@@ -7,7 +7,7 @@ about the machine enters the choice: the store is a function of the data and the
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -199,14 +199,15 @@ def remembered_choices() -> list[list]:
     return [[list(kind), label] for kind, label in sorted(_memory.choices().items(), key=repr)]
 
 
-def remember_choices(choices: list[list]) -> None:
-    """Choices read back from the record of a member a rerun keeps, remembered as if its tables
-    had just chosen them: the tables after it take them, as in an uninterrupted run (where the
-    first table of a kind decides). Nothing outside a remembered_codec_choices block."""
+def remember_choices(choices: Iterable[tuple[tuple, str]]) -> None:
+    """Choices read back from the record of a member a rerun keeps ((kind, label), the kind as
+    kind_from_json gives it), remembered as if its tables had just chosen them: the tables after
+    it take them, as in an uninterrupted run (where the first table of a kind decides). Nothing
+    outside a remembered_codec_choices block."""
     if _memory is None:
         return
     for kind, label in choices:
-        _memory.put(kind_from_json(kind), label)
+        _memory.put(kind, label)
 
 
 def kind_from_json(value) -> tuple:
